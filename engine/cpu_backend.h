@@ -1,0 +1,26 @@
+// The CPU backend: fp32 math, BLAS for the matrix products, attention over the paged KV cache
+// that reads only the chunks each row was given. It is also the reference for the CUDA backend.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/model.h"
+
+namespace spanserve {
+
+struct KvPoolOptions {
+  int32_t block_size = 16;        // tokens per KV block, 16 to 256
+  int32_t num_blocks = 0;         // 0: sized from memory_bytes
+  int64_t memory_bytes = 256 << 20;
+};
+
+// Bytes one KV block takes over all layers (K and V) at the given element size.
+int64_t KvBlockBytes(const ModelConfig& config, int32_t block_size, int32_t element_bytes);
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(std::shared_ptr<const Model> model,
+                                                         const KvPoolOptions& pool);
+
+}  // namespace spanserve
