@@ -1,0 +1,124 @@
+// The KV block manager and the continuous-batching scheduler, on their own.
+#include <memory>
+
+#include "engine/kv_block_manager.h"
+#include "engine/scheduler.h"
+#include "gtest/gtest.h"
+
+namespace spanserve {
+namespace {
+
+TEST(KvBlockManager, GrowIsAllOrNothingAndFreeReturnsEverything) {
+  KvBlockManager blocks(5, 4);
+  std::vector<int32_t> a, b;
+  EXPECT_TRUE(blocks.Grow(&a, 9));  // 3 blocks
+  EXPECT_EQ(a.size(), 3u);
+  EXPECT_EQ(blocks.BlocksNeeded(a, 12), 0);
+  EXPECT_EQ(blocks.BlocksNeeded(a, 13), 1);
+  EXPECT_FALSE(blocks.Grow(&b, 12));  // needs 3, 2 free
+  EXPECT_TRUE(b.empty());
+  EXPECT_EQ(blocks.num_free(), 2);
+  EXPECT_TRUE(blocks.Grow(&b, 8));
+  EXPECT_EQ(blocks.num_used(), 5);
+  blocks.Free(&a);
+  blocks.Free(&b);
+  EXPECT_EQ(blocks.num_free(), 5);
+  EXPECT_TRUE(a.empty());
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  SchedulerTest() : vocab_(3, 4, 8, std::vector<std::string>(16, "x")) {}
+
+  Sequence* Add(int32_t prompt_len) {
+    std::vector<int32_t> prompt(prompt_len, 5);
+    GenerateRequest request;
+    seqs_.push_back(std::make_unique<Sequence>(seqs_.size(), request, nullptr, prompt, &vocab_,
+                                               nullptr));
+    return seqs_.back().get();
+  }
+  // What the engine does after a step: mark rows computed, append a token to sampled ones.
+  static void Complete(const Schedule& schedule) {
+    for (const ScheduledWork& w : schedule.work) {
+      w.seq->num_computed += w.num_rows;
+      if (w.seq->num_computed == w.seq->num_tokens()) w.seq->tokens.push_back(6);
+    }
+  }
+
+  SpanVocab vocab_;
+  std::vector<std::unique_ptr<Sequence>> seqs_;
+};
+
+TEST_F(SchedulerTest, TokenBudgetChunksPrefillsAndDecodesGoFirst) {
+  KvBlockManager blocks(64, 4);
+  Scheduler scheduler({.max_running = 8, .max_batched_tokens = 16}, &blocks);
+  Sequence* a = Add(10);
+  Sequence* b = Add(10);
+  Sequence* c = Add(10);
+  for (Sequence* s : {a, b, c}) scheduler.AddWaiting(s);
+  Schedule first = scheduler.Next();
+  ASSERT_EQ(first.work.size(), 2u);
+  EXPECT_EQ(first.work[0].num_rows, 10);
+  EXPECT_EQ(first.work[1].num_rows, 6);  // chunked prefill
+  Complete(first);
+  Schedule second = scheduler.Next();
+  ASSERT_EQ(second.work.size(), 3u);
+  EXPECT_EQ(second.work[0].seq, a);  // a decodes first
+  EXPECT_EQ(second.work[0].num_rows, 1);
+  EXPECT_EQ(second.work[1].num_rows, 4);   // the rest of b's prompt
+  EXPECT_EQ(second.work[2].num_rows, 10);  // all of c, within the 11 left
+  EXPECT_EQ(scheduler.num_waiting(), 0);
+}
+
+TEST_F(SchedulerTest, MaxRunningLimitsAdmission) {
+  KvBlockManager blocks(64, 4);
+  Scheduler scheduler({.max_running = 2, .max_batched_tokens = 100}, &blocks);
+  for (int i = 0; i < 3; ++i) scheduler.AddWaiting(Add(3));
+  Schedule schedule = scheduler.Next();
+  EXPECT_EQ(schedule.work.size(), 2u);
+  EXPECT_EQ(scheduler.num_running(), 2);
+  EXPECT_EQ(scheduler.num_waiting(), 1);
+}
+
+TEST_F(SchedulerTest, PreemptsNewestByRecomputeWhenBlocksRunOut) {
+  KvBlockManager blocks(4, 4);  // 16 tokens in all
+  Scheduler scheduler({.max_running = 8, .max_batched_tokens = 100}, &blocks);
+  Sequence* old_seq = Add(8);
+  Sequence* new_seq = Add(8);
+  scheduler.AddWaiting(old_seq);
+  scheduler.AddWaiting(new_seq);
+  Schedule first = scheduler.Next();
+  ASSERT_EQ(first.work.size(), 2u);
+  EXPECT_EQ(blocks.num_free(), 0);
+  Complete(first);  // both now hold 9 tokens: each needs a third block
+  Schedule second = scheduler.Next();
+  EXPECT_EQ(second.num_preempted, 1);
+  ASSERT_EQ(second.work.size(), 1u);
+  EXPECT_EQ(second.work[0].seq, old_seq);
+  EXPECT_EQ(new_seq->num_computed, 0);   // recompute from scratch later
+  EXPECT_EQ(new_seq->num_tokens(), 9);   // its output so far is kept
+  EXPECT_TRUE(new_seq->block_table.empty());
+  EXPECT_EQ(scheduler.num_waiting(), 1);
+  scheduler.Remove(old_seq);
+  EXPECT_EQ(blocks.num_free(), 4);
+  Schedule third = scheduler.Next();  // the preempted one comes back, all 9 tokens at once
+  ASSERT_EQ(third.work.size(), 1u);
+  EXPECT_EQ(third.work[0].seq, new_seq);
+  EXPECT_EQ(third.work[0].num_rows, 9);
+}
+
+TEST_F(SchedulerTest, OnlySequencePreemptsItselfWhenThePoolIsTooSmall) {
+  KvBlockManager blocks(2, 4);
+  Scheduler scheduler({.max_running = 8, .max_batched_tokens = 100}, &blocks);
+  Sequence* only = Add(8);
+  scheduler.AddWaiting(only);
+  Complete(scheduler.Next());  // 9 tokens, 2 blocks: cannot grow to a third
+  Schedule next = scheduler.Next();
+  EXPECT_EQ(next.num_preempted, 1);  // the newest is itself
+  EXPECT_TRUE(next.work.empty());
+  EXPECT_EQ(scheduler.num_waiting(), 1);
+  EXPECT_EQ(blocks.num_free(), 2);
+}
+
+}  // namespace
+}  // namespace spanserve
