@@ -1,0 +1,347 @@
+// The engine end to end on the CPU backend with a tiny random model loaded from files:
+// batching invariance, preemption by recompute, cancellation, sampling, stop strings, forced
+// decoding with spans, request validation and the queue limit.
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "engine/cpu_backend.h"
+#include "engine/engine.h"
+#include "gtest/gtest.h"
+#include "tests/cpp/tiny_model.h"
+
+namespace spanserve {
+namespace {
+
+// Collects one request's events; waits for its finish.
+class Collector {
+ public:
+  EventSink Sink() {
+    return [this](GenerationEvent&& event) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (event.token >= 0) tokens_.push_back(event.token);
+      text_ += event.text;
+      if (event.finished) {
+        done_ = true;
+        final_ = std::move(event);
+        cv_.notify_all();
+      }
+    };
+  }
+  bool Wait(double seconds = 60) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; });
+  }
+  std::vector<int32_t> tokens() const { std::lock_guard<std::mutex> l(mu_); return tokens_; }
+  std::string text() const { std::lock_guard<std::mutex> l(mu_); return text_; }
+  const GenerationEvent& final_event() const { return final_; }
+  size_t num_tokens() const { std::lock_guard<std::mutex> l(mu_); return tokens_.size(); }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> tokens_;
+  std::string text_;
+  bool done_ = false;
+  GenerationEvent final_;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    TinyModelSpec spec;
+    spec.seed = 7;
+    const std::string dir = WriteTinyModelDir(spec, MakeTempDir("engine_test"));
+    absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+  }
+  static void TearDownTestSuite() { model_.reset(); }
+
+  std::unique_ptr<Engine> MakeEngine(int32_t num_blocks, EngineConfig config = {},
+                                     int32_t block_size = 16) {
+    KvPoolOptions pool;
+    pool.block_size = block_size;
+    pool.num_blocks = num_blocks;
+    absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model_, pool);
+    EXPECT_TRUE(backend.ok()) << backend.status();
+    absl::StatusOr<std::unique_ptr<Engine>> engine =
+        CreateEngine(model_, std::move(*backend), config, &observer_);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return std::move(*engine);
+  }
+
+  static GenerateRequest Greedy(const std::string& prompt, int32_t max_tokens) {
+    GenerateRequest request;
+    request.prompt = prompt;
+    request.max_tokens = max_tokens;
+    request.ignore_eos = true;
+    return request;
+  }
+
+  // Runs the requests all at once and returns each one's tokens.
+  std::vector<std::vector<int32_t>> RunAll(Engine* engine,
+                                           const std::vector<GenerateRequest>& requests) {
+    std::vector<std::unique_ptr<Collector>> collectors;
+    for (const GenerateRequest& request : requests) {
+      collectors.push_back(std::make_unique<Collector>());
+      EXPECT_TRUE(engine->Submit(request, collectors.back()->Sink()).ok());
+    }
+    std::vector<std::vector<int32_t>> outputs;
+    for (auto& c : collectors) {
+      EXPECT_TRUE(c->Wait());
+      outputs.push_back(c->tokens());
+    }
+    return outputs;
+  }
+
+  static std::vector<GenerateRequest> VariedRequests(int n, int32_t max_tokens) {
+    std::vector<GenerateRequest> requests;
+    for (int i = 0; i < n; ++i) {
+      std::string prompt = "(" + std::to_string(i * 37 % 1000) + "+" + std::to_string(i) + ")*";
+      for (int j = 0; j < i % 5; ++j) prompt += " the cat sat on a mat.";
+      requests.push_back(Greedy(prompt, max_tokens + i % 7));
+    }
+    return requests;
+  }
+
+  struct CountingObserver : EngineObserver {
+    void OnPreemption() override { ++preemptions; }
+    void OnHeaderFallback() override { ++fallbacks; }
+    std::atomic<int> preemptions{0};
+    std::atomic<int> fallbacks{0};
+  };
+
+  static std::shared_ptr<const Model> model_;
+  CountingObserver observer_;
+};
+
+std::shared_ptr<const Model> EngineTest::model_;
+
+TEST_F(EngineTest, ConcurrentGreedyOutputsEqualOutputsAlone) {
+  const std::vector<GenerateRequest> requests = VariedRequests(32, 12);
+  std::vector<std::vector<int32_t>> alone;
+  {
+    std::unique_ptr<Engine> engine = MakeEngine(512);
+    for (const GenerateRequest& r : requests) alone.push_back(RunAll(engine.get(), {r})[0]);
+  }
+  std::unique_ptr<Engine> engine = MakeEngine(512);
+  const std::vector<std::vector<int32_t>> together = RunAll(engine.get(), requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(together[i].size(), static_cast<size_t>(requests[i].max_tokens));
+    EXPECT_EQ(together[i], alone[i]) << "request " << i;
+  }
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, SmallPoolPreemptsAndStillGivesTheSameOutputs) {
+  std::vector<GenerateRequest> requests = VariedRequests(12, 40);
+  // Half of them sample: the counter-based seed must survive recompute too.
+  for (size_t i = 0; i < requests.size(); i += 2) {
+    requests[i].sampling = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = 100 + i};
+  }
+  std::vector<std::vector<int32_t>> large = RunAll(MakeEngine(1024).get(), requests);
+
+  EngineConfig config;
+  config.max_batched_tokens = 64;
+  std::unique_ptr<Engine> engine = MakeEngine(/*num_blocks=*/12, config, /*block_size=*/16);
+  std::vector<std::vector<int32_t>> small = RunAll(engine.get(), requests);
+  EXPECT_GT(engine->Stats().preemptions, 0);
+  EXPECT_GT(observer_.preemptions.load(), 0);
+  for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(small[i], large[i]) << "request " << i;
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, PoolIsAllFreeAfterFinishedCancelledAndPreempted) {
+  EngineConfig config;
+  config.max_batched_tokens = 48;
+  std::unique_ptr<Engine> engine = MakeEngine(10, config);
+  std::vector<std::unique_ptr<Collector>> collectors;
+  std::vector<Engine::RequestId> ids;
+  for (const GenerateRequest& r : VariedRequests(10, 60)) {
+    collectors.push_back(std::make_unique<Collector>());
+    ids.push_back(*engine->Submit(r, collectors.back()->Sink()));
+  }
+  // Cancel some while waiting, some while running.
+  engine->Cancel(ids[9]);
+  while (collectors[0]->num_tokens() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  engine->Cancel(ids[0]);
+  engine->Cancel(ids[4]);
+  engine->Cancel(987654);  // unknown: ignored
+  int cancelled = 0;
+  for (auto& c : collectors) {
+    ASSERT_TRUE(c->Wait());
+    cancelled += c->final_event().finish_reason == FinishReason::kCancelled;
+  }
+  EXPECT_GE(cancelled, 3);
+  EXPECT_GT(engine->Stats().preemptions, 0);
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+  EXPECT_EQ(engine->Stats().running, 0);
+  EXPECT_EQ(engine->Stats().waiting, 0);
+}
+
+TEST_F(EngineTest, SameSeedSameOutputOtherSeedOtherOutput) {
+  std::unique_ptr<Engine> engine = MakeEngine(256);
+  GenerateRequest request = Greedy("(1+2)*3=", 24);
+  request.sampling = {.temperature = 1.0f, .seed = 5};
+  GenerateRequest other = request;
+  other.sampling.seed = 6;
+  auto outputs = RunAll(engine.get(), {request, request, other});
+  EXPECT_EQ(outputs[0], outputs[1]);
+  EXPECT_NE(outputs[0], outputs[2]);
+}
+
+TEST_F(EngineTest, FinishReasonsLengthEosAndStop) {
+  std::unique_ptr<Engine> engine = MakeEngine(256);
+  Collector length;
+  ASSERT_TRUE(engine->Submit(Greedy("1+1=", 5), length.Sink()).ok());
+  ASSERT_TRUE(length.Wait());
+  EXPECT_EQ(length.final_event().finish_reason, FinishReason::kLength);
+  EXPECT_EQ(length.final_event().generated_tokens, 5);
+
+  // Forced decoding decides the tokens, so EOS and stop strings can be placed exactly.
+  const Tokenizer& tok = *model_->tokenizer;
+  GenerateRequest eos = Greedy("1+1=", 20);
+  eos.ignore_eos = false;
+  eos.forced_output = tok.Encode("12");
+  eos.forced_output.push_back(tok.eos_id());
+  eos.forced_output.push_back(tok.Encode("9")[0]);
+  Collector eos_run;
+  ASSERT_TRUE(engine->Submit(eos, eos_run.Sink()).ok());
+  ASSERT_TRUE(eos_run.Wait());
+  EXPECT_EQ(eos_run.final_event().finish_reason, FinishReason::kEos);
+  EXPECT_EQ(eos_run.text(), "12");
+
+  GenerateRequest stop = Greedy("1+1=", 20);
+  stop.forced_output = tok.Encode("the cat sat on a mat");
+  stop.stop = {"sat", "zebra"};
+  Collector stop_run;
+  ASSERT_TRUE(engine->Submit(stop, stop_run.Sink()).ok());
+  ASSERT_TRUE(stop_run.Wait());
+  EXPECT_EQ(stop_run.final_event().finish_reason, FinishReason::kStop);
+  EXPECT_EQ(stop_run.text(), "the cat ");
+}
+
+TEST_F(EngineTest, ForcedSpanOutputReadsFewerBlocksThanDense) {
+  const Tokenizer& tok = *model_->tokenizer;
+  // A chain like the arithmetic task's: each step references the previous one.
+  std::string output;
+  std::string step = "(11+22)*(33-4)+(5*6)-(7+8)*9+10";
+  for (int k = 0; k < 12; ++k) output += "<a>" + std::to_string(k) + "</a>" + step;
+  output += "<a>x</a>42";  // one malformed header
+  GenerateRequest request = Greedy("(11+22)*(33-4)+(5*6)-(7+8)*9+10=", 900);
+  request.forced_output = tok.Encode(output);
+  request.include_span_markup = true;
+
+  std::unique_ptr<Engine> engine = MakeEngine(256, {}, /*block_size=*/16);
+  Collector sparse, dense;
+  ASSERT_TRUE(engine->Submit(request, sparse.Sink()).ok());
+  request.span_mode = SpanMode::kDense;
+  ASSERT_TRUE(engine->Submit(request, dense.Sink()).ok());
+  ASSERT_TRUE(sparse.Wait() && dense.Wait());
+
+  const GenerationEvent& s = sparse.final_event();
+  EXPECT_EQ(sparse.tokens(), request.forced_output);
+  EXPECT_EQ(sparse.text(), output);
+  EXPECT_EQ(s.finish_reason, FinishReason::kLength);
+  ASSERT_EQ(s.segments.size(), 14u);  // the prompt segment and 13 output segments
+  EXPECT_TRUE(s.segments[0].in_prompt);
+  EXPECT_EQ(s.segments[5].refs, std::vector<int32_t>{4});  // output step k references k
+  EXPECT_EQ(s.segments[5].text, step);
+  EXPECT_TRUE(s.segments[13].dense_fallback);
+  EXPECT_EQ(observer_.fallbacks.load(), 2);  // once per request
+  EXPECT_LT(s.kv_blocks_read, s.kv_blocks_dense * 6 / 10);
+  EXPECT_EQ(dense.final_event().kv_blocks_read, dense.final_event().kv_blocks_dense);
+  EXPECT_EQ(dense.final_event().segments[5].refs, std::vector<int32_t>{4});
+}
+
+TEST_F(EngineTest, BadRequestsGetInvalidArgumentNamingTheField) {
+  std::unique_ptr<Engine> engine = MakeEngine(32);  // 512 tokens of cache, context 1024
+  auto expect_bad = [&](GenerateRequest r, const std::string& field) {
+    absl::StatusOr<Engine::RequestId> id = engine->Submit(r, [](GenerationEvent&&) {});
+    ASSERT_FALSE(id.ok()) << field;
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_TRUE(absl::StartsWith(id.status().message(), field)) << id.status();
+  };
+  GenerateRequest ok = Greedy("1+1=", 4);
+  GenerateRequest r = ok;
+  r.prompt = "";
+  expect_bad(r, "prompt");
+  r = ok;
+  r.prompt = "a <a> b";
+  expect_bad(r, "prompt");
+  r = ok;
+  r.prompt = std::string(2000, '7');
+  expect_bad(r, "prompt");
+  r = ok;
+  r.max_tokens = 0;
+  expect_bad(r, "max_tokens");
+  r.max_tokens = 100000;
+  expect_bad(r, "max_tokens");
+  r.max_tokens = 1000;  // fits the limit and the context, not the cache
+  expect_bad(r, "max_tokens");
+  r = ok;
+  r.sampling.temperature = -1;
+  expect_bad(r, "temperature");
+  r.sampling.temperature = std::nanf("");
+  expect_bad(r, "temperature");
+  r = ok;
+  r.sampling.top_p = 0;
+  expect_bad(r, "top_p");
+  r.sampling.top_p = 1.5f;
+  expect_bad(r, "top_p");
+  r = ok;
+  r.sampling.top_k = -2;
+  expect_bad(r, "top_k");
+  r = ok;
+  r.stop = std::vector<std::string>(9, "x");
+  expect_bad(r, "stop");
+  r.stop = {std::string(65, 'x')};
+  expect_bad(r, "stop[0]");
+  r.stop = {""};
+  expect_bad(r, "stop[0]");
+  r = ok;
+  r.span_mode = static_cast<SpanMode>(7);
+  expect_bad(r, "span_mode");
+  r = ok;
+  r.prompt.clear();
+  r.segments = {"a", ""};
+  expect_bad(r, "segments[1]");
+  EXPECT_TRUE(engine->Submit(ok, [](GenerationEvent&&) {}).ok());
+}
+
+TEST_F(EngineTest, FullQueueIsResourceExhaustedAndShutdownIsUnavailable) {
+  EngineConfig config;
+  config.max_running = 1;
+  config.max_waiting = 2;
+  std::unique_ptr<Engine> engine = MakeEngine(64, config);
+  std::vector<std::unique_ptr<Collector>> collectors;
+  absl::Status last;
+  for (int i = 0; i < 8 && last.ok(); ++i) {
+    collectors.push_back(std::make_unique<Collector>());
+    last = engine->Submit(Greedy("1+2=", 200), collectors.back()->Sink()).status();
+  }
+  EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted);
+  engine->Shutdown(0);  // no grace: in-flight requests are cancelled
+  for (size_t i = 0; i + 1 < collectors.size(); ++i) {
+    ASSERT_TRUE(collectors[i]->Wait());
+    EXPECT_EQ(collectors[i]->final_event().finish_reason, FinishReason::kCancelled);
+  }
+  absl::Status after = engine->Submit(Greedy("1+2=", 2), [](GenerationEvent&&) {}).status();
+  EXPECT_EQ(after.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, ShutdownWithGraceLetsRequestsFinish) {
+  std::unique_ptr<Engine> engine = MakeEngine(64);
+  Collector collector;
+  ASSERT_TRUE(engine->Submit(Greedy("1+2=", 16), collector.Sink()).ok());
+  engine->Shutdown(60);
+  ASSERT_TRUE(collector.Wait(0));
+  EXPECT_EQ(collector.final_event().finish_reason, FinishReason::kLength);
+}
+
+}  // namespace
+}  // namespace spanserve
