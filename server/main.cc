@@ -1,0 +1,291 @@
+// spanserve: the gRPC inference server. Starts the gRPC and /metrics endpoints at once (health
+// NOT_SERVING), loads the model, serves; SIGTERM or SIGINT drains and exits 0.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "engine/backend_factory.h"
+#include "engine/engine.h"
+#include "server/config.h"
+#include "server/log.h"
+#include "server/metrics_http.h"
+#include "server/server_metrics.h"
+#include "server/service.h"
+
+namespace spanserve {
+namespace {
+
+constexpr char kServiceName[] = "spanserve.v1.SpanServe";
+
+// Slows each step down by a fixed delay (config debug.step_delay_ms): lets tests and demos
+// watch long generations on a small model.
+class DelayedBackend : public Backend {
+ public:
+  DelayedBackend(std::unique_ptr<Backend> inner, int delay_ms)
+      : inner_(std::move(inner)), delay_(delay_ms) {}
+  std::string name() const override { return inner_->name(); }
+  absl::Status Step(const StepBatch& batch, StepOutput* out) override {
+    std::this_thread::sleep_for(delay_);
+    return inner_->Step(batch, out);
+  }
+  int32_t num_kv_blocks() const override { return inner_->num_kv_blocks(); }
+  int32_t block_size() const override { return inner_->block_size(); }
+  int32_t vocab_size() const override { return inner_->vocab_size(); }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  std::chrono::milliseconds delay_;
+};
+
+// The first SIGTERM or SIGINT, caught by a thread of its own (the signals are blocked in all
+// other threads, which inherit the mask from main).
+class ShutdownSignal {
+ public:
+  ShutdownSignal() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    std::thread([this] {
+      int signal = 0;
+      sigwait(&set_, &signal);
+      std::lock_guard<std::mutex> lock(mu_);
+      signal_ = signal;
+      cv_.notify_all();
+    }).detach();
+  }
+  int Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return signal_ != 0; });
+    return signal_;
+  }
+
+ private:
+  sigset_t set_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int signal_ = 0;
+};
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) return absl::NotFoundError("cannot read " + path);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerConfig& c) {
+  if (c.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  absl::StatusOr<std::string> cert = ReadFile(c.tls_cert_file);
+  absl::StatusOr<std::string> key = ReadFile(c.tls_key_file);
+  if (!cert.ok()) return absl::NotFoundError("tls.cert_file: " + std::string(cert.status().message()));
+  if (!key.ok()) return absl::NotFoundError("tls.key_file: " + std::string(key.status().message()));
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!c.tls_client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile(c.tls_client_ca_file);
+    if (!ca.ok()) {
+      return absl::NotFoundError("tls.client_ca_file: " + std::string(ca.status().message()));
+    }
+    options.pem_root_certs = *ca;
+    options.client_certificate_request =
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+std::string HostPort(const std::string& host, int port) {
+  const bool ipv6 = host.find(':') != std::string::npos && host.front() != '[';
+  return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+// Loads the model and builds backend and engine. Logs progress for large models.
+absl::StatusOr<std::unique_ptr<Engine>> LoadEngine(const ServerConfig& config,
+                                                   EngineObserver* observer,
+                                                   std::string* backend_name) {
+  LogInfo("model_load_start", {{"path", config.model_path}});
+  const auto start = std::chrono::steady_clock::now();
+  LoadOptions load;
+  int last_tenth = -1;
+  load.progress = [&last_tenth](int64_t done, int64_t total) {
+    if (total < (int64_t{256} << 20)) return;  // small models load in a blink
+    const int tenth = static_cast<int>(done * 10 / std::max<int64_t>(total, 1));
+    if (tenth == last_tenth) return;
+    last_tenth = tenth;
+    LogInfo("model_load_progress", {{"percent", tenth * 10}, {"bytes_done", done},
+                                    {"bytes_total", total}});
+  };
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(config.model_path, load);
+  if (!model.ok()) return model.status();
+  std::shared_ptr<const Model> shared_model = std::move(*model);
+
+  absl::StatusOr<BackendOptions> options = ToBackendOptions(config);
+  if (!options.ok()) return options.status();
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(shared_model, *options);
+  if (!backend.ok()) return backend.status();
+  *backend_name = (*backend)->name();
+  const int32_t kv_blocks = (*backend)->num_kv_blocks();
+  std::unique_ptr<Backend> chosen = std::move(*backend);
+  if (config.debug_step_delay_ms > 0) {
+    chosen = std::make_unique<DelayedBackend>(std::move(chosen), config.debug_step_delay_ms);
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      CreateEngine(shared_model, std::move(chosen), ToEngineConfig(config), observer);
+  if (!engine.ok()) return engine.status();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const ModelConfig& mc = shared_model->config;
+  LogInfo("model_loaded", {{"path", config.model_path}, {"backend", *backend_name},
+                           {"layers", mc.num_layers}, {"hidden", mc.hidden_size},
+                           {"vocab", mc.vocab_size}, {"context", mc.max_position_embeddings},
+                           {"kv_blocks", kv_blocks}, {"kv_block_size", config.kv_block_size},
+                           {"seconds", seconds}});
+  return engine;
+}
+
+struct Flags {
+  std::string config_path;
+  ServerConfig overrides;
+};
+
+int Run(int argc, char** argv) {
+  ShutdownSignal shutdown_signal;  // first: threads made later inherit the blocked signals
+
+  CLI::App app{"spanserve: gRPC LLM server with self-selected attention spans"};
+  std::string config_path;
+  ServerConfig flags;
+  app.add_option("--config", config_path, "YAML config file (see deploy/spanserve.yaml)");
+  CLI::Option* model = app.add_option("--model", flags.model_path, "model directory");
+  CLI::Option* device = app.add_option("--device", flags.device, "cpu, cuda or auto");
+  CLI::Option* port = app.add_option("--port", flags.port, "gRPC port (0: any free port)");
+  CLI::Option* metrics_port =
+      app.add_option("--metrics-port", flags.metrics_port, "/metrics port (0: any free port)");
+  CLI::Option* bind = app.add_option("--bind-address", flags.bind_address, "address to bind");
+  CLI::Option* log_level = app.add_option("--log-level", flags.log_level, "log level");
+  CLI::Option* log_format = app.add_option("--log-format", flags.log_format, "text or json");
+  CLI::Option* grace = app.add_option("--drain-grace-seconds", flags.drain_grace_seconds,
+                                      "time in-flight requests get to finish on shutdown");
+  CLI::Option* block_size = app.add_option("--kv-block-size", flags.kv_block_size,
+                                           "tokens per KV block");
+  CLI::Option* kv_blocks = app.add_option("--kv-blocks", flags.kv_num_blocks,
+                                          "KV blocks in the pool (0: from memory)");
+  CLI::Option* max_running = app.add_option("--max-running", flags.max_running,
+                                            "sequences decoding at once");
+  CLI::Option* max_waiting = app.add_option("--max-waiting", flags.max_waiting,
+                                            "waiting queue limit");
+  CLI11_PARSE(app, argc, argv);
+
+  ServerConfig config;
+  if (!config_path.empty()) {
+    absl::StatusOr<ServerConfig> loaded = LoadConfigFile(config_path);
+    if (!loaded.ok()) {
+      std::cerr << "spanserve: " << loaded.status().message() << "\n";
+      return 2;
+    }
+    config = *loaded;
+  }
+  if (model->count()) config.model_path = flags.model_path;
+  if (device->count()) config.device = flags.device;
+  if (port->count()) config.port = flags.port;
+  if (metrics_port->count()) config.metrics_port = flags.metrics_port;
+  if (bind->count()) config.bind_address = flags.bind_address;
+  if (log_level->count()) config.log_level = flags.log_level;
+  if (log_format->count()) config.log_format = flags.log_format;
+  if (grace->count()) config.drain_grace_seconds = flags.drain_grace_seconds;
+  if (block_size->count()) config.kv_block_size = flags.kv_block_size;
+  if (kv_blocks->count()) config.kv_num_blocks = flags.kv_num_blocks;
+  if (max_running->count()) config.max_running = flags.max_running;
+  if (max_waiting->count()) config.max_waiting = flags.max_waiting;
+  if (absl::Status status = ValidateConfig(config); !status.ok()) {
+    std::cerr << "spanserve: " << status.message() << "\n";
+    return 2;
+  }
+
+  InitLogging(config.log_level, config.log_format);
+  LogInfo("start", {{"version", "0.1.0"}, {"config", config_path}, {"model", config.model_path},
+                    {"device", config.device}, {"pid", static_cast<int>(getpid())}});
+
+  metrics::Registry registry;
+  ServerMetrics server_metrics(&registry);
+  MetricsObserver observer(&server_metrics);
+  SpanServeService service(config, &server_metrics);
+  registry.AddCollectHook([&] {
+    if (Engine* engine = service.engine()) server_metrics.SetEngineStats(engine->Stats());
+  });
+
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(config);
+  if (!credentials.ok()) {
+    LogError("tls_error", {{"message", credentials.status().message()}});
+    return 1;
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(HostPort(config.bind_address, config.port), *credentials, &grpc_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || grpc_port == 0) {
+    LogError("listen_failed", {{"address", HostPort(config.bind_address, config.port)}});
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> metrics_http =
+      MetricsHttpServer::Start(&registry, config.bind_address, config.metrics_port);
+  if (!metrics_http.ok()) {
+    LogError("listen_failed", {{"message", metrics_http.status().message()}});
+    server->Shutdown();
+    return 1;
+  }
+  LogInfo("listening", {{"address", config.bind_address}, {"grpc_port", grpc_port},
+                        {"metrics_port", (*metrics_http)->port()},
+                        {"tls", !config.tls_cert_file.empty()}});
+
+  std::string backend_name;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = LoadEngine(config, &observer, &backend_name);
+  if (!engine.ok()) {
+    LogError("model_load_failed", {{"path", config.model_path},
+                                   {"message", engine.status().message()}});
+    server->Shutdown();
+    (*metrics_http)->Stop();
+    return 1;
+  }
+  service.SetEngine(engine->get(), backend_name);
+  health->SetServingStatus(true);
+  health->SetServingStatus(kServiceName, true);
+  LogInfo("serving", {{"grpc_port", grpc_port}});
+
+  const int signal = shutdown_signal.Wait();
+  LogInfo("draining", {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
+                       {"grace_seconds", config.drain_grace_seconds}});
+  health->Shutdown();  // NOT_SERVING from now on
+  service.StartDraining();
+  (*engine)->Shutdown(config.drain_grace_seconds);
+  // Every generation has finished; give the last writes a moment to reach their clients.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  (*metrics_http)->Stop();
+  service.SetEngine(nullptr, backend_name);
+  engine->reset();
+  LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace spanserve
+
+int main(int argc, char** argv) { return spanserve::Run(argc, argv); }

@@ -1,0 +1,55 @@
+// spanserve's metrics (names follow Prometheus conventions: spanserve_ prefix, base units,
+// _total on counters) and the bridge that feeds them from the engine's observer callbacks.
+#pragma once
+
+#include <string>
+
+#include "engine/engine.h"
+#include "server/metrics.h"
+
+namespace spanserve {
+
+class ServerMetrics {
+ public:
+  explicit ServerMetrics(metrics::Registry* registry);
+
+  // One finished RPC: rpc is the method name, code the gRPC status code name (e.g. "OK").
+  void CountRequest(const std::string& rpc, const std::string& code);
+  // The engine's gauges, read at scrape time.
+  void SetEngineStats(const EngineStats& stats);
+
+  metrics::Family<metrics::Counter>& requests;
+  metrics::Family<metrics::Counter>& finished;
+  metrics::Counter& prompt_tokens;
+  metrics::Counter& generated_tokens;
+  metrics::Histogram& time_to_first_token;
+  metrics::Histogram& inter_token_latency;
+  metrics::Histogram& request_duration;
+  metrics::Gauge& running;
+  metrics::Gauge& waiting;
+  metrics::Gauge& kv_blocks_used;
+  metrics::Gauge& kv_blocks_capacity;
+  metrics::Counter& preemptions;
+  metrics::Histogram& batch_size;
+  metrics::Histogram& step_duration;
+  metrics::Histogram& attention_density;
+  metrics::Counter& kv_blocks_read;
+  metrics::Counter& kv_blocks_dense;
+  metrics::Counter& header_fallbacks;
+};
+
+// Called on the engine thread: only atomic updates and short locks.
+class MetricsObserver : public EngineObserver {
+ public:
+  explicit MetricsObserver(ServerMetrics* metrics) : m_(metrics) {}
+  void OnStep(const StepStats& stats) override;
+  void OnInterTokenLatency(double seconds) override;
+  void OnRequestFinished(const RequestStats& stats) override;
+  void OnPreemption() override;
+  void OnHeaderFallback() override;
+
+ private:
+  ServerMetrics* m_;
+};
+
+}  // namespace spanserve

@@ -1,0 +1,56 @@
+// The SpanServe gRPC service on the callback API: each RPC is a reactor that converts the
+// request, submits it to the engine, and turns the engine's events (which arrive on the engine
+// thread) into the response or the stream. No gRPC thread blocks on a generation.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "engine/engine.h"
+#include "server/config.h"
+#include "server/server_metrics.h"
+#include "spanserve/v1/spanserve.grpc.pb.h"
+
+namespace spanserve {
+
+class SpanServeService final : public v1::SpanServe::CallbackService {
+ public:
+  SpanServeService(const ServerConfig& config, ServerMetrics* metrics)
+      : config_(config), metrics_(metrics) {}
+
+  // Until the engine is set, RPCs answer UNAVAILABLE (the model is loading).
+  void SetEngine(Engine* engine, std::string backend_name);
+  // From now on, new RPCs answer UNAVAILABLE; in-flight ones go on.
+  void StartDraining() { draining_ = true; }
+
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const v1::GenerateRequest* request,
+                                     v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerateStream(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+  // Internal to the reactors.
+  Engine* engine() const { return engine_.load(); }
+  const ServerConfig& config() const { return config_; }
+  ServerMetrics* metrics() const { return metrics_; }
+  // UNAVAILABLE while loading or draining, else OK.
+  grpc::Status Availability() const;
+
+ private:
+  const ServerConfig config_;
+  ServerMetrics* metrics_;
+  std::atomic<Engine*> engine_{nullptr};
+  std::string backend_name_;
+  std::atomic<bool> draining_{false};
+};
+
+// The engine request for a protocol request: unset fields take the configured defaults, a
+// missing seed is drawn at random (*seed gets the one used). INVALID_ARGUMENT for protocol-level
+// errors (an unknown span_mode); field values are checked by the engine.
+absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& request,
+                                                const ServerConfig& config, uint64_t* seed);
+
+}  // namespace spanserve
