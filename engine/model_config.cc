@@ -1,1 +1,265 @@
-// placeholder
+#include "engine/model_config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace spanserve {
+
+using nlohmann::json;
+
+const char* DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "F32";
+    case DType::kF16: return "F16";
+    case DType::kBF16: return "BF16";
+  }
+  return "?";
+}
+
+size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t dim : shape) n *= dim;
+  return n;
+}
+
+absl::StatusOr<json> ReadJsonFile(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(path, ": file not found"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(path, ": cannot read the file"));
+  json parsed = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
+  }
+  if (!parsed.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": the top level is not a JSON object"));
+  }
+  return parsed;
+}
+
+namespace {
+
+// Reads typed keys of one JSON object. The first error (naming the file and the key) is kept and
+// later reads do nothing, so a parse is a list of reads followed by one status check.
+class Fields {
+ public:
+  Fields(const json& object, const std::string& path) : object_(object), path_(path) {}
+
+  const absl::Status& status() const { return status_; }
+
+  // Absent keys and null values are "not given".
+  bool Has(const char* key) const {
+    auto it = object_.find(key);
+    return it != object_.end() && !it->is_null();
+  }
+
+  absl::Status Error(const char* key, const std::string& problem) const {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": key '", key, "' ", problem));
+  }
+  void Fail(absl::Status status) {
+    if (status_.ok()) status_ = std::move(status);
+  }
+
+  // An integer in [min, int32 max]; an absent key leaves *out as it is unless required.
+  void Int(const char* key, bool required, int32_t min, int32_t* out) {
+    if (!Given(key, required)) return;
+    const json& value = object_.at(key);
+    if (!value.is_number_integer() || !InRange(value, min)) {
+      return Fail(Error(key, absl::StrCat("must be an integer >= ", min, ", got ", value.dump())));
+    }
+    *out = value.get<int32_t>();
+  }
+
+  void PositiveFloat(const char* key, bool required, float* out) {
+    if (!Given(key, required)) return;
+    const json& value = object_.at(key);
+    if (!value.is_number() || !(value.get<double>() > 0)) {
+      return Fail(Error(key, absl::StrCat("must be a positive number, got ", value.dump())));
+    }
+    *out = static_cast<float>(value.get<double>());
+  }
+
+  void Bool(const char* key, bool* out) {
+    if (!Given(key, false)) return;
+    const json& value = object_.at(key);
+    if (!value.is_boolean()) {
+      return Fail(Error(key, absl::StrCat("must be true or false, got ", value.dump())));
+    }
+    *out = value.get<bool>();
+  }
+
+  void String(const char* key, std::string* out) {
+    if (!Given(key, false)) return;
+    const json& value = object_.at(key);
+    if (!value.is_string() || value.get<std::string>().empty()) {
+      return Fail(Error(key, absl::StrCat("must be a non-empty string, got ", value.dump())));
+    }
+    *out = value.get<std::string>();
+  }
+
+  // One integer or a non-empty list of them (eos_token_id).
+  void IntList(const char* key, int32_t min, std::vector<int32_t>* out) {
+    if (!Given(key, true)) return;
+    const json& value = object_.at(key);
+    const json list = value.is_array() ? value : json::array({value});
+    out->clear();
+    for (const json& item : list) {
+      if (!item.is_number_integer() || !InRange(item, min)) {
+        return Fail(Error(key, absl::StrCat("must be an integer >= ", min,
+                                            " or a list of them, got ", value.dump())));
+      }
+      out->push_back(item.get<int32_t>());
+    }
+    if (out->empty()) Fail(Error(key, "is an empty list"));
+  }
+
+  // A key that must be absent, null or equal to `want` (a plain LLaMA's value).
+  void Only(const char* key, const json& want) {
+    if (!Given(key, false) || object_.at(key) == want) return;
+    Fail(absl::FailedPreconditionError(
+        absl::StrCat(path_, ": key '", key, "' is ", object_.at(key).dump(), ": not supported")));
+  }
+
+ private:
+  // True when the key has a value and no error is kept yet; a missing required key is an error.
+  bool Given(const char* key, bool required) {
+    if (!status_.ok()) return false;
+    if (Has(key)) return true;
+    if (required) Fail(Error(key, "is missing"));
+    return false;
+  }
+
+  static bool InRange(const json& value, int32_t min) {
+    if (value.is_number_unsigned()) {
+      return value.get<uint64_t>() <= uint64_t{std::numeric_limits<int32_t>::max()} &&
+             static_cast<int64_t>(value.get<uint64_t>()) >= min;
+    }
+    const int64_t v = value.get<int64_t>();
+    return v >= min && v <= std::numeric_limits<int32_t>::max();
+  }
+
+  const json& object_;
+  const std::string& path_;
+  absl::Status status_;
+};
+
+// Checks that need the parsed sizes together.
+absl::Status CheckSizes(ModelConfig& c, const Fields& fields) {
+  if (c.head_dim == 0) {
+    if (c.hidden_size % c.num_heads != 0) {
+      return fields.Error(
+          "hidden_size",
+          absl::StrCat("(", c.hidden_size, ") is not a multiple of num_attention_heads (",
+                       c.num_heads, ") and head_dim is not given"));
+    }
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  if (c.head_dim % 2 != 0) {
+    return fields.Error("head_dim",
+                        absl::StrCat("must be even for rotary embeddings, got ", c.head_dim));
+  }
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return fields.Error("num_key_value_heads",
+                        absl::StrCat("(", c.num_kv_heads, ") does not divide num_attention_heads (",
+                                     c.num_heads, ")"));
+  }
+  std::vector<std::pair<const char*, int32_t>> ids = {{"bos_token_id", c.bos_token_id}};
+  for (int32_t eos : c.eos_token_ids) ids.emplace_back("eos_token_id", eos);
+  for (const auto& [key, id] : ids) {
+    if (id >= c.vocab_size) {
+      return fields.Error(key,
+                          absl::StrCat("(", id, ") is not below vocab_size (", c.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path) {
+  absl::StatusOr<json> object = ReadJsonFile(path);
+  if (!object.ok()) return object.status();
+  Fields fields(*object, path);
+  // Keys that would change the model's math: only plain LLaMA's values.
+  fields.Only("model_type", "llama");
+  fields.Only("hidden_act", "silu");
+  fields.Only("attention_bias", false);
+  fields.Only("mlp_bias", false);
+  fields.Only("rope_scaling", nullptr);
+
+  ModelConfig c;
+  fields.Int("hidden_size", true, 1, &c.hidden_size);
+  fields.Int("intermediate_size", true, 1, &c.intermediate_size);
+  fields.Int("num_hidden_layers", true, 1, &c.num_layers);
+  fields.Int("num_attention_heads", true, 1, &c.num_heads);
+  c.num_kv_heads = c.num_heads;
+  fields.Int("num_key_value_heads", false, 1, &c.num_kv_heads);
+  fields.Int("head_dim", false, 1, &c.head_dim);
+  fields.Int("vocab_size", true, 1, &c.vocab_size);
+  fields.Int("max_position_embeddings", true, 1, &c.max_position_embeddings);
+  fields.PositiveFloat("rms_norm_eps", true, &c.rms_norm_eps);
+  fields.PositiveFloat("rope_theta", false, &c.rope_theta);
+  fields.Bool("tie_word_embeddings", &c.tie_word_embeddings);
+  fields.Int("bos_token_id", true, 0, &c.bos_token_id);
+  fields.IntList("eos_token_id", 0, &c.eos_token_ids);
+  if (!fields.status().ok()) return fields.status();
+  if (absl::Status status = CheckSizes(c, fields); !status.ok()) return status;
+  return c;
+}
+
+absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path) {
+  absl::StatusOr<json> object = ReadJsonFile(path);
+  if (!object.ok()) return object.status();
+  static const std::set<std::string> kKeys = {"span_protocol", "anchor_token", "header_end_token",
+                                              "prompt_segmentation", "max_header_tokens"};
+  for (const auto& item : object->items()) {
+    if (!kKeys.count(item.key())) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key '", item.key(), "'"));
+    }
+  }
+  Fields fields(*object, path);
+  int32_t protocol = 0;
+  SpanConfig span;
+  std::string segmentation = "whole";
+  fields.Int("span_protocol", true, 0, &protocol);
+  fields.String("anchor_token", &span.anchor_token);
+  fields.String("header_end_token", &span.header_end_token);
+  fields.Int("max_header_tokens", false, 1, &span.max_header_tokens);
+  fields.String("prompt_segmentation", &segmentation);
+  if (!fields.status().ok()) return fields.status();
+
+  if (protocol != 1)
+    return fields.Error("span_protocol", absl::StrCat("must be 1, got ", protocol));
+  if (span.anchor_token == span.header_end_token) {
+    return fields.Error("header_end_token", "must differ from anchor_token");
+  }
+  static const std::pair<const char*, Segmentation> kSegmentations[] = {
+      {"whole", Segmentation::kWhole},
+      {"sentences", Segmentation::kSentences},
+      {"paragraphs", Segmentation::kParagraphs},
+      {"client", Segmentation::kClient}};
+  for (const auto& [name, value] : kSegmentations) {
+    if (segmentation == name) {
+      span.prompt_segmentation = value;
+      return span;
+    }
+  }
+  return fields.Error("prompt_segmentation",
+                      absl::StrCat("must be \"whole\", \"sentences\", \"paragraphs\" or "
+                                   "\"client\", got \"",
+                                   segmentation, "\""));
+}
+
+}  // namespace spanserve
