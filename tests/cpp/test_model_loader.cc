@@ -19,8 +19,17 @@ namespace {
 
 using nlohmann::json;
 
+// The directories this test writes, removed at exit.
+struct TempDirs {
+  ~TempDirs() {
+    for (const std::string& dir : dirs) std::filesystem::remove_all(dir);
+  }
+  std::vector<std::string> dirs;
+} temp_dirs;
+
 std::string NewDir(const TinyModelSpec& spec = {}) {
-  return WriteTinyModelDir(spec, MakeTempDir("loader_test"));
+  temp_dirs.dirs.push_back(MakeTempDir("loader_test"));
+  return WriteTinyModelDir(spec, temp_dirs.dirs.back());
 }
 
 void WriteText(const std::string& path, const std::string& text) {
