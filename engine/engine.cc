@@ -482,9 +482,12 @@ void EngineImpl::Finish(Sequence* seq, FinishReason reason, GenerationEvent even
   stats.time_to_first_token = seq->time_to_first_token;
   stats.end_to_end = SecondsBetween(seq->arrival, Clock::now());
 
-  seq->sink(std::move(event));
-  observer_->OnRequestFinished(stats);
+  // Free the blocks and count the queues before the caller hears of the finish, so that
+  // what it reads next (metrics, stats) already shows the request gone.
   scheduler_.Remove(seq);
+  PublishCounts();
+  observer_->OnRequestFinished(stats);
+  seq->sink(std::move(event));
   sequences_.erase(seq->id);
 }
 
