@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -11,7 +12,9 @@
 #include "engine/attention_plan.h"
 #include "engine/cpu_backend.h"
 #include "engine/cpu_math.h"
+#include "engine/safetensors.h"
 #include "gtest/gtest.h"
+#include "tests/cpp/tiny_model.h"
 
 namespace spanserve {
 namespace {
@@ -52,6 +55,12 @@ TEST(CpuMath, HalfAndBf16ToFloat) {
   EXPECT_EQ(Bf16ToFloat(0x3f80), 1.0f);
   EXPECT_EQ(Bf16ToFloat(0xc0a0), -5.0f);
   EXPECT_EQ(Bf16ToFloat(0x3eab), 0.333984375f);
+  // Every finite half and every bf16 goes back to its bits through the loader's encoders.
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const uint16_t b = static_cast<uint16_t>(bits);
+    if ((b & 0x7c00) != 0x7c00) ASSERT_EQ(FloatToHalf(HalfToFloat(b)), b) << bits;
+    if ((b & 0x7f80) != 0x7f80) ASSERT_EQ(FloatToBf16(Bf16ToFloat(b)), b) << bits;
+  }
 }
 
 TEST(CpuMath, RmsNormMatchesDouble) {
@@ -261,7 +270,7 @@ class WeightMaker {
     if (spec_.dtype == DType::kF32) return Keep(values);
     std::vector<uint16_t> bits(values.size());
     for (size_t i = 0; i < values.size(); ++i) {
-      bits[i] = spec_.dtype == DType::kF16 ? FloatToHalf(values[i]) : BF16(values[i]);
+      bits[i] = spec_.dtype == DType::kF16 ? FloatToHalf(values[i]) : FloatToBf16(values[i]);
     }
     return Keep(bits);
   }
@@ -273,15 +282,6 @@ class WeightMaker {
     weights_->storage.push_back(owned);
     return owned->data();
   }
-  static uint16_t BF16(float v) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(v) >> 16); }
-  // Exact for the normal values made here.
-  static uint16_t FloatToHalf(float v) {
-    const uint32_t f = std::bit_cast<uint32_t>(v);
-    if ((f & 0x7fffffff) == 0) return static_cast<uint16_t>(f >> 16);
-    const uint32_t exponent = ((f >> 23) & 0xff) - 127 + 15;
-    return static_cast<uint16_t>(((f >> 16) & 0x8000) | (exponent << 10) | ((f >> 13) & 0x3ff));
-  }
-
   const TinySpec& spec_;
   ModelWeights* weights_;
   std::mt19937 rng_;
@@ -715,6 +715,36 @@ TEST(CpuBackend, HalfAndBf16WeightsGiveTheF32Result) {
     spec.dtype = DType::kF32;
     ExpectRowsNear(results[0], ReferenceLogits(*MakeTinyModel(spec), tokens, DenseRanges(11)),
                    1e-5, "f32");
+  }
+}
+
+// A model directory loaded by LoadModel: F32 weights are used from the mapping and must give the
+// reference; F16/BF16 files are converted and must agree across prefill, decode and chunked.
+TEST(CpuBackend, LoadedTinyModelMatchesReferenceInEveryPhase) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (bool tied : {false, true}) {
+      TinyModelSpec spec;
+      spec.dtype = dtype;
+      spec.tied = tied;
+      const std::string dir = WriteTinyModelDir(spec, MakeTempDir("cpu_backend_test"));
+      absl::StatusOr<std::unique_ptr<Model>> loaded = LoadModel(dir);
+      std::filesystem::remove_all(dir);  // the mappings stay valid
+      ASSERT_TRUE(loaded.ok()) << loaded.status();
+      std::shared_ptr<const Model> model = std::move(*loaded);
+      const int32_t len = 29, B = 8, num_blocks = DenseBlocks(len - 1, B) + 1;
+      const std::vector<int32_t> tokens = RandomTokens(len, spec.vocab, 17);
+      const std::vector<Ranges> ranges = DenseRanges(len);
+      auto run = [&](const std::vector<int32_t>& steps) {
+        std::unique_ptr<Backend> backend = MakeBackend(model, B, num_blocks);
+        return RunSequence(backend.get(), tokens, ranges, ShuffledTable(len, B, num_blocks, 6),
+                           steps);
+      };
+      const std::vector<float> prefill = run({len});
+      const std::string what = std::string(DTypeName(dtype)) + (tied ? " tied" : "");
+      EXPECT_LT(RelErr(run(Steps(len, 1, 1)).data(), prefill.data(), prefill.size()), 1e-5) << what;
+      EXPECT_LT(RelErr(run(Steps(len, 5, 5)).data(), prefill.data(), prefill.size()), 1e-5) << what;
+      if (dtype == DType::kF32) ExpectRowsNear(prefill, ReferenceLogits(*model, tokens, ranges), 1e-5, what);
+    }
   }
 }
 
