@@ -93,6 +93,7 @@ std::vector<std::pair<std::string, Reader>> Fields(ServerConfig* c) {
       {"logging.level", String(&c->log_level)},
       {"logging.format", String(&c->log_format)},
       {"debug.step_delay_ms", Integer(&c->debug_step_delay_ms)},
+      {"debug.load_delay_ms", Integer(&c->debug_load_delay_ms)},
   };
 }
 
@@ -205,6 +206,7 @@ absl::Status ValidateConfig(const ServerConfig& c) {
       OneOf("logging.level", c.log_level, {"trace", "debug", "info", "warn", "error", "off"}),
       OneOf("logging.format", c.log_format, {"text", "json"}),
       Range("debug.step_delay_ms", c.debug_step_delay_ms, 0, 60000),
+      Range("debug.load_delay_ms", c.debug_load_delay_ms, 0, 600000),
   };
   for (const absl::Status& status : checks) {
     if (!status.ok()) return status;

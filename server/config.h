@@ -49,6 +49,7 @@ struct ServerConfig {
   std::string log_format = "text";      // text (key=value) | json
   // debug:
   int32_t debug_step_delay_ms = 0;      // sleeps before each engine step (tests, demos)
+  int32_t debug_load_delay_ms = 0;      // sleeps before loading the model (tests)
 };
 
 // Reads a YAML config file over the defaults. Unknown keys and bad values are errors naming

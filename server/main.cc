@@ -4,11 +4,12 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
+#include <cerrno>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -48,34 +49,34 @@ class DelayedBackend : public Backend {
   std::chrono::milliseconds delay_;
 };
 
-// The first SIGTERM or SIGINT, caught by a thread of its own (the signals are blocked in all
-// other threads, which inherit the mask from main).
+// SIGTERM and SIGINT, through a pipe: the handler (which may run on any thread, some started by
+// libraries before main) only writes the signal number; Wait reads it.
 class ShutdownSignal {
  public:
   ShutdownSignal() {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGTERM);
-    sigaddset(&set_, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
-    std::thread([this] {
-      int signal = 0;
-      sigwait(&set_, &signal);
-      std::lock_guard<std::mutex> lock(mu_);
-      signal_ = signal;
-      cv_.notify_all();
-    }).detach();
+    if (pipe(pipe_) != 0) pipe_[0] = pipe_[1] = -1;
+    write_end_ = pipe_[1];
+    struct sigaction action = {};
+    action.sa_handler = [](int signal) {
+      const char byte = static_cast<char>(signal);
+      [[maybe_unused]] ssize_t n = write(write_end_, &byte, 1);
+    };
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &action, nullptr);
+    sigaction(SIGINT, &action, nullptr);
   }
+  // Blocks until a signal came; returns it.
   int Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return signal_ != 0; });
-    return signal_;
+    char byte = 0;
+    while (read(pipe_[0], &byte, 1) < 0 && errno == EINTR) {
+    }
+    return byte;
   }
 
  private:
-  sigset_t set_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int signal_ = 0;
+  static inline int write_end_ = -1;
+  int pipe_[2];
 };
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -115,6 +116,9 @@ std::string HostPort(const std::string& host, int port) {
 absl::StatusOr<std::unique_ptr<Engine>> LoadEngine(const ServerConfig& config,
                                                    EngineObserver* observer,
                                                    std::string* backend_name) {
+  if (config.debug_load_delay_ms > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(config.debug_load_delay_ms));
+  }
   LogInfo("model_load_start", {{"path", config.model_path}});
   const auto start = std::chrono::steady_clock::now();
   LoadOptions load;
@@ -161,7 +165,7 @@ struct Flags {
 };
 
 int Run(int argc, char** argv) {
-  ShutdownSignal shutdown_signal;  // first: threads made later inherit the blocked signals
+  ShutdownSignal shutdown_signal;
 
   CLI::App app{"spanserve: gRPC LLM server with self-selected attention spans"};
   std::string config_path;
@@ -271,10 +275,10 @@ int Run(int argc, char** argv) {
   LogInfo("serving", {{"grpc_port", grpc_port}});
 
   const int signal = shutdown_signal.Wait();
-  LogInfo("draining", {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
-                       {"grace_seconds", config.drain_grace_seconds}});
   health->Shutdown();  // NOT_SERVING from now on
   service.StartDraining();
+  LogInfo("draining", {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
+                       {"grace_seconds", config.drain_grace_seconds}});
   (*engine)->Shutdown(config.drain_grace_seconds);
   // Every generation has finished; give the last writes a moment to reach their clients.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

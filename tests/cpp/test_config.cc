@@ -34,7 +34,7 @@ defaults: {max_tokens: 50, temperature: 0.7, top_k: 40, top_p: 0.9, span_mode: d
 server: {bind_address: 127.0.0.1, port: 6000, metrics_port: 6001, drain_grace_seconds: 2.5}
 tls: {cert_file: a.pem, key_file: a.key, client_ca_file: ca.pem}
 logging: {level: debug, format: json}
-debug: {step_delay_ms: 5}
+debug: {step_delay_ms: 5, load_delay_ms: 7}
 )");
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->model_path, "/models/x");
@@ -61,6 +61,7 @@ debug: {step_delay_ms: 5}
   EXPECT_EQ(config->tls_client_ca_file, "ca.pem");
   EXPECT_EQ(config->log_format, "json");
   EXPECT_EQ(config->debug_step_delay_ms, 5);
+  EXPECT_EQ(config->debug_load_delay_ms, 7);
 
   const EngineConfig engine = ToEngineConfig(*config);
   EXPECT_EQ(engine.max_running, 8);
