@@ -1,14 +1,10 @@
 """Arithmetic dataset: printing, step rewriting, checker, splits, presets and CLI."""
 import json
-import os
 import random
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "training"))
-
-from spanserve_train import arith_data as ad  # noqa: E402
+from spanserve_train import arith_data as ad
 
 
 def test_protocol_example_reproduced_exactly():
