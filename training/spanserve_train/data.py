@@ -1,0 +1,112 @@
+"""Training examples: records -> token ids, loss targets and span masks, as the server sees them.
+
+A record is either arithmetic ({"prompt", "output", ...}: the prompt is cut by the model's
+segmentation rule, `whole` for arithmetic) or summarisation ({"segments", "output", ...}: the
+article sentences are the prompt segments). Then
+    prompt_ids = encode_prompt(sp, anchor_id, segment texts)    ([BOS] + [<a>] + text ...)
+    output_ids = sp.encode(output) + [EOS]
+The loss covers the output tokens only (span headers and EOS included). The attention mask is
+span_rule's: a SpanTracker over the prompt, the output appended, attention_mask(tracker), so
+training masks and serving masks come from the one rule.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Iterator, List, Sequence
+
+import torch
+
+from .span_rule import SpanVocab, attention_mask, encode_prompt, segment_prompt_text, track
+from .tokenizer import ANCHOR, HEADER_END
+
+IGNORE = -100  # label of positions without loss
+
+
+def load_jsonl(path: str) -> List[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def prompt_texts(record: dict, segmentation: str) -> List[str]:
+    if "segments" in record:
+        return list(record["segments"])
+    return segment_prompt_text(record["prompt"], segmentation)
+
+
+def record_texts(record: dict) -> List[str]:
+    """The plain texts of a record, for training a tokenizer."""
+    texts = list(record["segments"]) if "segments" in record else [record["prompt"]]
+    return texts + [record["output"]]
+
+
+def make_span_vocab(sp, max_header_tokens: int) -> SpanVocab:
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    return SpanVocab(sp.piece_to_id(ANCHOR), sp.piece_to_id(HEADER_END), max_header_tokens,
+                     pieces)
+
+
+@dataclass
+class Example:
+    ids: List[int]    # prompt then output (EOS last)
+    prompt_len: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_record(record: dict, sp, vocab: SpanVocab, segmentation: str) -> Example:
+    prompt = encode_prompt(sp, vocab.anchor_id, prompt_texts(record, segmentation))
+    output = sp.encode(record["output"]) + [sp.eos_id()]
+    return Example(list(prompt) + list(output), len(prompt))
+
+
+def example_mask(ex: Example, vocab: SpanVocab) -> torch.Tensor:
+    """bool [T, T]: mask[q, k] is True when position q attends position k."""
+    return attention_mask(track(vocab, ex.ids, ex.prompt_len))
+
+
+def malformed_segments(ex: Example, vocab: SpanVocab) -> int:
+    return track(vocab, ex.ids, ex.prompt_len).malformed_count
+
+
+def collate(examples: Sequence[Example], vocab: SpanVocab, pad_id: int) -> dict:
+    """Pads to the longest example. Padded positions get no loss and attend only themselves
+    (a query with nothing to attend would give NaN); no real position attends them."""
+    T = max(len(ex) for ex in examples)
+    B = len(examples)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    mask = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)
+    for b, ex in enumerate(examples):
+        n = len(ex)
+        input_ids[b, :n] = torch.tensor(ex.ids)
+        labels[b, ex.prompt_len - 1:n - 1] = torch.tensor(ex.ids[ex.prompt_len:])
+        mask[b, :n, :n] = example_mask(ex, vocab)
+    positions = torch.arange(T).expand(B, T).contiguous()
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
+            "positions": positions, "tokens": sum(len(ex) for ex in examples)}
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> List[List[int]]:
+    """The batches of one epoch: a shuffle fixed by (seed, epoch), so a resumed run at step s
+    sees the same batches as an uninterrupted one."""
+    order = list(range(n))
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def batches(examples: Sequence[Example], batch_size: int, seed: int,
+            start_step: int = 0) -> Iterator[List[Example]]:
+    """Endless stream of batches starting at `start_step`."""
+    per_epoch = len(examples) // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{len(examples)} examples are fewer than a batch of {batch_size}")
+    step = start_step
+    while True:
+        epoch, index = divmod(step, per_epoch)
+        order = batch_order(len(examples), batch_size, seed, epoch)
+        for batch in order[index:]:
+            yield [examples[i] for i in batch]
+            step += 1

@@ -1,0 +1,415 @@
+"""Trains a span model: a LLaMA (model.py) learns a task and its own attention span at once.
+
+Every example is trained under its span mask (data.py: span_rule's mask, the one the server
+applies), so the model learns to write span headers with full attention and the content after
+them with only the segments it named. Two modes:
+
+- from scratch: a small LLaMA of the given shape and the tokenizer given by --tokenizer
+  (training/tools/build_span_tokenizer.py);
+- LoRA (--base-model DIR, a Hugging Face LLaMA directory): adapters on every projection, the span
+  tokens added to the base tokenizer and their embedding/lm_head rows trained, merged at export.
+
+AdamW, linear warmup then cosine decay, gradient clipping; bf16 autocast on CUDA when supported,
+fp32 on CPU. Progress lines, periodic validation loss and greedy exact match under the span
+mask, checkpoints that resume (model, optimizer, step, RNG: `--out` again continues), and at the
+end a Hugging Face directory with spanserve.json (hf_export.save_hf_dir).
+
+    /usr/bin/python3 -m spanserve_train.train --config configs/train-arith-d1.json
+    /usr/bin/python3 -m spanserve_train.train --train-data runs/data/arith-d1/train.jsonl \
+        --val-data runs/data/arith-d1/val.jsonl --tokenizer runs/arith-d1/tokenizer.model \
+        --out runs/arith-d1 --steps 3000 --hidden 256 --layers 4 --heads 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from typing import List, Optional
+
+import sentencepiece as spm
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from .arith_data import check_output
+from .hf_export import load_hf_dir, save_hf_dir
+from .lora import add_span_tokens, apply_lora, merge_lora, resize_vocab, train_rows
+from .model import LlamaConfig, LlamaForCausalLM
+from .span_rule import SpanTracker, attention_mask
+
+CHECKPOINT = "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--config", help="JSON of defaults for any of these flags (keys with _ or -)")
+    a("--train-data", help="training JSONL (arithmetic or summarisation records)")
+    a("--val-data", help="validation JSONL")
+    a("--out", help="run directory: checkpoint, metrics, exported model")
+    a("--export-dir", help="where the Hugging Face model goes (default OUT/model)")
+    a("--segmentation", default="auto",
+          help="prompt segmentation of the model: whole, sentences, ... (auto: sentences when "
+               "records carry segments, else whole)")
+    a("--max-header-tokens", type=int, default=16)
+    a("--max-len", type=int, default=0, help="drop longer examples (0: the model's context)")
+    # from scratch
+    a("--tokenizer", help="tokenizer.model with <a> and </a> (from-scratch mode)")
+    a("--hidden", type=int, default=256)
+    a("--layers", type=int, default=4)
+    a("--heads", type=int, default=4)
+    a("--kv-heads", type=int, default=0, help="0: as many as heads")
+    a("--intermediate", type=int, default=0, help="0: about 8/3 hidden, a multiple of 32")
+    a("--max-positions", type=int, default=512)
+    a("--rope-theta", type=float, default=10000.0)
+    a("--tie-embeddings", action="store_true")
+    # LoRA
+    a("--base-model", help="Hugging Face LLaMA directory: LoRA fine-tuning mode")
+    a("--lora-rank", type=int, default=16)
+    a("--lora-alpha", type=float, default=32.0)
+    a("--lora-dropout", type=float, default=0.0)
+    # optimisation
+    a("--steps", type=int, default=1000)
+    a("--batch-size", type=int, default=32)
+    a("--lr", type=float, default=1e-3)
+    a("--min-lr", type=float, default=1e-4)
+    a("--warmup", type=int, default=100)
+    a("--weight-decay", type=float, default=0.1)
+    a("--grad-clip", type=float, default=1.0)
+    a("--seed", type=int, default=0)
+    # running
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    a("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+      help="autocast on CUDA (auto: bf16 when supported); CPU always runs fp32")
+    a("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    a("--log-every", type=int, default=10)
+    a("--eval-every", type=int, default=200)
+    a("--val-batches", type=int, default=8)
+    a("--eval-examples", type=int, default=16, help="greedy exact match on this many")
+    a("--ckpt-every", type=int, default=200)
+    a("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    a("--run-steps", type=int, default=0,
+      help="stop after this many steps of this invocation (checkpoint, no export): a long "
+           "run in slices; run again to continue")
+    a("--export-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        with open(known.config, encoding="utf-8") as f:
+            defaults = {k.replace("-", "_"): v for k, v in json.load(f).items()
+                        if not k.startswith("_")}
+        flags = {a.dest for a in parser._actions}
+        unknown = set(defaults) - flags
+        if unknown:
+            parser.error(f"{known.config}: unknown keys {sorted(unknown)}")
+        parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    for need in ("train_data", "val_data", "out"):
+        if not getattr(args, need):
+            parser.error(f"--{need.replace('_', '-')} is required")
+    if not args.base_model and not args.tokenizer:
+        parser.error("from scratch needs --tokenizer (or give --base-model for LoRA)")
+    return args
+
+
+# ----------------------------------------------------------------------------- model
+
+def scratch_model(args) -> tuple:
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
+    inter = args.intermediate or 32 * math.ceil(args.hidden * 8 / 3 / 32)
+    config = LlamaConfig(vocab_size=sp.get_piece_size(), hidden_size=args.hidden,
+                         intermediate_size=inter, num_hidden_layers=args.layers,
+                         num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads or args.heads,
+                         max_position_embeddings=args.max_positions, rope_theta=args.rope_theta,
+                         tie_word_embeddings=args.tie_embeddings,
+                         bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id())
+    torch.manual_seed(args.seed)
+    model = LlamaForCausalLM(config)
+    return model, config, sp, args.tokenizer
+
+
+def lora_model(args) -> tuple:
+    """The base model with the span tokens added and adapters on; the base stays frozen."""
+    tokenizer_path = os.path.join(args.out, "tokenizer.model")
+    _, _, pieces = add_span_tokens(os.path.join(args.base_model, "tokenizer.model"),
+                                   tokenizer_path)
+    sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
+    model, config = load_hf_dir(args.base_model, dtype=torch.float32)
+    old_rows = model.model.embed_tokens.weight.shape[0]
+    resize_vocab(model.model.embed_tokens, model.lm_head, pieces)
+    config.vocab_size = model.model.embed_tokens.weight.shape[0]
+    torch.manual_seed(args.seed)
+    apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+    span_ids = sorted({sp.piece_to_id("<a>"), sp.piece_to_id("</a>")} |
+                      set(range(old_rows, config.vocab_size)))
+    for table in {id(t): t for t in (model.model.embed_tokens.weight, model.lm_head.weight)
+                  }.values():
+        train_rows(table, span_ids)
+    return model, config, sp, tokenizer_path
+
+
+def make_optimizer(model, args) -> torch.optim.Optimizer:
+    """Weight decay on matrices only; none on norms and on the embedding/lm_head tables of LoRA
+    (decay would move their frozen rows)."""
+    decay, no_decay = [], []
+    tables = {id(model.model.embed_tokens.weight), id(model.lm_head.weight)}
+    seen = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        lora_table = args.base_model and id(p) in tables
+        (decay if p.dim() >= 2 and not lora_table else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1, progress)))
+
+
+# ----------------------------------------------------------------------------- running
+
+def loss_of(model, batch, device, autocast_dtype) -> torch.Tensor:
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                       batch["positions"].to(device))
+    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten(),
+                           ignore_index=D.IGNORE)
+
+
+@torch.no_grad()
+def generate(model, vocab, prompt_ids: List[int], eos_id: int, max_new: int,
+             device: torch.device, autocast_dtype=None) -> List[int]:
+    """Greedy decoding under the span mask (the whole sequence again at every step: no KV cache,
+    fine for the short sequences of evaluation)."""
+    tracker = SpanTracker(vocab, prompt_ids)
+    ids = list(prompt_ids)
+    for _ in range(max_new):
+        if len(ids) >= model.config.max_position_embeddings:
+            break
+        mask = attention_mask(tracker)
+        with torch.autocast(device.type, dtype=autocast_dtype,
+                            enabled=autocast_dtype is not None):
+            logits = model(torch.tensor([ids], device=device), mask[None].to(device))
+        token = int(logits[0, -1].argmax())
+        if token == eos_id:
+            break
+        ids.append(token)
+        tracker.append(token)
+    return ids[len(prompt_ids):]
+
+
+def evaluate(model, val, records, sp, vocab, args, device, autocast_dtype) -> dict:
+    model.eval()
+    losses = []
+    for i in range(0, min(len(val), args.val_batches * args.batch_size), args.batch_size):
+        batch = D.collate(val[i:i + args.batch_size], vocab, sp.eos_id())
+        losses.append(float(loss_of(model, batch, device, autocast_dtype)))
+    exact = answers = 0
+    shown = None
+    n = min(args.eval_examples, len(val))
+    for ex, record in zip(val[:n], records[:n]):
+        want = len(ex) - ex.prompt_len
+        out = generate(model, vocab, ex.ids[:ex.prompt_len], sp.eos_id(), want + 16, device,
+                       autocast_dtype)
+        text = sp.decode(out)
+        exact += text == record["output"]
+        if "prompt" in record and "answer" in record:  # arithmetic: the checker's verdict
+            answers += check_output(record["prompt"], text).answer_correct
+        shown = shown or text
+    model.train()
+    result = {"val_loss": sum(losses) / max(1, len(losses)), "exact_match": exact / max(1, n)}
+    if records and "answer" in records[0]:
+        result["answer_accuracy"] = answers / max(1, n)
+    result["sample"] = shown
+    return result
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, model, optimizer, step: int, args) -> None:
+    """Full state from scratch; for LoRA only what training changes (the base is on disk)."""
+    params = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = {n: t for n, t in model.state_dict().items() if not args.base_model or n in params}
+    tmp = path + ".tmp"
+    torch.save({"step": step, "model": state, "optimizer": optimizer.state_dict(),
+                "rng": rng_state(), "args": vars(args)}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, model, optimizer, args) -> int:
+    """Loads a checkpoint into model (and optimizer and RNG when an optimizer is given)."""
+    ckpt = torch.load(path, map_location="cpu")
+    _, unexpected = model.load_state_dict(ckpt["model"], strict=not args.base_model)
+    if unexpected:
+        raise ValueError(f"{path}: unexpected tensors {unexpected}")
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+    return ckpt["step"]
+
+
+def build_model(args) -> tuple:
+    """(model, config, sp, tokenizer_path) of either mode."""
+    return (lora_model if args.base_model else scratch_model)(args)
+
+
+def pick_device(args) -> tuple:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    autocast_dtype = None
+    if device.type == "cuda" and args.dtype != "fp32" and torch.cuda.is_bf16_supported():
+        autocast_dtype = torch.bfloat16
+    return device, autocast_dtype
+
+
+def encode_split(path: str, sp, vocab, segmentation: str, max_len: int, name: str):
+    records = D.load_jsonl(path)
+    examples, kept = [], []
+    malformed = 0
+    for record in records:
+        ex = D.encode_record(record, sp, vocab, segmentation)
+        if len(ex) > max_len:
+            continue
+        malformed += D.malformed_segments(ex, vocab)
+        examples.append(ex)
+        kept.append(record)
+    print(f"{name}: {len(examples)} examples ({len(records) - len(examples)} longer than "
+          f"{max_len} dropped), mean length {sum(map(len, examples)) / max(1, len(examples)):.1f}")
+    if malformed:
+        print(f"warning: {name} has {malformed} malformed span headers "
+              f"(longer than --max-header-tokens {vocab.max_header_tokens}?)", file=sys.stderr)
+    return examples, kept
+
+
+def log(path: str, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(args) -> dict:
+    os.makedirs(args.out, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    device, autocast_dtype = pick_device(args)
+    model, config, sp, tokenizer_path = build_model(args)
+    model.to(device)
+    vocab = D.make_span_vocab(sp, args.max_header_tokens)
+    train_records = D.load_jsonl(args.train_data)
+    segmentation = args.segmentation
+    if segmentation == "auto":
+        segmentation = "sentences" if "segments" in train_records[0] else "whole"
+    max_len = min(args.max_len or config.max_position_embeddings, config.max_position_embeddings)
+    train_set, _ = encode_split(args.train_data, sp, vocab, segmentation, max_len, "train")
+    val_set, val_records = encode_split(args.val_data, sp, vocab, segmentation, max_len, "val")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"model: {model.num_parameters() / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M "
+          f"trained), vocab {config.vocab_size}, device {device}, "
+          f"{'bf16 autocast' if autocast_dtype else 'fp32'}, segmentation {segmentation}")
+
+    optimizer = make_optimizer(model, args)
+    ckpt_path = os.path.join(args.out, CHECKPOINT)
+    step = 0
+    if os.path.exists(ckpt_path) and not args.fresh:
+        step = load_checkpoint(ckpt_path, model, optimizer, args)
+        print(f"resumed from {ckpt_path} at step {step}")
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    if step == 0 and os.path.exists(metrics_path):
+        os.remove(metrics_path)  # a fresh run starts a fresh log
+    stream = D.batches(train_set, args.batch_size, args.seed, start_step=step)
+    model.train()
+    t0, tokens, loss_sum, loss_n, start = time.time(), 0, 0.0, 0, step
+    result = {}
+    stop = min(args.steps, step + args.run_steps) if args.run_steps else args.steps
+    while step < stop:
+        lr = lr_at(step, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = D.collate(next(stream), vocab, sp.eos_id())
+        loss = loss_of(model, batch, device, autocast_dtype)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        step += 1
+        tokens += batch["tokens"]
+        loss_sum += float(loss)
+        loss_n += 1
+        if step % args.log_every == 0 or step == args.steps:
+            elapsed = time.time() - t0
+            eta = elapsed / (step - start) * (args.steps - step)
+            print(f"step {step}/{args.steps} loss {loss_sum / loss_n:.4f} lr {lr:.2e} "
+                  f"tok/s {tokens / elapsed:.0f} eta {fmt_time(eta)}", flush=True)
+            log(metrics_path, {"step": step, "loss": loss_sum / loss_n, "lr": lr,
+                               "tokens_per_s": tokens / elapsed})
+            loss_sum, loss_n = 0.0, 0
+        if step % args.eval_every == 0 or step == args.steps:
+            result = evaluate(model, val_set, val_records, sp, vocab, args, device,
+                              autocast_dtype)
+            result.update(step=step, train_tokens_per_s=tokens / (time.time() - t0))
+            print("eval " + json.dumps(result), flush=True)
+            log(metrics_path, result)
+        if step % args.ckpt_every == 0 or step == stop:
+            save_checkpoint(ckpt_path, model, optimizer, step, args)
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps}; run again to continue")
+        return result
+    result["export_dir"] = export(model, config, tokenizer_path, segmentation, args)
+    return result
+
+
+def export(model, config, tokenizer_path: str, segmentation: str, args) -> str:
+    out_dir = args.export_dir or os.path.join(args.out, "model")
+    if args.base_model:
+        merge_lora(model)
+    model.to("cpu")
+    save_hf_dir(model, config, out_dir, dtype=args.export_dtype, tokenizer_path=tokenizer_path,
+                span_config={"prompt_segmentation": segmentation,
+                             "max_header_tokens": args.max_header_tokens})
+    print(f"exported {out_dir}")
+    return out_dir
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
