@@ -51,6 +51,11 @@ struct StepOutput {
   std::vector<float> logits;     // row-major [n, vocab] per logits_mode (sampled seqs or all rows)
 };
 
+// Checks a batch against a backend's pool and vocabulary, cheaply: every index in range, rows
+// and sequences consistent. Backends call it first, so a bad batch is an error, never a crash.
+absl::Status ValidateStepBatch(const StepBatch& batch, int32_t num_blocks, int32_t block_size,
+                               int32_t vocab_size);
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -95,8 +95,6 @@ class CpuBackend : public Backend {
  private:
   absl::Status ConvertWeights();
   absl::Status AllocatePool(const KvPoolOptions& pool);
-  absl::Status ValidateSeqs(const StepBatch& batch) const;
-  absl::Status ValidateRows(const StepBatch& batch) const;
   void Resize(int32_t rows);
   void Embed(const StepBatch& batch);
   void NormRows(const float* x, const float* weight, int32_t rows, float* out);
@@ -192,80 +190,6 @@ absl::Status CpuBackend::AllocatePool(const KvPoolOptions& pool) {
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::ValidateSeqs(const StepBatch& batch) const {
-  const int32_t n = batch.num_rows();
-  const int64_t tables = static_cast<int64_t>(batch.block_tables.size());
-  for (int32_t s = 0; s < static_cast<int32_t>(batch.seqs.size()); ++s) {
-    const StepSequence& seq = batch.seqs[s];
-    if (seq.row_begin < 0 || seq.num_rows < 0 || int64_t{seq.row_begin} + seq.num_rows > n) {
-      return absl::InvalidArgumentError(absl::StrCat("seq ", s, ": rows outside the batch"));
-    }
-    if (seq.table_begin < 0 || seq.num_blocks < 0 ||
-        int64_t{seq.table_begin} + seq.num_blocks > tables) {
-      return absl::InvalidArgumentError(absl::StrCat("seq ", s, ": block table outside the batch"));
-    }
-    if (seq.sample && seq.num_rows == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("seq ", s, ": sample without a row"));
-    }
-    if (seq.forced_token >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("seq ", s, ": forced token ",
-                                                     seq.forced_token, " out of vocab"));
-    }
-    for (int32_t r = seq.row_begin; r < seq.row_begin + seq.num_rows; ++r) {
-      if (batch.rows[r].seq != s) {
-        return absl::InvalidArgumentError(absl::StrCat("row ", r, " is in seq ", s,
-                                                       "'s rows but names seq ", batch.rows[r].seq));
-      }
-    }
-  }
-  for (int64_t i = 0; i < tables; ++i) {
-    if (batch.block_tables[i] < 0 || batch.block_tables[i] >= num_blocks_) {
-      return absl::InvalidArgumentError(absl::StrCat("block table entry ", batch.block_tables[i],
-                                                     " outside the pool of ", num_blocks_));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CpuBackend::ValidateRows(const StepBatch& batch) const {
-  const int32_t n = batch.num_rows();
-  if (batch.token_ids.size() != batch.rows.size() || batch.positions.size() != batch.rows.size()) {
-    return absl::InvalidArgumentError("token_ids, positions and rows differ in length");
-  }
-  const int32_t num_chunks = static_cast<int32_t>(batch.chunks.size());
-  for (int32_t r = 0; r < n; ++r) {
-    const AttentionRow& row = batch.rows[r];
-    if (row.seq < 0 || row.seq >= static_cast<int32_t>(batch.seqs.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("row ", r, ": seq ", row.seq, " not in batch"));
-    }
-    const StepSequence& seq = batch.seqs[row.seq];
-    if (r < seq.row_begin || r >= int64_t{seq.row_begin} + seq.num_rows) {
-      return absl::InvalidArgumentError(absl::StrCat("row ", r, " is outside its seq's rows"));
-    }
-    if (batch.token_ids[r] < 0 || batch.token_ids[r] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("row ", r, ": token ", batch.token_ids[r], " out of vocab"));
-    }
-    const int32_t pos = batch.positions[r];
-    if (pos < 0 || pos / layout_.block_size >= seq.num_blocks) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("row ", r, ": position ", pos, " beyond its block table"));
-    }
-    if (row.causal) continue;
-    if (row.chunk_begin < 0 || row.chunk_begin > row.chunk_end || row.chunk_end > num_chunks) {
-      return absl::InvalidArgumentError(absl::StrCat("row ", r, ": chunks outside the batch"));
-    }
-    for (int32_t c = row.chunk_begin; c < row.chunk_end; ++c) {
-      const KvChunk& chunk = batch.chunks[c];
-      if (chunk.block < 0 || chunk.block >= num_blocks_ || chunk.begin < 0 ||
-          chunk.begin > chunk.end || chunk.end > layout_.block_size) {
-        return absl::InvalidArgumentError(absl::StrCat("row ", r, ": bad chunk {", chunk.block,
-                                                       ", ", chunk.begin, ", ", chunk.end, "}"));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
 
 void CpuBackend::Resize(int32_t rows) {
   const int64_t n = rows, hd = config_.head_dim;
@@ -425,8 +349,11 @@ void CpuBackend::Logits(const StepBatch& batch, StepOutput* out) {
 }
 
 absl::Status CpuBackend::Step(const StepBatch& batch, StepOutput* out) {
-  if (absl::Status s = ValidateRows(batch); !s.ok()) return s;
-  if (absl::Status s = ValidateSeqs(batch); !s.ok()) return s;
+  if (absl::Status s = ValidateStepBatch(batch, num_blocks_, layout_.block_size,
+                                         config_.vocab_size);
+      !s.ok()) {
+    return s;
+  }
   Resize(batch.num_rows());
   Embed(batch);
   for (int32_t l = 0; l < config_.num_layers; ++l) RunLayer(l, batch);
