@@ -5,7 +5,6 @@ For each model, sequence, mode, phase (prefill, decode, chunked) and KV block si
 logits of every position must match the reference: max over rows of ||cpp - ref|| / ||ref|| < 1e-4.
 The reference for DENSE mode is causal attention; for SELF_SELECTED the mask of span_rule.py.
 """
-import os
 import subprocess
 
 import numpy as np
@@ -64,14 +63,9 @@ def exported(tmp_path_factory, test_tokenizer_path):
     def get(name):
         if name not in cache:
             config = make_config(name)
-            torch.manual_seed(sum(map(ord, name)))
             model = LlamaForCausalLM(config)
-            with torch.no_grad():  # weights large enough that attention is far from uniform
-                for pname, p in model.named_parameters():
-                    if "norm" in pname:
-                        p.copy_(1 + 0.2 * torch.randn_like(p))
-                    else:
-                        p.normal_(0, 0.15)
+            model.init_weights(0.15, norm_std=0.2,
+                               generator=torch.Generator().manual_seed(sum(map(ord, name))))
             out = str(tmp_path_factory.mktemp(name))
             hf_export.save_hf_dir(model, config, out, dtype=MODELS[name][4],
                                   tokenizer_path=test_tokenizer_path,

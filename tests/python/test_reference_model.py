@@ -22,14 +22,8 @@ def tiny_config(heads=4, kv_heads=2, tied=False, layers=2, vocab=37, hidden=32, 
 
 
 def random_model(config, seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype)
-    with torch.no_grad():  # large enough that attention is far from uniform
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0, 0.3)
+    model.init_weights(0.3, norm_std=0.2, generator=torch.Generator().manual_seed(seed))
     return model
 
 

@@ -184,13 +184,18 @@ class LlamaForCausalLM(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02, generator: Optional[torch.Generator] = None):
-        """Hugging Face's init: normal(0, std) for projections and embeddings, ones for norms."""
+    def init_weights(self, std: float = 0.02, norm_std: float = 0.0,
+                     generator: Optional[torch.Generator] = None):
+        """Hugging Face's init: normal(0, std) for projections and embeddings, ones for norms.
+        Tests use a larger std and norm_std > 0 (norms 1 + normal(0, norm_std)) so that
+        attention is far from uniform and the norm weights matter."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 module.weight.normal_(0.0, std, generator=generator)
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
+                if norm_std:
+                    module.weight.normal_(1.0, norm_std, generator=generator)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:

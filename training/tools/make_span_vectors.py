@@ -15,8 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from spanserve_train.span_rule import DENSE, SELF_SELECTED, SpanVocab, segment_prompt_text  # noqa: E402
-from spanserve_train.span_rule import SpanTracker  # noqa: E402
+from spanserve_train.span_rule import (DENSE, SELF_SELECTED, SpanTracker, SpanVocab,  # noqa: E402
+                                       segment_prompt_text)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUT = os.path.join(REPO, "tests", "vectors", "span_rule_vectors.json")
