@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# README command 2: installs what spanserve needs, builds it, and runs every test: the C++ tests
+# (ctest), then the Python tests and the integration tests, which start the real server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build_dir=${BUILD_DIR:-build}
+
+scripts/install_deps.sh
+scripts/build.sh
+ctest --test-dir "$build_dir" --output-on-failure
+SPANSERVE_BUILD_DIR="$build_dir" /usr/bin/python3 -m pytest tests/python tests/integration
