@@ -278,12 +278,15 @@ def test_export_replaces_old_weights_and_checks_the_span_config(tmp_path):
             hf_export.save_hf_dir(model, config, out, span_config=bad)
 
 
-def test_load_rejects_missing_tensors(tmp_path):
+def test_load_ignores_rope_buffers_and_rejects_missing_tensors(tmp_path):
     config = tiny_config()
     model = random_model(config, seed=14, dtype=torch.float32)
     out = str(tmp_path / "m")
     hf_export.save_hf_dir(model, config, out)
     state = load_file(os.path.join(out, "model.safetensors"))
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # old exports have it
+    save_file(state, os.path.join(out, "model.safetensors"))
+    hf_export.load_hf_dir(out)
     del state["model.layers.1.mlp.up_proj.weight"]
     save_file(state, os.path.join(out, "model.safetensors"))
     with pytest.raises(ValueError, match="up_proj"):

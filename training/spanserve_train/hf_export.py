@@ -148,6 +148,8 @@ def load_hf_dir(model_dir: str, dtype: Optional[torch.dtype] = None
     if dtype is None:
         dtype = DTYPES.get(hf.get("torch_dtype"), torch.float32)
     state = load_state(model_dir)
+    # Older Hugging Face exports store RoPE's inv_freq buffers; the model computes them.
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_word_embeddings:
         if "lm_head.weight" in state:
             raise ValueError(f"{model_dir}: lm_head.weight is stored but tie_word_embeddings is true")
