@@ -262,3 +262,16 @@ def test_lora_training_trains_and_merges(arith_files, base_model_dir, tmp_path):
     record = D.load_jsonl(arith_files[1])[0]
     assert torch.allclose(model_logits(adapted, sp, vocab, record),
                           model_logits(merged, sp, vocab, record), atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_with_bf16_autocast(arith_files, base_model_dir, tmp_path):
+    modes = {"scratch": ["--tokenizer", TOKENIZER],
+             "lora": ["--base-model", base_model_dir, "--lr", "1e-2"]}
+    for name, extra in modes.items():
+        args = run_args(arith_files, tmp_path / name, *extra, "--steps", "30", "--device", "cuda")
+        assert train.pick_device(args)[1] == torch.bfloat16
+        result = train.train(args)
+        losses = [m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m]
+        assert losses[-1] < 0.8 * losses[0], (name, losses)
+        load_hf_dir(result["export_dir"])

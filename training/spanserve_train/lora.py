@@ -136,7 +136,7 @@ def train_rows(param: nn.Parameter, rows: List[int]) -> None:
     keep = torch.zeros(param.shape[0], 1, dtype=param.dtype, device=param.device)
     keep[rows] = 1
     param.requires_grad_(True)
-    param.register_hook(lambda grad: grad * keep.to(grad.dtype))
+    param.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
 
 
 def trainable_state(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -218,6 +218,7 @@ def generate(model, vocab, prompt_ids: List[int], eos_id: int, max_new: int,
     return ids[len(prompt_ids):]
 
 
+@torch.no_grad()
 def evaluate(model, val, records, sp, vocab, args, device, autocast_dtype) -> dict:
     model.eval()
     losses = []
@@ -370,7 +371,7 @@ def train(args) -> dict:
         optimizer.step()
         step += 1
         tokens += batch["tokens"]
-        loss_sum += float(loss)
+        loss_sum += loss.item()
         loss_n += 1
         if step % args.log_every == 0 or step == args.steps:
             elapsed = time.time() - t0
