@@ -5,7 +5,7 @@ import threading
 import grpc
 import pytest
 
-from conftest import pb, request, wait_for
+from server_harness import pb, request, wait_for
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

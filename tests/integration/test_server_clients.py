@@ -2,7 +2,7 @@
 import os
 import subprocess
 
-from conftest import BUILD, CLI_BIN, PYTHON, REPO, request
+from server_harness import BUILD, CLI_BIN, PYTHON, REPO, request
 
 
 def run_cli(server, *args):

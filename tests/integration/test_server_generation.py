@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 
-from conftest import pb, request, stream_text, wait_for
+from server_harness import pb, request, stream_text, wait_for
 
 
 @pytest.mark.parametrize("sampling", [

@@ -6,7 +6,7 @@ import subprocess
 import grpc
 import pytest
 
-from conftest import SERVER_BIN, pb, request, wait_for
+from server_harness import SERVER_BIN, pb, request, wait_for
 
 SERVICE = "spanserve.v1.SpanServe"
 

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import request, stream_text, wait_for
+from server_harness import request, stream_text, wait_for
 
 EXPECTED = {
     "spanserve_requests_total": "counter",
