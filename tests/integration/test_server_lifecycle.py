@@ -6,7 +6,7 @@ import subprocess
 import grpc
 import pytest
 
-from server_harness import SERVER_BIN, pb, request, wait_for
+from server_harness import CLI_BIN, SERVER_BIN, pb, pb_grpc, request, wait_for
 
 SERVICE = "spanserve.v1.SpanServe"
 
@@ -134,3 +134,24 @@ def test_bad_model_path_exits_with_an_error(start_server):
     assert server.wait_exit(30) == 1
     assert "event=model_load_failed" in server.log()
     assert "/nonexistent/model" in server.log()
+
+
+def test_tls(start_server, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=spanserve-test",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    server = start_server({"tls.cert_file": str(cert), "tls.key_file": str(key)})
+    assert server.event("listening")["tls"] == "true"
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(server.address, credentials) as channel:
+        response = pb_grpc.SpanServeStub(channel).Generate(
+            request(max_tokens=3, ignore_eos=True), timeout=30)
+    assert len(response.token_ids) == 3
+    result = subprocess.run([str(CLI_BIN), "--address", server.address, "--tls-ca", str(cert),
+                             "--info"], capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(grpc.RpcError) as error:  # a plaintext client gets nowhere
+        server.stub().Generate(request(max_tokens=3), timeout=5)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
