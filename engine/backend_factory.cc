@@ -1,6 +1,9 @@
 #include "engine/backend_factory.h"
 
 #include "absl/strings/str_cat.h"
+#ifdef SPANSERVE_HAS_CUDA
+#include "engine/cuda_backend.h"
+#endif
 
 namespace spanserve {
 
@@ -12,14 +15,28 @@ absl::StatusOr<Device> ParseDevice(const std::string& name) {
       absl::StrCat("device must be cpu, cuda or auto, not '", name, "'"));
 }
 
+#ifdef SPANSERVE_HAS_CUDA
+bool CudaDeviceAvailable() { return CudaDeviceCount() > 0; }
+#else
 bool CudaDeviceAvailable() { return false; }
+#endif
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Model> model,
                                                        const BackendOptions& options) {
-  if (options.device == Device::kCuda && !CudaDeviceAvailable()) {
+  const bool cuda = options.device == Device::kCuda ||
+                    (options.device == Device::kAuto && CudaDeviceAvailable());
+  if (cuda && !CudaDeviceAvailable()) {
     return absl::FailedPreconditionError(
         "device 'cuda' asked for, but this build has no CUDA backend or no GPU is visible");
   }
+#ifdef SPANSERVE_HAS_CUDA
+  if (cuda) {
+    CudaBackendOptions cuda_options;
+    cuda_options.pool = options.pool;
+    cuda_options.gpu_memory_fraction = options.gpu_memory_fraction;
+    return CreateCudaBackend(std::move(model), cuda_options);
+  }
+#endif
   return CreateCpuBackend(std::move(model), options.pool);
 }
 

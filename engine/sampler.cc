@@ -4,15 +4,11 @@
 #include <cmath>
 #include <numeric>
 
+#include "kernels/sample_uniform.h"
+
 namespace spanserve {
 
-double SampleUniform(uint64_t seed, uint64_t index) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (index + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-53;
-}
+double SampleUniform(uint64_t seed, uint64_t index) { return CounterUniform(seed, index); }
 
 namespace {
 

@@ -1,0 +1,42 @@
+// The CUDA backend: bf16 weights and KV cache, fp32 accumulation and residual stream, matrix
+// products through cuBLAS, the kernels of kernels/ for everything else, sampling on the GPU
+// (only token ids come back per step), and CUDA graphs for decode steps by batch-size bucket.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/cpu_backend.h"
+#include "engine/model.h"
+
+namespace spanserve {
+
+struct CudaBackendOptions {
+  KvPoolOptions pool;                 // block_size; num_blocks (0: sized from the memory share)
+  double gpu_memory_fraction = 0.9;   // share of the free GPU memory for weights, buffers and KV
+  int32_t max_step_rows = 2048;       // rows the step buffers are first sized for (they grow)
+  bool cuda_graphs = true;            // replay decode steps from CUDA graphs
+  int32_t max_graph_rows = 256;       // larger decode steps run eagerly
+  bool progress = true;               // a progress line on stderr while the weights upload
+};
+
+// Visible GPUs; 0 when there is no device or no driver.
+int CudaDeviceCount();
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const Model> model,
+                                                          const CudaBackendOptions& options);
+
+struct CudaBackendStats {
+  int64_t graph_steps = 0;      // steps replayed from a CUDA graph
+  int64_t eager_steps = 0;
+  int64_t graphs_captured = 0;
+  int64_t weight_bytes = 0;     // on the GPU
+  int64_t kv_pool_bytes = 0;
+};
+
+// Counters of a backend made by CreateCudaBackend; zeros for any other backend.
+CudaBackendStats GetCudaBackendStats(const Backend& backend);
+
+}  // namespace spanserve

@@ -1,0 +1,253 @@
+// Block-sparse paged decode attention with split-KV (flash-decoding).
+//
+// A CTA takes one (row, KV head, split): all query heads of the KV head (the GQA group, so each
+// KV byte is read once per step), and the chunks of its split. Its 128 threads form token
+// groups of head_dim / 8 threads; a thread holds 8 dimensions (one 16-byte load) of a K or V
+// row. Each group folds every NG-th token slot of a pass into its own online softmax (fp32,
+// log2 domain); a pass covers T = NG * U slots over one chunk, or over T / block_size chunks
+// when blocks are small, so all loads of a pass are in flight together. Slots outside a chunk's
+// [begin, end) are neither loaded nor counted. The groups merge through shared memory at the
+// end; with several splits a second kernel merges the splits' (o, lse).
+#include "kernels/common.cuh"
+#include "kernels/decode_geometry.h"
+#include "kernels/kernels.h"
+
+namespace spanserve::gpu {
+namespace {
+
+constexpr int kDecodeThreads = 128;
+constexpr int kMergeThreads = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Tokens a group loads per pass: more in flight for small groups, fewer registers for big ones.
+template <int G>
+constexpr int kUnroll = G <= 2 ? 8 : (G == 4 ? 4 : 2);
+// CTAs per SM the register budget is set for: 128 registers a thread for G = 1, 168 for
+// G = 2 and 4 (no spills), 255 for G = 8 (its Q and accumulators alone take 128).
+template <int G>
+constexpr int kMinBlocksPerSm = G == 1 ? 4 : (G <= 4 ? 3 : 2);
+
+__device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range & 0xffff; }
+__device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
+
+template <int HD, int G>
+__global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm<G>)
+    DecodeAttentionKernel(const DecodeAttentionArgs a) {
+  constexpr int U = kUnroll<G>;
+  constexpr int LANES = HD / 8;               // threads per token row, 16 bytes each
+  constexpr int NG = kDecodeThreads / LANES;  // token groups
+  constexpr int T = NG * U;                   // token slots per pass
+  __shared__ float sm_m[NG][G];
+  __shared__ float sm_l[NG][G];
+  __shared__ __align__(16) float sm_acc[NG][G][HD];
+
+  const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
+  const int lane = threadIdx.x % LANES, group = threadIdx.x / LANES;
+  const int32_t* bounds = a.split_bounds + int64_t{row} * (a.num_splits + 1);
+  const int c_begin = bounds[split], c_end = bounds[split + 1];
+  const int64_t q_row = a.q_row[row];
+
+  float q[G][8];
+  const float q_scale = a.scale * kLog2e;  // scores in the log2 domain, for exp2f
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int64_t offset = (q_row * a.num_heads + kv_head * G + g) * HD + lane * 8;
+    Bf16x8ToFloat(*reinterpret_cast<const uint4*>(a.q + offset), q[g]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) q[g][e] *= q_scale;
+  }
+  float m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = kNegInf;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+  }
+
+  // Where each of this thread's slots (j = u * NG + group) falls in a pass.
+  const int B = a.block_size;
+  const PassGeometry geometry = PassGeometry::For(B, T);
+  const int L = geometry.slots_per_chunk, P = geometry.chunks_per_pass;
+  int slot_chunk[U], slot_token[U];
+  bool slot_used[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int j = u * NG + group;
+    slot_chunk[u] = geometry.SlotChunk(j);
+    slot_token[u] = geometry.SlotToken(j);
+    slot_used[u] = geometry.SlotUsed(j);
+  }
+  const int64_t head_offset = int64_t{kv_head} * B * HD + lane * 8;
+  const int64_t block_stride = int64_t{a.num_kv_heads} * B * HD;
+
+  for (int c0 = c_begin; c0 < c_end; c0 += P) {
+    int sub_passes = 1;
+    if (P == 1) {
+      const ChunkEntry e = a.chunks[c0];
+      sub_passes = geometry.SubPasses(ChunkBegin(e), ChunkEnd(e));
+    }
+    for (int sub = 0; sub < sub_passes; ++sub) {
+      uint4 k_raw[U], v_raw[U];
+      bool valid[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = c0 + slot_chunk[u];
+        valid[u] = false;
+        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
+        if (slot_used[u] && c < c_end) {
+          const ChunkEntry e = a.chunks[c];
+          const int t = ChunkBegin(e) + sub * L + slot_token[u];
+          if (t < ChunkEnd(e)) {
+            valid[u] = true;
+            const int64_t offset = e.block * block_stride + head_offset + int64_t{t} * HD;
+            k_raw[u] = LoadStreaming(a.k_cache + offset);
+            v_raw[u] = LoadStreaming(a.v_cache + offset);
+          }
+        }
+      }
+      float s[U][G];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float k[8];
+        Bf16x8ToFloat(k_raw[u], k);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) dot = fmaf(q[g][e], k[e], dot);
+          dot = WarpSum<LANES>(dot);
+          s[u][g] = valid[u] ? dot : kNegInf;
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float mx = m[g];
+#pragma unroll
+        for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+        if (mx == kNegInf) continue;  // no token yet
+        const float correction = exp2f(m[g] - mx);
+        l[g] *= correction;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] *= correction;
+        m[g] = mx;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float v[8];
+        Bf16x8ToFloat(v_raw[u], v);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float p = valid[u] ? exp2f(s[u][g] - m[g]) : 0.0f;
+          l[g] += p;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, v[e], acc[g][e]);
+        }
+      }
+    }
+  }
+
+  // Merge the token groups.
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      sm_m[group][g] = m[g];
+      sm_l[group][g] = l[g];
+    }
+    float4* dst = reinterpret_cast<float4*>(&sm_acc[group][g][lane * 8]);
+    dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+    dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * HD; i += kDecodeThreads) {
+    const int g = i / HD, d = i % HD;
+    float mx = kNegInf;
+#pragma unroll
+    for (int grp = 0; grp < NG; ++grp) mx = fmaxf(mx, sm_m[grp][g]);
+    float sum = 0.0f, o = 0.0f;
+    if (mx != kNegInf) {
+#pragma unroll
+      for (int grp = 0; grp < NG; ++grp) {
+        const float w = exp2f(sm_m[grp][g] - mx);
+        sum = fmaf(sm_l[grp][g], w, sum);
+        o = fmaf(sm_acc[grp][g][d], w, o);
+      }
+    }
+    const float value = sum > 0.0f ? o / sum : 0.0f;  // no token: zeros, like the CPU backend
+    const int head = kv_head * G + g;
+    if (a.num_splits == 1) {
+      a.out[(q_row * a.num_heads + head) * HD + d] = FloatToBf16Bits(value);
+    } else {
+      const int64_t part = (int64_t{row} * a.num_splits + split) * a.num_heads + head;
+      a.partial_o[part * HD + d] = value;
+      if (d == 0) a.partial_lse[part] = sum > 0.0f ? mx + log2f(sum) : kNegInf;
+    }
+  }
+}
+
+// out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max), per (row, head), 4 dims a thread.
+__global__ void __launch_bounds__(kMergeThreads) MergeSplitsKernel(const DecodeAttentionArgs a) {
+  const int row = blockIdx.x, H = a.num_heads, HD = a.head_dim, S = a.num_splits;
+  const int64_t q_row = a.q_row[row];
+  for (int i = threadIdx.x; i < H * HD / 4; i += kMergeThreads) {
+    const int head = i * 4 / HD, d = i * 4 % HD;
+    const float* lse = a.partial_lse + int64_t{row} * S * H + head;
+    float mx = kNegInf;
+    for (int s = 0; s < S; ++s) mx = fmaxf(mx, lse[s * H]);
+    float4 o = make_float4(0, 0, 0, 0);
+    float sum = 0.0f;
+    if (mx != kNegInf) {
+      for (int s = 0; s < S; ++s) {
+        if (lse[s * H] == kNegInf) continue;  // an empty split
+        const float w = exp2f(lse[s * H] - mx);
+        const float4 p = *reinterpret_cast<const float4*>(
+            a.partial_o + ((int64_t{row} * S + s) * H + head) * HD + d);
+        sum += w;
+        o.x = fmaf(w, p.x, o.x);
+        o.y = fmaf(w, p.y, o.y);
+        o.z = fmaf(w, p.z, o.z);
+        o.w = fmaf(w, p.w, o.w);
+      }
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const uint32_t lo = FloatToBf16Bits(o.x * inv) | uint32_t{FloatToBf16Bits(o.y * inv)} << 16;
+    const uint32_t hi = FloatToBf16Bits(o.z * inv) | uint32_t{FloatToBf16Bits(o.w * inv)} << 16;
+    *reinterpret_cast<uint2*>(a.out + (q_row * H + head) * HD + d) = make_uint2(lo, hi);
+  }
+}
+
+template <int HD>
+cudaError_t LaunchForHeadDim(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  const dim3 grid(a.num_splits, a.num_kv_heads, a.num_rows);
+  switch (a.num_heads / a.num_kv_heads) {
+    case 1: DecodeAttentionKernel<HD, 1><<<grid, kDecodeThreads, 0, stream>>>(a); break;
+    case 2: DecodeAttentionKernel<HD, 2><<<grid, kDecodeThreads, 0, stream>>>(a); break;
+    case 4: DecodeAttentionKernel<HD, 4><<<grid, kDecodeThreads, 0, stream>>>(a); break;
+    case 8: DecodeAttentionKernel<HD, 8><<<grid, kDecodeThreads, 0, stream>>>(a); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool AttentionSupports(int32_t head_dim, int32_t group_size) {
+  return (head_dim == 64 || head_dim == 128) &&
+         (group_size == 1 || group_size == 2 || group_size == 4 || group_size == 8);
+}
+
+cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  if (a.num_rows == 0) return cudaSuccess;
+  if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0 ||
+      !AttentionSupports(a.head_dim, a.num_heads / a.num_kv_heads) || a.num_splits < 1 ||
+      a.num_splits > kMaxSplits || a.block_size < 1 || a.block_size > 256 || a.num_rows > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  const cudaError_t err = a.head_dim == 64 ? LaunchForHeadDim<64>(a, stream)
+                                           : LaunchForHeadDim<128>(a, stream);
+  if (err != cudaSuccess || a.num_splits == 1) return err;
+  MergeSplitsKernel<<<a.num_rows, kMergeThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace spanserve::gpu

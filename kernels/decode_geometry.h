@@ -1,0 +1,30 @@
+// How a decode-attention CTA walks its chunks (decode_attention.cu): each pass has `slots`
+// token slots; blocks shorter than a pass share it (chunks_per_pass chunks of slots_per_chunk
+// slots), blocks longer take several sub-passes over one chunk. Host and device share these
+// functions so that the mapping is tested on the CPU.
+#pragma once
+
+#include "kernels/host_device.h"
+
+namespace spanserve::gpu {
+
+struct PassGeometry {
+  int slots_per_chunk;  // L = min(block_size, slots)
+  int chunks_per_pass;  // P = slots / L; slots [P * L, slots) stay idle
+
+  SPANSERVE_HOST_DEVICE static PassGeometry For(int block_size, int slots) {
+    const int per_chunk = block_size < slots ? block_size : slots;
+    return {per_chunk, slots / per_chunk};
+  }
+  // Pass slot j reads chunk (first chunk of the pass) + SlotChunk(j), token
+  // begin + sub * slots_per_chunk + SlotToken(j), when that token is before the chunk's end.
+  SPANSERVE_HOST_DEVICE bool SlotUsed(int j) const { return j < chunks_per_pass * slots_per_chunk; }
+  SPANSERVE_HOST_DEVICE int SlotChunk(int j) const { return j / slots_per_chunk; }
+  SPANSERVE_HOST_DEVICE int SlotToken(int j) const { return j % slots_per_chunk; }
+  // Sub-passes over one chunk of [begin, end): more than one only when a pass holds one chunk.
+  SPANSERVE_HOST_DEVICE int SubPasses(int begin, int end) const {
+    return chunks_per_pass == 1 ? (end - begin + slots_per_chunk - 1) / slots_per_chunk : 1;
+  }
+};
+
+}  // namespace spanserve::gpu

@@ -1,0 +1,96 @@
+// Launchers of the CUDA kernels: plain C++ declarations, so that the backend and the tests are
+// compiled by the host compiler. bf16 arrays are passed as uint16_t bit patterns. Every launcher
+// returns the launch's error (cudaGetLastError), never synchronizes, and has fixed shapes given
+// by its arguments, so it can be captured in a CUDA graph.
+//
+// KV cache of one layer, for K and for V alike: bf16 [num_blocks][num_kv_heads][block_size][head_dim].
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/launch_plan.h"
+
+namespace spanserve::gpu {
+
+// Head dims and query heads per KV head the attention kernels are built for.
+bool AttentionSupports(int32_t head_dim, int32_t group_size);
+
+// x[r] = embedding[tokens[r]] as fp32. table: bf16 [vocab][hidden].
+cudaError_t LaunchEmbedding(const int32_t* tokens, const uint16_t* table, int32_t rows,
+                            int32_t hidden, float* x, cudaStream_t stream);
+
+// For each output row i, its input row r = (row_map ? row_map[i] : i):
+//   y = x[r] + (delta ? delta[r] : 0);  if write_back: x[r] = y;
+//   out[i] = bf16(y / sqrt(mean(y^2) + eps) * weight).
+cudaError_t LaunchAddRmsNorm(float* x, const float* delta, const float* weight,
+                             const int32_t* row_map, int32_t rows, int32_t hidden, float eps,
+                             bool write_back, uint16_t* out, cudaStream_t stream);
+
+// qkv: fp32 [rows][(heads + 2 kv_heads) * head_dim] (Q, K, V per row). Rotates Q and K by the
+// row's position (rotate_half, angles as the CPU backend computes them, in double), writes Q as
+// bf16 [rows][heads][head_dim], and K and V as bf16 into slot kv_offset[r] of block kv_block[r].
+struct RopeKvArgs {
+  const float* qkv;
+  const int32_t* positions;
+  const int32_t* kv_block;
+  const int32_t* kv_offset;
+  int32_t rows, num_heads, num_kv_heads, head_dim, block_size;
+  float rope_theta;
+  uint16_t* q_out;
+  uint16_t* k_cache;
+  uint16_t* v_cache;
+};
+cudaError_t LaunchRopeWriteKv(const RopeKvArgs& args, cudaStream_t stream);
+
+// gate_up: fp32 [rows][2 * inter] (gate then up); out = bf16(silu(gate) * up) [rows][inter].
+cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uint16_t* out,
+                          cudaStream_t stream);
+
+// Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows): a
+// CTA takes the group of query heads of one KV head for one row and the chunks
+// [split_bounds[row][split], split_bounds[row][split + 1]). With one split it writes `out`
+// directly; otherwise it writes (o, lse) partials and a second kernel merges them into `out`.
+struct DecodeAttentionArgs {
+  const uint16_t* q;          // bf16 [*][num_heads][head_dim], indexed by q_row
+  const uint16_t* k_cache;
+  const uint16_t* v_cache;
+  const int32_t* q_row;       // [num_rows]
+  const int32_t* split_bounds;  // [num_rows][num_splits + 1]
+  const ChunkEntry* chunks;
+  int32_t num_rows, num_splits, num_heads, num_kv_heads, head_dim, block_size;
+  float scale;                // softmax scale (1 / sqrt(head_dim))
+  float* partial_o;           // fp32 [num_rows][num_splits][num_heads][head_dim]
+  float* partial_lse;         // fp32 [num_rows][num_splits][num_heads], log2 domain
+  uint16_t* out;              // bf16 [*][num_heads][head_dim], indexed by q_row
+};
+cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream);
+
+// Causal attention of prompt rows over the paged cache: each job is a tile of consecutive rows
+// of one sequence, each row attending tokens [0, position] through the block table.
+struct PrefillAttentionArgs {
+  const uint16_t* q;          // bf16 [rows][num_heads][head_dim]
+  const uint16_t* k_cache;
+  const uint16_t* v_cache;
+  const PrefillJob* jobs;
+  const int32_t* positions;   // [rows]
+  const int32_t* block_tables;
+  int32_t num_jobs, num_heads, num_kv_heads, head_dim, block_size;
+  float scale;
+  uint16_t* out;              // bf16 [rows][num_heads][head_dim]
+};
+// Rows per prefill job for a group size (the plan's prefill_tile_rows).
+int32_t PrefillTileRows(int32_t group_size);
+cudaError_t LaunchPrefillAttention(const PrefillAttentionArgs& args, cudaStream_t stream);
+
+// One token per logits row (fp32 [rows][vocab]): -1 where !active; greedy (first maximum) when
+// temperature <= 0 or top_k == 1; else softmax at the temperature over the top_k largest logits,
+// cut to the smallest prefix (by logit, ties by id) whose mass reaches top_p, and drawn with
+// CounterUniform(seed, index) walking the kept tokens in id order. probs: fp32 [rows][vocab]
+// workspace.
+cudaError_t LaunchSample(const float* logits, int32_t rows, int32_t vocab,
+                         const SampleEntry* params, float* probs, int32_t* tokens,
+                         cudaStream_t stream);
+
+}  // namespace spanserve::gpu

@@ -1,0 +1,122 @@
+// Host-side launch metadata of one CUDA backend step, as plain C++ so that it is tested without
+// a GPU: the rows, where each row writes its K and V, the block tables, the decode kernel's
+// chunk lists cut into splits, the prefill kernel's row tiles and the sampling parameters, all
+// packed into one blob whose arrays sit at offsets fixed by capacities. A decode step captured in
+// a CUDA graph therefore reads the next step's metadata from the same addresses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/backend.h"
+
+namespace spanserve::gpu {
+
+inline constexpr int32_t kMaxSplits = 32;
+// Per-chunk overhead, in tokens, when splits are balanced: a chunk costs a descriptor read and a
+// partly idle pass.
+inline constexpr int32_t kChunkCost = 4;
+
+// One chunk as the decode kernel reads it: tokens [range & 0xffff, range >> 16) of `block`.
+struct ChunkEntry {
+  int32_t block;
+  int32_t range;
+};
+
+// A tile of consecutive causal rows of one sequence, for the prefill kernel.
+struct PrefillJob {
+  int32_t row_begin;
+  int32_t num_rows;
+  int32_t table_begin;   // the sequence's block table in the step's block_tables
+  int32_t max_position;  // the last token any row of the tile attends
+};
+
+// Sampling parameters of one logits row.
+struct SampleEntry {
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  int32_t active;  // 0: no token wanted (padding, forced token)
+  uint64_t seed;
+  uint64_t index;
+};
+
+// Sizes the blob's arrays and the backend's buffers are allocated for.
+struct PlanCapacity {
+  int32_t rows = 0;           // rows of a step, padding included
+  int32_t logit_rows = 0;
+  int32_t table_entries = 0;
+  int32_t chunks = 0;         // decode rows' chunks
+  int32_t row_splits = 0;     // decode rows x splits: partial results of split-KV
+  int32_t prefill_jobs = 0;
+
+  bool Covers(const PlanCapacity& need) const;
+  PlanCapacity Max(const PlanCapacity& other) const;
+};
+
+// Byte offsets of the arrays in the blob; the host and device copies share one layout.
+struct PlanLayout {
+  size_t token_ids = 0, positions = 0, kv_block = 0, kv_offset = 0;  // int32 [rows]
+  size_t decode_q_row = 0;   // int32 [rows]: the row each decode-kernel row reads and writes
+  size_t split_bounds = 0;   // int32 [decode rows][splits + 1]: chunk index where each split starts
+  size_t prefill_jobs = 0;   // PrefillJob [prefill_jobs]
+  size_t logit_rows = 0;     // int32 [logit_rows]: the row whose logits each logits row holds
+  size_t samples = 0;        // SampleEntry [logit_rows]
+  size_t block_tables = 0;   // int32 [table_entries]
+  size_t chunks = 0;         // ChunkEntry [chunks]
+  size_t total = 0;
+
+  static PlanLayout For(const PlanCapacity& capacity);
+};
+
+struct PlanOptions {
+  int32_t block_size = 16;
+  int32_t pad_rows = 0;           // a CUDA graph bucket: pad a decode step to this many rows
+  int32_t num_splits = 1;         // decode kernel splits per row (its grid's x)
+  int32_t min_split_tokens = 128; // a row uses at most ceil(its tokens / this) splits
+  int32_t prefill_tile_rows = 16; // rows per prefill job
+  int32_t scratch_block = 0;      // the block padding rows write their K and V into
+};
+
+// Counts of a built step, for the launches, and each sequence's logits row.
+struct StepPlan {
+  int32_t rows = 0;          // rows computed, padding included
+  int32_t decode_rows = 0;
+  int32_t num_splits = 1;
+  int32_t prefill_jobs = 0;
+  int32_t logit_rows = 0;
+  int32_t table_entries = 0;
+  int32_t chunks = 0;
+  std::vector<int32_t> seq_logit_row;  // per seq: its logits row, -1 where it does not sample
+};
+
+// A step that can replay a CUDA graph: one non-causal row per sequence, row s for sequence s.
+bool IsDecodeStep(const StepBatch& batch);
+
+// Rows a decode step of `rows` rows is padded to: its CUDA graph bucket (powers of two to 8,
+// then steps of 8, 16 and 32).
+int32_t GraphBucket(int32_t rows);
+
+// Rows of the decode kernel: the non-causal rows, or all padded rows.
+int32_t DecodeRows(const StepBatch& batch, int32_t pad_rows);
+
+// Splits per decode row so that rows x kv heads x splits fills the GPU about eight CTAs deep.
+int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t num_sms);
+
+// Cuts one row's chunks into max_splits splits balanced by cost (tokens + kChunkCost per chunk),
+// using at most ceil(cost / min_split_tokens) of them; the rest are empty. Writes the
+// max_splits + 1 bounds, offset by `base` (the row's first chunk in the blob).
+void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,
+                 int32_t base, int32_t* bounds);
+
+// The capacity a batch needs under these options.
+PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options);
+
+// Fills `blob` (laid out by `layout`, for a capacity that covers NeededCapacity) from a batch
+// that passed ValidateStepBatch.
+StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
+                       const PlanLayout& layout, uint8_t* blob);
+
+}  // namespace spanserve::gpu

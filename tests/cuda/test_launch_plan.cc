@@ -1,0 +1,309 @@
+// The CUDA backend's launch metadata, on the CPU: split assignment, the decode kernel's pass
+// geometry, the graph buckets, and the packed blob of a step read back against its batch.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/decode_geometry.h"
+#include "kernels/launch_plan.h"
+#include "tests/cuda/random_batch.h"
+
+namespace spanserve::gpu {
+namespace {
+
+using testing::RandomBatch;
+using testing::RandomBatchSpec;
+using testing::RandomRanges;
+
+std::vector<KvChunk> RandomRowChunks(std::mt19937& rng, int32_t block_size, int32_t len) {
+  std::vector<int32_t> table((len + block_size - 1) / block_size);
+  for (int32_t& b : table) b = static_cast<int32_t>(rng() % 10000);
+  std::vector<KvChunk> chunks;
+  AppendRangeChunks(RandomRanges(rng, len), table, block_size, &chunks);
+  return chunks;
+}
+
+int64_t Cost(std::span<const KvChunk> chunks) {
+  int64_t cost = 0;
+  for (const KvChunk& c : chunks) cost += c.end - c.begin + kChunkCost;
+  return cost;
+}
+
+TEST(SplitChunks, CoversTheRowInOrderWithBalancedSplits) {
+  std::mt19937 rng(1);
+  for (int trial = 0; trial < 500; ++trial) {
+    const int32_t B = 1 << (rng() % 9);
+    const std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 5000);
+    const int32_t n = static_cast<int32_t>(chunks.size());
+    for (int32_t max_splits : {1, 2, 7, kMaxSplits}) {
+      for (int32_t min_tokens : {1, 64, 128}) {
+        std::vector<int32_t> bounds(max_splits + 1, -1);
+        SplitChunks(chunks, max_splits, min_tokens, 7, bounds.data());
+        ASSERT_EQ(bounds.front(), 7);
+        ASSERT_EQ(bounds.back(), 7 + n);
+        for (int32_t s = 0; s < max_splits; ++s) ASSERT_LE(bounds[s], bounds[s + 1]);
+        const int64_t total = Cost(chunks);
+        const int64_t wanted = std::clamp<int64_t>((total + min_tokens - 1) / min_tokens, 1, max_splits);
+        int64_t largest_chunk = 0;
+        for (const KvChunk& c : chunks) largest_chunk = std::max<int64_t>(largest_chunk, c.end - c.begin + kChunkCost);
+        int32_t used = 0;
+        for (int32_t s = 0; s < max_splits; ++s) {
+          const std::span<const KvChunk> part(chunks.data() + bounds[s] - 7, bounds[s + 1] - bounds[s]);
+          used += !part.empty();
+          // No split holds much more than its share.
+          EXPECT_LE(Cost(part), (total + wanted - 1) / wanted + largest_chunk) << trial;
+        }
+        EXPECT_LE(used, wanted);
+      }
+    }
+  }
+}
+
+TEST(SplitChunks, EmptyRowHasEmptySplits) {
+  std::vector<int32_t> bounds(5, -1);
+  SplitChunks({}, 4, 128, 3, bounds.data());
+  for (int32_t b : bounds) EXPECT_EQ(b, 3);
+}
+
+TEST(SplitsFor, FillsTheGpuWithoutMoreThanNeeded) {
+  for (int32_t rows : {1, 2, 16, 64, 256, 2048}) {
+    for (int32_t kv : {1, 8, 32}) {
+      const int32_t s = SplitsFor(rows, kv, 132);
+      ASSERT_GE(s, 1);
+      ASSERT_LE(s, kMaxSplits);
+      if (s < kMaxSplits) EXPECT_GE(int64_t{rows} * kv * s, 8 * 132);
+      if (s > 1) EXPECT_LT(int64_t{rows} * kv * (s - 1), 8 * 132);
+    }
+  }
+}
+
+TEST(GraphBucket, CoversEachSizeWithFewBuckets) {
+  std::set<int32_t> buckets;
+  int32_t previous = 0;
+  for (int32_t n = 1; n <= 256; ++n) {
+    const int32_t b = GraphBucket(n);
+    EXPECT_GE(b, n);
+    EXPECT_GE(b, previous);
+    EXPECT_EQ(GraphBucket(b), b);
+    EXPECT_LT(b - n, n);                          // less than double
+    if (n >= 32) EXPECT_LE(b - n, n / 4 + 1);     // then at most about a quarter
+    buckets.insert(b);
+    previous = b;
+  }
+  EXPECT_LE(buckets.size(), 24u);
+}
+
+// The decode kernel's walk (its loops, with the shared geometry) reads every attended token of
+// every chunk exactly once and nothing else, for every block size and pass width.
+TEST(PassGeometry, VisitsEveryAttendedTokenOnce) {
+  std::mt19937 rng(2);
+  for (int32_t slots : {16, 32, 64, 128}) {
+    for (int32_t B = 1; B <= 256; B += (B < 40 ? 1 : 23)) {
+      const PassGeometry g = PassGeometry::For(B, slots);
+      for (int trial = 0; trial < 3; ++trial) {
+        const std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 1500);
+        const int32_t n = static_cast<int32_t>(chunks.size());
+        std::map<std::pair<int32_t, int32_t>, int> visits;  // (chunk, token)
+        for (int32_t c0 = 0; c0 < n; c0 += g.chunks_per_pass) {
+          const int32_t subs = g.chunks_per_pass == 1 ? g.SubPasses(chunks[c0].begin, chunks[c0].end) : 1;
+          for (int32_t sub = 0; sub < subs; ++sub) {
+            for (int32_t j = 0; j < slots; ++j) {
+              const int32_t c = c0 + g.SlotChunk(j);
+              if (!g.SlotUsed(j) || c >= n) continue;
+              const int32_t t = chunks[c].begin + sub * g.slots_per_chunk + g.SlotToken(j);
+              if (t < chunks[c].end) ++visits[{c, t}];
+            }
+          }
+        }
+        int64_t expected = 0;
+        for (int32_t c = 0; c < n; ++c) {
+          for (int32_t t = chunks[c].begin; t < chunks[c].end; ++t) {
+            ASSERT_EQ((visits[{c, t}]), 1) << "B " << B << " slots " << slots;
+          }
+          expected += chunks[c].end - chunks[c].begin;
+        }
+        ASSERT_EQ(static_cast<int64_t>(visits.size()), expected) << "B " << B;
+      }
+    }
+  }
+}
+
+template <typename T>
+const T* At(const std::vector<uint8_t>& blob, size_t offset) {
+  return reinterpret_cast<const T*>(blob.data() + offset);
+}
+
+// Builds the plan of random batches (padded when they are decode steps) and reads every array
+// back against the batch.
+TEST(BuildStepPlan, BlobHoldsTheBatch) {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 300; ++trial) {
+    RandomBatchSpec spec;
+    spec.block_size = 1 << (rng() % 9);
+    spec.decode_only = trial % 3 == 0;
+    const StepBatch batch = RandomBatch(rng, spec);
+    ASSERT_TRUE(ValidateStepBatch(batch, spec.num_blocks, spec.block_size, spec.vocab).ok());
+    const int32_t n = batch.num_rows();
+    PlanOptions options;
+    options.block_size = spec.block_size;
+    options.pad_rows = IsDecodeStep(batch) && rng() % 2 ? GraphBucket(n) : 0;
+    options.num_splits = 1 + static_cast<int32_t>(rng() % kMaxSplits);
+    options.min_split_tokens = rng() % 2 ? 1 : 128;
+    options.prefill_tile_rows = 1 << (rng() % 7);
+    options.scratch_block = spec.num_blocks;
+    const PlanCapacity need = NeededCapacity(batch, options);
+    const PlanLayout layout = PlanLayout::For(need);
+    std::vector<uint8_t> blob(layout.total, 0xab);
+    const StepPlan plan = BuildStepPlan(batch, options, layout, blob.data());
+    const bool padded = options.pad_rows > 0;
+    const int32_t S = options.num_splits, B = spec.block_size;
+
+    ASSERT_EQ(plan.rows, std::max(n, options.pad_rows));
+    ASSERT_LE(plan.rows, need.rows);
+    ASSERT_LE(plan.chunks, need.chunks);
+    ASSERT_LE(int64_t{plan.decode_rows} * S, need.row_splits);
+    ASSERT_LE(plan.prefill_jobs, need.prefill_jobs);
+    ASSERT_LE(plan.logit_rows, need.logit_rows);
+    for (int32_t r = 0; r < plan.rows; ++r) {
+      const int32_t kv_block = At<int32_t>(blob, layout.kv_block)[r];
+      const int32_t kv_offset = At<int32_t>(blob, layout.kv_offset)[r];
+      if (r >= n) {
+        EXPECT_EQ(kv_block, options.scratch_block);
+        EXPECT_EQ(At<int32_t>(blob, layout.token_ids)[r], 0);
+        continue;
+      }
+      const StepSequence& seq = batch.seqs[batch.rows[r].seq];
+      const int32_t pos = batch.positions[r];
+      EXPECT_EQ(At<int32_t>(blob, layout.token_ids)[r], batch.token_ids[r]);
+      EXPECT_EQ(At<int32_t>(blob, layout.positions)[r], pos);
+      EXPECT_EQ(kv_block, batch.block_tables[seq.table_begin + pos / B]);
+      EXPECT_EQ(kv_offset, pos % B);
+    }
+    EXPECT_EQ(0, std::memcmp(blob.data() + layout.block_tables, batch.block_tables.data(),
+                             batch.block_tables.size() * sizeof(int32_t)));
+
+    // Decode rows: the non-causal rows (then the padding) in order, their splits concatenating
+    // to exactly their chunk lists.
+    std::vector<int32_t> expected_rows;
+    for (int32_t r = 0; r < plan.rows; ++r) {
+      if (r >= n || !batch.rows[r].causal) expected_rows.push_back(r);
+    }
+    ASSERT_EQ(plan.decode_rows, static_cast<int32_t>(expected_rows.size()));
+    const ChunkEntry* chunks = At<ChunkEntry>(blob, layout.chunks);
+    for (int32_t i = 0; i < plan.decode_rows; ++i) {
+      const int32_t r = At<int32_t>(blob, layout.decode_q_row)[i];
+      ASSERT_EQ(r, expected_rows[i]);
+      const int32_t* bounds = At<int32_t>(blob, layout.split_bounds) + int64_t{i} * (S + 1);
+      std::vector<KvChunk> got;
+      for (int32_t s = 0; s < S; ++s) {
+        ASSERT_LE(bounds[s], bounds[s + 1]);
+        for (int32_t c = bounds[s]; c < bounds[s + 1]; ++c) {
+          got.push_back({chunks[c].block, chunks[c].range & 0xffff, chunks[c].range >> 16});
+        }
+      }
+      ASSERT_GE(bounds[0], 0);
+      ASSERT_LE(bounds[S], plan.chunks);
+      std::vector<KvChunk> want;
+      if (r < n) {
+        want.assign(batch.chunks.begin() + batch.rows[r].chunk_begin,
+                    batch.chunks.begin() + batch.rows[r].chunk_end);
+      }
+      ASSERT_EQ(got, want) << "row " << r;
+    }
+
+    // Prefill jobs: every causal row once, in tiles of consecutive rows of one sequence.
+    std::vector<int32_t> covered;
+    const PrefillJob* jobs = At<PrefillJob>(blob, layout.prefill_jobs);
+    for (int32_t j = 0; j < plan.prefill_jobs; ++j) {
+      const PrefillJob& job = jobs[j];
+      ASSERT_GE(job.num_rows, 1);
+      ASSERT_LE(job.num_rows, options.prefill_tile_rows);
+      const int32_t seq = batch.rows[job.row_begin].seq;
+      EXPECT_EQ(job.table_begin, batch.seqs[seq].table_begin);
+      int32_t max_position = 0;
+      for (int32_t r = job.row_begin; r < job.row_begin + job.num_rows; ++r) {
+        ASSERT_TRUE(batch.rows[r].causal);
+        ASSERT_EQ(batch.rows[r].seq, seq);
+        max_position = std::max(max_position, batch.positions[r]);
+        covered.push_back(r);
+      }
+      EXPECT_EQ(job.max_position, max_position);
+    }
+    std::vector<int32_t> causal_rows;
+    for (int32_t r = 0; r < n; ++r) {
+      if (batch.rows[r].causal) causal_rows.push_back(r);
+    }
+    EXPECT_EQ(covered, causal_rows);
+
+    // Logits rows and sampling parameters.
+    ASSERT_EQ(plan.seq_logit_row.size(), batch.seqs.size());
+    EXPECT_EQ(plan.logit_rows, padded ? plan.rows : need.logit_rows);
+    std::vector<bool> seen(plan.logit_rows, false);
+    for (size_t s = 0; s < batch.seqs.size(); ++s) {
+      const StepSequence& seq = batch.seqs[s];
+      const int32_t i = plan.seq_logit_row[s];
+      if (!seq.sample) {
+        EXPECT_EQ(i, -1);
+        continue;
+      }
+      ASSERT_GE(i, 0);
+      ASSERT_LT(i, plan.logit_rows);
+      seen[i] = true;
+      EXPECT_EQ(At<int32_t>(blob, layout.logit_rows)[i], seq.row_begin + seq.num_rows - 1);
+      const SampleEntry& e = At<SampleEntry>(blob, layout.samples)[i];
+      EXPECT_EQ(e.active, seq.forced_token < 0);
+      EXPECT_EQ(e.temperature, seq.sampling.temperature);
+      EXPECT_EQ(e.top_k, seq.sampling.top_k);
+      EXPECT_EQ(e.top_p, seq.sampling.top_p);
+      EXPECT_EQ(e.seed, seq.sampling.seed);
+      EXPECT_EQ(e.index, seq.sample_index);
+    }
+    for (int32_t i = 0; i < plan.logit_rows; ++i) {
+      if (seen[i]) continue;
+      ASSERT_TRUE(padded) << "logits row " << i << " belongs to no sampled sequence";
+      EXPECT_EQ(At<int32_t>(blob, layout.logit_rows)[i], i);
+      EXPECT_EQ(At<SampleEntry>(blob, layout.samples)[i].active, 0);
+    }
+  }
+}
+
+TEST(PlanLayout, ArraysAreAlignedAndApart) {
+  const PlanCapacity cap{100, 7, 33, 1000, 250, 12};
+  const PlanLayout l = PlanLayout::For(cap);
+  const std::vector<std::pair<size_t, size_t>> arrays = {
+      {l.token_ids, 100 * 4}, {l.positions, 100 * 4}, {l.kv_block, 100 * 4},
+      {l.kv_offset, 100 * 4}, {l.decode_q_row, 100 * 4}, {l.split_bounds, (250 + 100) * 4},
+      {l.prefill_jobs, 12 * sizeof(PrefillJob)}, {l.logit_rows, 7 * 4},
+      {l.samples, 7 * sizeof(SampleEntry)}, {l.block_tables, 33 * 4},
+      {l.chunks, 1000 * sizeof(ChunkEntry)}};
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    EXPECT_EQ(arrays[i].first % 256, 0u);
+    const size_t end = arrays[i].first + arrays[i].second;
+    EXPECT_LE(end, i + 1 < arrays.size() ? arrays[i + 1].first : l.total);
+  }
+  EXPECT_TRUE(cap.Covers(cap));
+  PlanCapacity bigger = cap;
+  bigger.chunks += 1;
+  EXPECT_FALSE(cap.Covers(bigger));
+  EXPECT_TRUE(cap.Max(bigger).Covers(bigger));
+}
+
+TEST(IsDecodeStep, OneNonCausalRowPerSequence) {
+  std::mt19937 rng(4);
+  RandomBatchSpec spec;
+  spec.decode_only = true;
+  StepBatch batch = RandomBatch(rng, spec);
+  EXPECT_TRUE(IsDecodeStep(batch));
+  batch.logits_mode = LogitsMode::kAllRows;
+  EXPECT_FALSE(IsDecodeStep(batch));
+  batch.logits_mode = LogitsMode::kSampled;
+  batch.rows[0].causal = true;
+  EXPECT_FALSE(IsDecodeStep(batch));
+}
+
+}  // namespace
+}  // namespace spanserve::gpu
