@@ -113,6 +113,17 @@ def test_batches_resume_where_they_stopped():
     assert all_batches[:3] != all_batches[3:6]  # each epoch shuffles anew
 
 
+def test_batches_pad_little(arith_files, sp, vocab):
+    examples = [D.encode_record(r, sp, vocab, "whole") for r in D.load_jsonl(arith_files[0])]
+    lengths = [len(ex) for ex in examples]
+    order = D.batch_order(lengths, 8, seed=0, epoch=0)
+    assert sorted(sum(order, [])) == list(range(len(examples)))  # 400 = 50 batches of 8
+    padded = sum(8 * max(lengths[i] for i in b) for b in order)
+    assert padded < 1.05 * sum(lengths)
+    unsorted = D.batch_order(lengths, 8, seed=0, epoch=0, bucket_batches=1)
+    assert sum(8 * max(lengths[i] for i in b) for b in unsorted) > 1.1 * sum(lengths)
+
+
 def test_lr_schedule():
     args = train.build_parser().parse_args(["--lr", "1e-3", "--min-lr", "1e-4", "--warmup", "10",
                                             "--steps", "110"])

@@ -89,12 +89,21 @@ def collate(examples: Sequence[Example], vocab: SpanVocab, pad_id: int) -> dict:
             "positions": positions, "tokens": sum(len(ex) for ex in examples)}
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> List[List[int]]:
-    """The batches of one epoch: a shuffle fixed by (seed, epoch), so a resumed run at step s
-    sees the same batches as an uninterrupted one."""
-    order = list(range(n))
-    random.Random(f"{seed}-{epoch}").shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                bucket_batches: int = 64) -> List[List[int]]:
+    """The batches of one epoch, a function of (seed, epoch) alone, so a resumed run at step s
+    sees the same batches as an uninterrupted one. The shuffled examples are sorted by length
+    within windows of `bucket_batches` batches, so a batch pads little, and the batches are
+    shuffled again."""
+    rng = random.Random(f"{seed}-{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket_batches
+    for i in range(0, len(order), window):
+        order[i:i + window] = sorted(order[i:i + window], key=lambda j: lengths[j])
+    out = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    rng.shuffle(out)
+    return out
 
 
 def batches(examples: Sequence[Example], batch_size: int, seed: int,
@@ -103,10 +112,10 @@ def batches(examples: Sequence[Example], batch_size: int, seed: int,
     per_epoch = len(examples) // batch_size
     if per_epoch == 0:
         raise ValueError(f"{len(examples)} examples are fewer than a batch of {batch_size}")
+    lengths = [len(ex) for ex in examples]
     step = start_step
     while True:
         epoch, index = divmod(step, per_epoch)
-        order = batch_order(len(examples), batch_size, seed, epoch)
-        for batch in order[index:]:
+        for batch in batch_order(lengths, batch_size, seed, epoch)[index:]:
             yield [examples[i] for i in batch]
             step += 1
