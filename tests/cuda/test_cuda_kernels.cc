@@ -1,0 +1,494 @@
+// Each CUDA kernel against a double-precision reference on fresh random inputs, outputs
+// poisoned (NaN) before each run: decode attention over random block lists with edge masks and
+// empty rows, for every head dim, GQA group, block size and split count it takes; prefill
+// attention and decode rows mixed as in a step; RoPE with the KV write; the fused residual add
+// and RMSNorm; embedding; SiluMul; sampling. Skipped where no GPU is visible.
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "engine/attention_plan.h"
+#include "engine/sampler.h"
+#include "kernels/kernels.h"
+#include "kernels/launch_plan.h"
+#include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/random_batch.h"
+
+namespace spanserve::testing {
+namespace {
+
+using gpu::ChunkEntry;
+
+constexpr double kTolerance = 1e-2;  // relative, outputs in bf16
+
+// KV caches of random bf16 values, with the floats they stand for.
+struct Caches {
+  KvLayout layout;
+  std::vector<float> k, v;
+  DeviceArray<uint16_t> k_dev, v_dev;
+
+  Caches(std::mt19937& rng, const KvLayout& l, int32_t num_blocks)
+      : layout(l),
+        k_dev(size_t(num_blocks) * l.block_elems()),
+        v_dev(size_t(num_blocks) * l.block_elems()) {
+    k_dev.Upload(RandomBf16(rng, k_dev.size(), 1.0f, &k));
+    v_dev.Upload(RandomBf16(rng, v_dev.size(), 1.0f, &v));
+  }
+};
+
+struct DecodeCase {
+  int32_t head_dim, group, kv_heads, block_size, num_splits, min_split_tokens;
+};
+
+// Rows with random contexts and chunk lists (one empty row, one dense), q rows scattered over a
+// larger buffer whose other rows must stay untouched.
+void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t max_context) {
+  const int32_t H = c.kv_heads * c.group, hd = c.head_dim, B = c.block_size, S = c.num_splits;
+  std::vector<int32_t> contexts(rows);
+  int32_t pool = 1;
+  for (int32_t& ctx : contexts) {
+    ctx = 1 + static_cast<int32_t>(rng() % max_context);
+    pool += (ctx + B - 1) / B;
+  }
+  std::vector<int32_t> blocks(pool);
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), rng);
+  Caches caches(rng, {c.kv_heads, B, hd}, pool);
+
+  const int32_t q_rows = rows + 3;
+  std::vector<int32_t> q_row(q_rows);
+  std::iota(q_row.begin(), q_row.end(), 0);
+  std::shuffle(q_row.begin(), q_row.end(), rng);
+  q_row.resize(rows);
+  std::vector<float> q;
+  DeviceArray<uint16_t> q_dev(RandomBf16(rng, size_t(q_rows) * H * hd, 1.0f, &q));
+
+  std::vector<std::vector<KvChunk>> row_chunks(rows);
+  std::vector<ChunkEntry> entries;
+  std::vector<int32_t> bounds(size_t(rows) * (S + 1));
+  size_t next_block = 0;
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t ctx = contexts[r];
+    std::vector<int32_t> table(blocks.begin() + next_block,
+                               blocks.begin() + next_block + (ctx + B - 1) / B);
+    next_block += table.size();
+    if (r != 0) {  // row 0 attends nothing: its output is zeros
+      const std::vector<TokenRange> ranges = r == 1 ? std::vector<TokenRange>{{0, ctx}}
+                                                    : RandomRanges(rng, ctx);
+      AppendRangeChunks(ranges, table, B, &row_chunks[r]);
+    }
+    gpu::SplitChunks(row_chunks[r], S, c.min_split_tokens, static_cast<int32_t>(entries.size()),
+                     &bounds[size_t(r) * (S + 1)]);
+    for (const KvChunk& k : row_chunks[r]) entries.push_back({k.block, k.begin | (k.end << 16)});
+  }
+  DeviceArray<int32_t> q_row_dev(q_row), bounds_dev(bounds);
+  DeviceArray<ChunkEntry> chunks_dev(entries);
+  DeviceArray<float> partial_o(size_t(rows) * S * H * hd), partial_lse(size_t(rows) * S * H);
+  DeviceArray<uint16_t> out(size_t(q_rows) * H * hd);
+  partial_o.Poison();
+  partial_lse.Poison();
+  out.Poison();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
+                                      q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
+                                      rows, S, H, c.kv_heads, hd, B, scale,
+                                      partial_o.get(), partial_lse.get(), out.get()};
+  SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
+  const std::vector<float> got = ToFloats(out.Download());
+
+  std::vector<bool> addressed(q_rows, false);
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t qr = q_row[r];
+    addressed[qr] = true;
+    std::vector<double> want;
+    for (int32_t h = 0; h < H; ++h) {
+      const std::span<const float> qh(&q[(size_t(qr) * H + h) * hd], hd);
+      const std::vector<double> ref = RefAttention(qh, caches.k.data(), caches.v.data(),
+                                                   caches.layout, h / c.group, row_chunks[r], scale);
+      want.insert(want.end(), ref.begin(), ref.end());
+    }
+    const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
+    EXPECT_LT(MaxRelErr(row_out, want), kTolerance)
+        << "row " << r << " hd " << hd << " G " << c.group << " B " << B << " splits " << S
+        << " chunks " << row_chunks[r].size();
+  }
+  for (int32_t qr = 0; qr < q_rows; ++qr) {
+    if (addressed[qr]) continue;
+    for (int32_t i = 0; i < H * hd; ++i) {
+      ASSERT_TRUE(std::isnan(got[size_t(qr) * H * hd + i])) << "q row " << qr << " was written";
+    }
+  }
+}
+
+TEST(DecodeAttention, MatchesReferenceForEveryShape) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  const int32_t splits[] = {1, 2, 5, gpu::kMaxSplits};
+  for (int32_t hd : {64, 128}) {
+    for (int32_t group : {1, 2, 4, 8}) {
+      for (int32_t B : {16, 64, 128, 256, 1, 8, 24}) {
+        const DecodeCase c{hd, group, 2, B, splits[rng() % 4], rng() % 2 ? 1 : 128};
+        CheckDecode(rng, c, 2 + static_cast<int32_t>(rng() % 10), 1500);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// LLaMA-shaped heads at longer contexts: 32 heads of 128 (no GQA) and 32 query heads over 8.
+TEST(DecodeAttention, MatchesReferenceAtLlamaShapes) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(12);
+  for (const auto& [kv_heads, group] : {std::pair{32, 1}, std::pair{8, 4}}) {
+    for (int32_t S : {1, 8}) {
+      CheckDecode(rng, {128, group, kv_heads, 16, S, 128}, 4, 3000);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// A step's attention: causal prompt rows through the prefill kernel, rows with chunk lists
+// (decode rows, and prefill rows after a preemption) through the decode kernel, from the
+// metadata blob the backend builds.
+TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(13);
+  for (int trial = 0; trial < 24; ++trial) {
+    const int32_t hd = trial % 2 ? 128 : 64, group = 1 << (trial % 4), kvh = 2, H = kvh * group;
+    RandomBatchSpec spec;
+    spec.block_size = std::vector<int32_t>{16, 32, 64, 128, 256, 8}[trial % 6];
+    spec.max_prefill_rows = 150;
+    spec.max_start = 600;
+    spec.num_blocks = 2048 / spec.block_size * 8 + 64;
+    const StepBatch batch = RandomBatch(rng, spec);
+    gpu::PlanOptions options;
+    options.block_size = spec.block_size;
+    options.num_splits = gpu::SplitsFor(gpu::DecodeRows(batch, 0), kvh, 132);
+    options.prefill_tile_rows = gpu::PrefillTileRows(group);
+    const gpu::PlanLayout layout = gpu::PlanLayout::For(gpu::NeededCapacity(batch, options));
+    std::vector<uint8_t> blob(layout.total);
+    const gpu::StepPlan plan = gpu::BuildStepPlan(batch, options, layout, blob.data());
+    DeviceArray<uint8_t> blob_dev(blob);
+    auto at = [&](size_t offset) { return blob_dev.get() + offset; };
+
+    Caches caches(rng, {kvh, spec.block_size, hd}, spec.num_blocks);
+    const int32_t n = batch.num_rows();
+    std::vector<float> q;
+    DeviceArray<uint16_t> q_dev(RandomBf16(rng, size_t(n) * H * hd, 1.0f, &q));
+    DeviceArray<uint16_t> out(size_t(n) * H * hd);
+    DeviceArray<float> partial_o(size_t(plan.decode_rows) * plan.num_splits * H * hd + 1);
+    DeviceArray<float> partial_lse(size_t(plan.decode_rows) * plan.num_splits * H + 1);
+    out.Poison();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const gpu::PrefillAttentionArgs prefill{
+        q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
+        reinterpret_cast<const gpu::PrefillJob*>(at(layout.prefill_jobs)),
+        reinterpret_cast<const int32_t*>(at(layout.positions)),
+        reinterpret_cast<const int32_t*>(at(layout.block_tables)), plan.prefill_jobs, H, kvh, hd,
+        spec.block_size, scale, out.get()};
+    const gpu::DecodeAttentionArgs decode{
+        q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
+        reinterpret_cast<const int32_t*>(at(layout.decode_q_row)),
+        reinterpret_cast<const int32_t*>(at(layout.split_bounds)),
+        reinterpret_cast<const ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
+        plan.num_splits, H, kvh, hd, spec.block_size, scale, partial_o.get(), partial_lse.get(),
+        out.get()};
+    SyncOk(gpu::LaunchPrefillAttention(prefill, nullptr));
+    SyncOk(gpu::LaunchDecodeAttention(decode, nullptr));
+    const std::vector<float> got = ToFloats(out.Download());
+    for (int32_t r = 0; r < n; ++r) {
+      const AttentionRow& row = batch.rows[r];
+      const StepSequence& seq = batch.seqs[row.seq];
+      const std::vector<KvChunk> chunks =
+          row.causal ? CausalChunks({batch.block_tables.data() + seq.table_begin,
+                                     size_t(seq.num_blocks)},
+                                    spec.block_size, batch.positions[r])
+                     : std::vector<KvChunk>(batch.chunks.begin() + row.chunk_begin,
+                                            batch.chunks.begin() + row.chunk_end);
+      std::vector<double> want;
+      for (int32_t h = 0; h < H; ++h) {
+        const std::span<const float> qh(&q[(size_t(r) * H + h) * hd], hd);
+        const std::vector<double> ref = RefAttention(qh, caches.k.data(), caches.v.data(),
+                                                     caches.layout, h / group, chunks, scale);
+        want.insert(want.end(), ref.begin(), ref.end());
+      }
+      ASSERT_LT(MaxRelErr({&got[size_t(r) * H * hd], size_t(H) * hd}, want), kTolerance)
+          << "trial " << trial << " row " << r << (row.causal ? " causal" : " chunks")
+          << " position " << batch.positions[r] << " B " << spec.block_size << " G " << group;
+    }
+  }
+}
+
+TEST(RopeWriteKv, RotatesQAndKAndWritesTheSlots) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(14);
+  for (const auto& [hd, heads, kvh] : {std::tuple{64, 4, 2}, std::tuple{128, 32, 8}}) {
+    const int32_t rows = 37, B = 16, pool = 8, width = (heads + 2 * kvh) * hd;
+    const double theta = hd == 64 ? 10000.0 : 500000.0;
+    std::uniform_real_distribution<float> dist(-2, 2);
+    std::vector<float> qkv(size_t(rows) * width);
+    for (float& x : qkv) x = dist(rng);
+    std::vector<int32_t> positions(rows), slots(pool * B), kv_block(rows), kv_offset(rows);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), rng);
+    for (int32_t r = 0; r < rows; ++r) {
+      positions[r] = static_cast<int32_t>(rng() % 100000);
+      kv_block[r] = slots[r] / B;
+      kv_offset[r] = slots[r] % B;
+    }
+    DeviceArray<float> qkv_dev(qkv);
+    DeviceArray<int32_t> pos_dev(positions), block_dev(kv_block), offset_dev(kv_offset);
+    const KvLayout layout{kvh, B, hd};
+    DeviceArray<uint16_t> q_out(size_t(rows) * heads * hd), k_cache(pool * layout.block_elems()),
+        v_cache(pool * layout.block_elems());
+    q_out.Poison();
+    k_cache.Poison();
+    v_cache.Poison();
+    const gpu::RopeKvArgs args{qkv_dev.get(), pos_dev.get(), block_dev.get(), offset_dev.get(),
+                               rows, heads, kvh, hd, B, static_cast<float>(theta),
+                               q_out.get(), k_cache.get(), v_cache.get()};
+    SyncOk(gpu::LaunchRopeWriteKv(args, nullptr));
+    const std::vector<float> q = ToFloats(q_out.Download());
+    const std::vector<uint16_t> k = k_cache.Download(), v = v_cache.Download();
+    int64_t written = 0;
+    for (int32_t r = 0; r < rows; ++r) {
+      const float* row = &qkv[size_t(r) * width];
+      for (int32_t h = 0; h < heads + kvh; ++h) {
+        const std::vector<double> want = RefRope({row + h * hd, size_t(hd)}, positions[r], theta);
+        std::vector<float> head(hd);
+        for (int32_t d = 0; d < hd; ++d) {
+          head[d] = h < heads ? q[(size_t(r) * heads + h) * hd + d]
+                              : Bf16ToFloat(k[layout.TileOffset(kv_block[r], h - heads) +
+                                              kv_offset[r] * hd + d]);
+        }
+        EXPECT_LT(MaxRelErr(head, want), kTolerance) << "row " << r << " head " << h;
+      }
+      for (int32_t h = 0; h < kvh; ++h) {
+        for (int32_t d = 0; d < hd; ++d) {
+          ASSERT_EQ(v[layout.TileOffset(kv_block[r], h) + kv_offset[r] * hd + d],
+                    ToBf16(row[(heads + kvh + h) * hd + d]));
+        }
+      }
+      written += 2 * kvh * hd;
+    }
+    int64_t untouched = 0;
+    for (size_t i = 0; i < k.size(); ++i) untouched += (k[i] == 0xffff) + (v[i] == 0xffff);
+    EXPECT_EQ(untouched, int64_t(2 * k.size()) - written);
+  }
+}
+
+TEST(AddRmsNorm, AddsTheResidualAndNormalizes) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(15);
+  std::uniform_real_distribution<float> dist(-3, 3);
+  for (int32_t hidden : {100, 4096}) {
+    for (int variant = 0; variant < 8; ++variant) {
+      const bool with_delta = variant & 1, with_map = variant & 2, write_back = variant & 4;
+      const int32_t rows = 9, out_rows = with_map ? 4 : rows;
+      std::vector<float> x(size_t(rows) * hidden), delta(x.size()), weight(hidden);
+      for (float& v : x) v = dist(rng);
+      for (float& v : delta) v = dist(rng);
+      for (float& v : weight) v = 1.0f + 0.1f * dist(rng);
+      const std::vector<int32_t> map = {7, 2, 8, 0};
+      DeviceArray<float> x_dev(x), delta_dev(delta), weight_dev(weight);
+      DeviceArray<int32_t> map_dev(map);
+      DeviceArray<uint16_t> out(size_t(out_rows) * hidden);
+      out.Poison();
+      SyncOk(gpu::LaunchAddRmsNorm(x_dev.get(), with_delta ? delta_dev.get() : nullptr,
+                                   weight_dev.get(), with_map ? map_dev.get() : nullptr, out_rows,
+                                   hidden, 1e-5f, write_back, out.get(), nullptr));
+      const std::vector<float> got = ToFloats(out.Download());
+      const std::vector<float> x_after = x_dev.Download();
+      std::vector<bool> mapped(rows, !with_map);
+      for (int32_t i = 0; i < out_rows; ++i) {
+        const int32_t r = with_map ? map[i] : i;
+        mapped[r] = true;
+        std::vector<float> y(hidden);
+        for (int32_t j = 0; j < hidden; ++j) {
+          y[j] = x[size_t(r) * hidden + j] + (with_delta ? delta[size_t(r) * hidden + j] : 0.0f);
+          ASSERT_EQ(x_after[size_t(r) * hidden + j], write_back ? y[j] : x[size_t(r) * hidden + j]);
+        }
+        EXPECT_LT(MaxRelErr({&got[size_t(i) * hidden], size_t(hidden)}, RefRmsNorm(y, weight, 1e-5)),
+                  kTolerance);
+      }
+      for (int32_t r = 0; r < rows; ++r) {
+        if (mapped[r]) continue;
+        for (int32_t j = 0; j < hidden; ++j) ASSERT_EQ(x_after[size_t(r) * hidden + j], x[size_t(r) * hidden + j]);
+      }
+    }
+  }
+}
+
+TEST(Embedding, GathersRowsExactly) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(16);
+  const int32_t vocab = 1000, hidden = 320, rows = 17;
+  std::vector<float> table;
+  DeviceArray<uint16_t> table_dev(RandomBf16(rng, size_t(vocab) * hidden, 1.0f, &table));
+  std::vector<int32_t> tokens(rows);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % vocab);
+  DeviceArray<int32_t> tokens_dev(tokens);
+  DeviceArray<float> x(size_t(rows) * hidden);
+  x.Poison();
+  SyncOk(gpu::LaunchEmbedding(tokens_dev.get(), table_dev.get(), rows, hidden, x.get(), nullptr));
+  const std::vector<float> got = x.Download();
+  for (int32_t r = 0; r < rows; ++r) {
+    for (int32_t j = 0; j < hidden; ++j) {
+      ASSERT_EQ(got[size_t(r) * hidden + j], table[size_t(tokens[r]) * hidden + j]);
+    }
+  }
+}
+
+TEST(SiluMul, MatchesReference) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> dist(-6, 6);
+  const int32_t rows = 5, inter = 11008;
+  std::vector<float> gate_up(size_t(rows) * 2 * inter);
+  for (float& v : gate_up) v = dist(rng);
+  DeviceArray<float> gate_up_dev(gate_up);
+  DeviceArray<uint16_t> out(size_t(rows) * inter);
+  out.Poison();
+  SyncOk(gpu::LaunchSiluMul(gate_up_dev.get(), rows, inter, out.get(), nullptr));
+  const std::vector<float> got = ToFloats(out.Download());
+  for (int32_t r = 0; r < rows; ++r) {
+    std::vector<double> want(inter);
+    for (int32_t i = 0; i < inter; ++i) {
+      const double g = gate_up[size_t(r) * 2 * inter + i], u = gate_up[size_t(r) * 2 * inter + inter + i];
+      want[i] = g / (1.0 + std::exp(-g)) * u;
+    }
+    EXPECT_LT(MaxRelErr({&got[size_t(r) * inter], size_t(inter)}, want), kTolerance);
+  }
+}
+
+// Runs the sampling kernel on rows of logits with their parameters; returns the tokens.
+std::vector<int32_t> SampleOnGpu(const std::vector<float>& logits, int32_t vocab,
+                                 const std::vector<gpu::SampleEntry>& params) {
+  const int32_t rows = static_cast<int32_t>(params.size());
+  DeviceArray<float> logits_dev(logits), probs(logits.size());
+  DeviceArray<gpu::SampleEntry> params_dev(params);
+  DeviceArray<int32_t> tokens(rows);
+  tokens.Poison();
+  SyncOk(gpu::LaunchSample(logits_dev.get(), rows, vocab, params_dev.get(), probs.get(),
+                           tokens.get(), nullptr));
+  return tokens.Download();
+}
+
+gpu::SampleEntry Entry(const SamplingParams& p, uint64_t index, bool active = true) {
+  return {p.temperature, p.top_k, p.top_p, active, p.seed, index};
+}
+
+// Random logits, or logits on a few levels so that ties fall on the top-k and top-p cuts.
+std::vector<float> RandomLogits(std::mt19937& rng, int32_t vocab, bool tied) {
+  std::normal_distribution<float> dist(0, 3);
+  std::vector<float> logits(vocab);
+  for (float& x : logits) x = tied ? std::round(dist(rng)) : dist(rng);
+  return logits;
+}
+
+TEST(Sample, GreedyIsTheCpuArgmaxWithTiesToTheLowestId) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(18);
+  for (int32_t vocab : {320, 32000, 128256}) {
+    const int32_t rows = 16;
+    std::vector<float> logits;
+    std::vector<gpu::SampleEntry> params;
+    for (int32_t r = 0; r < rows; ++r) {
+      std::vector<float> row = RandomLogits(rng, vocab, r % 2 == 1);  // odd rows: tied maxima
+      logits.insert(logits.end(), row.begin(), row.end());
+      SamplingParams p;
+      p.temperature = r % 4 == 0 ? 0.7f : 0.0f;
+      p.top_k = r % 4 == 0 ? 1 : 0;
+      params.push_back(Entry(p, r));
+    }
+    params[3].active = 0;
+    const std::vector<int32_t> got = SampleOnGpu(logits, vocab, params);
+    Sampler cpu;
+    for (int32_t r = 0; r < rows; ++r) {
+      if (!params[r].active) {
+        EXPECT_EQ(got[r], -1);
+        continue;
+      }
+      SamplingParams p;
+      p.temperature = params[r].temperature;
+      p.top_k = params[r].top_k;
+      EXPECT_EQ(got[r], cpu.Sample({&logits[size_t(r) * vocab], size_t(vocab)}, p, r)) << r;
+    }
+  }
+}
+
+// The drawn token is a kept token whose id-order cumulative interval holds u * kept mass.
+TEST(Sample, DrawsFromTheCpuSamplersKeptSet) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(19);
+  for (int32_t vocab : {320, 32000}) {
+    const int32_t rows = 300;
+    std::vector<float> logits;
+    std::vector<gpu::SampleEntry> params;
+    std::vector<SamplingParams> cpu_params;
+    for (int32_t r = 0; r < rows; ++r) {
+      std::vector<float> row = RandomLogits(rng, vocab, r % 3 == 0);
+      logits.insert(logits.end(), row.begin(), row.end());
+      SamplingParams p;
+      p.temperature = std::vector<float>{0.3f, 0.8f, 1.0f, 1.7f}[rng() % 4];
+      p.top_k = std::vector<int32_t>{0, 2, 5, 40, vocab + 7}[rng() % 5];
+      p.top_p = std::vector<float>{1.0f, 0.95f, 0.6f, 0.1f, 0.0f}[rng() % 5];
+      p.seed = rng();
+      cpu_params.push_back(p);
+      params.push_back(Entry(p, rng() % 100000));
+    }
+    const std::vector<int32_t> got = SampleOnGpu(logits, vocab, params);
+    EXPECT_EQ(SampleOnGpu(logits, vocab, params), got) << "sampling is not deterministic";
+    for (int32_t r = 0; r < rows; ++r) {
+      const RefDraw ref = RefSample({&logits[size_t(r) * vocab], size_t(vocab)}, cpu_params[r],
+                                    params[r].index);
+      const auto it = std::find(ref.kept.begin(), ref.kept.end(), got[r]);
+      ASSERT_NE(it, ref.kept.end()) << "row " << r << ": token " << got[r] << " is not kept";
+      const size_t i = it - ref.kept.begin();
+      double before = 0, total = 0;
+      for (size_t j = 0; j < ref.kept.size(); ++j) {
+        if (j < i) before += ref.kept_probs[j];
+        total += ref.kept_probs[j];
+      }
+      const double slack = 1e-9 * total;
+      EXPECT_LE(before, ref.target + slack) << "row " << r;
+      EXPECT_GT(before + ref.kept_probs[i], ref.target - slack) << "row " << r;
+    }
+  }
+}
+
+// Many draws of one row follow the softmax: the GPU's frequencies and the CPU sampler's agree.
+TEST(Sample, FrequenciesFollowTheDistribution) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(20);
+  const int32_t vocab = 64, draws = 20000;
+  const std::vector<float> row = RandomLogits(rng, vocab, false);
+  SamplingParams p;
+  p.temperature = 2.0f;
+  p.top_k = 20;
+  p.top_p = 0.9f;
+  p.seed = 99;
+  std::vector<float> logits;
+  std::vector<gpu::SampleEntry> params;
+  for (int32_t i = 0; i < draws; ++i) {
+    logits.insert(logits.end(), row.begin(), row.end());
+    params.push_back(Entry(p, i));
+  }
+  const std::vector<int32_t> got = SampleOnGpu(logits, vocab, params);
+  std::map<int32_t, int> gpu_counts, cpu_counts;
+  Sampler cpu;
+  for (int32_t i = 0; i < draws; ++i) {
+    ++gpu_counts[got[i]];
+    ++cpu_counts[cpu.Sample(row, p, i)];
+  }
+  for (const auto& [token, count] : cpu_counts) {
+    const double expected = count, sigma = std::sqrt(expected) + 1;
+    EXPECT_NEAR(gpu_counts[token], expected, 6 * sigma) << "token " << token;
+  }
+  for (const auto& [token, count] : gpu_counts) EXPECT_TRUE(cpu_counts.count(token)) << token;
+}
+
+}  // namespace
+}  // namespace spanserve::testing
