@@ -2,12 +2,14 @@
 //
 // A CTA takes one (row, KV head, split): all query heads of the KV head (the GQA group, so each
 // KV byte is read once per step), and the chunks of its split. Its 128 threads form token
-// groups of head_dim / 8 threads; a thread holds 8 dimensions (one 16-byte load) of a K or V
-// row. Each group folds every NG-th token slot of a pass into its own online softmax (fp32,
-// log2 domain); a pass covers T = NG * U slots over one chunk, or over T / block_size chunks
-// when blocks are small, so all loads of a pass are in flight together. Slots outside a chunk's
-// [begin, end) are neither loaded nor counted. The groups merge through shared memory at the
-// end; with several splits a second kernel merges the splits' (o, lse).
+// groups of head_dim / 8 threads; a thread holds 8 dimensions (one 16-byte piece) of a K or V
+// row. A pass covers T = NG * U token slots over one chunk, or over T / block_size chunks when
+// blocks are small (decode_geometry.h); slots outside a chunk's [begin, end) are neither read
+// nor counted. Each thread copies its slots' K and V pieces into shared memory with cp.async,
+// kStages - 1 passes ahead of the one it computes, and reads back only what it copied itself:
+// the loop needs no CTA barrier, and the bytes in flight do not depend on registers. Each
+// group keeps its own online softmax (fp32, log2 domain); the groups merge through shared
+// memory at the end; with several splits a second kernel merges the splits' (o, lse).
 #include "kernels/common.cuh"
 #include "kernels/decode_geometry.h"
 #include "kernels/kernels.h"
@@ -17,29 +19,45 @@ namespace {
 
 constexpr int kDecodeThreads = 128;
 constexpr int kMergeThreads = 256;
+constexpr int kStages = 3;   // passes in shared memory: one computed, two in flight
+constexpr int kUnroll = 4;   // token slots per token group and pass
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Tokens a group loads per pass: more in flight for small groups, fewer registers for big ones.
+// Shared memory of a decode CTA: kStages x (K, V) x T x head_dim bf16, where T x head_dim =
+// threads x 8 x kUnroll for every head dim: 48 KiB, reused by the final merge of the groups.
+constexpr int kDecodeSmemBytes = kStages * 2 * kDecodeThreads * 8 * kUnroll * sizeof(uint16_t);
+static_assert(kDecodeSmemBytes == 48 * 1024);
+
+// CTAs per SM the register budget is set for: 128 registers a thread up to G = 4, 255 for
+// G = 8 (its Q and accumulators alone take 128).
 template <int G>
-constexpr int kUnroll = G <= 2 ? 8 : (G == 4 ? 4 : 2);
-// CTAs per SM the register budget is set for: 128 registers a thread for G = 1, 168 for
-// G = 2 and 4 (no spills), 255 for G = 8 (its Q and accumulators alone take 128).
-template <int G>
-constexpr int kMinBlocksPerSm = G == 1 ? 4 : (G <= 4 ? 3 : 2);
+constexpr int kMinBlocksPerSm = G <= 4 ? 4 : 2;
 
 __device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range & 0xffff; }
 __device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
 
+// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (nothing is read then).
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void CopyAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
 template <int HD, int G>
 __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm<G>)
     DecodeAttentionKernel(const DecodeAttentionArgs a) {
-  constexpr int U = kUnroll<G>;
+  constexpr int U = kUnroll;
   constexpr int LANES = HD / 8;               // threads per token row, 16 bytes each
   constexpr int NG = kDecodeThreads / LANES;  // token groups
   constexpr int T = NG * U;                   // token slots per pass
-  __shared__ float sm_m[NG][G];
-  __shared__ float sm_l[NG][G];
-  __shared__ __align__(16) float sm_acc[NG][G][HD];
+  constexpr int STAGE = T * HD;               // bf16 elements of K (or V) in one stage
+  extern __shared__ __align__(16) uint16_t smem[];  // [kStages][K, V][T][HD]
 
   const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
   const int lane = threadIdx.x % LANES, group = threadIdx.x / LANES;
@@ -68,7 +86,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm<G>)
   // Where each of this thread's slots (j = u * NG + group) falls in a pass.
   const int B = a.block_size;
   const PassGeometry geometry = PassGeometry::For(B, T);
-  const int L = geometry.slots_per_chunk, P = geometry.chunks_per_pass;
+  const int L = geometry.slots_per_chunk;
   int slot_chunk[U], slot_token[U];
   bool slot_used[U];
 #pragma unroll
@@ -80,81 +98,113 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm<G>)
   }
   const int64_t head_offset = int64_t{kv_head} * B * HD + lane * 8;
   const int64_t block_stride = int64_t{a.num_kv_heads} * B * HD;
+  auto sub_passes = [&](int c) {
+    const ChunkEntry e = a.chunks[c];
+    return geometry.SubPasses(ChunkBegin(e), ChunkEnd(e));
+  };
 
-  for (int c0 = c_begin; c0 < c_end; c0 += P) {
-    int sub_passes = 1;
-    if (P == 1) {
-      const ChunkEntry e = a.chunks[c0];
-      sub_passes = geometry.SubPasses(ChunkBegin(e), ChunkEnd(e));
-    }
-    for (int sub = 0; sub < sub_passes; ++sub) {
-      uint4 k_raw[U], v_raw[U];
-      bool valid[U];
+  // Copies the pass at the issue cursor into `stage` and moves the cursor on; one commit group
+  // per call (empty past the end). Returns the pass's valid slots as bits.
+  int issue_c0 = c_begin, issue_sub = -1, passes = 0;
+  geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
+  auto issue = [&](int stage) {
+    uint32_t valid_bits = 0;
+    if (issue_c0 < c_end) {
+      uint16_t* k_stage = smem + stage * 2 * STAGE;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int c = c0 + slot_chunk[u];
-        valid[u] = false;
-        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
+        const int c = issue_c0 + slot_chunk[u];
+        const uint16_t* k_src = a.k_cache;
+        const uint16_t* v_src = a.v_cache;
+        bool valid = false;
         if (slot_used[u] && c < c_end) {
           const ChunkEntry e = a.chunks[c];
-          const int t = ChunkBegin(e) + sub * L + slot_token[u];
+          const int t = ChunkBegin(e) + issue_sub * L + slot_token[u];
           if (t < ChunkEnd(e)) {
-            valid[u] = true;
+            valid = true;
             const int64_t offset = e.block * block_stride + head_offset + int64_t{t} * HD;
-            k_raw[u] = LoadStreaming(a.k_cache + offset);
-            v_raw[u] = LoadStreaming(a.v_cache + offset);
+            k_src += offset;
+            v_src += offset;
           }
         }
+        const int slot = (u * NG + group) * HD + lane * 8;
+        CopyAsync16(k_stage + slot, k_src, valid);
+        CopyAsync16(k_stage + STAGE + slot, v_src, valid);
+        valid_bits |= uint32_t{valid} << u;
       }
-      float s[U][G];
+      ++passes;
+      geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
+    }
+    CopyAsyncCommit();
+    return valid_bits;
+  };
+
+  uint32_t in_flight[kStages - 1];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        float k[8];
-        Bf16x8ToFloat(k_raw[u], k);
+  for (int s = 0; s < kStages - 1; ++s) in_flight[s] = issue(s);
+  for (int p = 0; p < passes; ++p) {
+    const uint32_t valid_bits = in_flight[0];
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          float dot = 0.0f;
+    for (int s = 0; s + 1 < kStages - 1; ++s) in_flight[s] = in_flight[s + 1];
+    in_flight[kStages - 2] = issue((p + kStages - 1) % kStages);  // the stage computed last pass
+    CopyAsyncWait<kStages - 1>();                                 // pass p has landed
+    const uint16_t* k_stage = smem + (p % kStages) * 2 * STAGE;
+    const uint16_t* v_stage = k_stage + STAGE;
+
+    float s[U][G];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) dot = fmaf(q[g][e], k[e], dot);
-          dot = WarpSum<LANES>(dot);
-          s[u][g] = valid[u] ? dot : kNegInf;
-        }
-      }
+    for (int u = 0; u < U; ++u) {
+      float k[8];
+      Bf16x8ToFloat(*reinterpret_cast<const uint4*>(k_stage + (u * NG + group) * HD + lane * 8), k);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        float mx = m[g];
+        float dot = 0.0f;
 #pragma unroll
-        for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
-        if (mx == kNegInf) continue;  // no token yet
-        const float correction = exp2f(m[g] - mx);
-        l[g] *= correction;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] *= correction;
-        m[g] = mx;
+        for (int e = 0; e < 8; ++e) dot = fmaf(q[g][e], k[e], dot);
+        dot = WarpSum<LANES>(dot);
+        s[u][g] = (valid_bits >> u) & 1 ? dot : kNegInf;
       }
+    }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        float v[8];
-        Bf16x8ToFloat(v_raw[u], v);
+    for (int g = 0; g < G; ++g) {
+      float mx = m[g];
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float p = valid[u] ? exp2f(s[u][g] - m[g]) : 0.0f;
-          l[g] += p;
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+      if (mx == kNegInf) continue;  // no token yet
+      const float correction = exp2f(m[g] - mx);
+      l[g] *= correction;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, v[e], acc[g][e]);
-        }
+      for (int e = 0; e < 8; ++e) acc[g][e] *= correction;
+      m[g] = mx;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (!((valid_bits >> u) & 1)) continue;  // zero-filled: nothing to add
+      float v[8];
+      Bf16x8ToFloat(*reinterpret_cast<const uint4*>(v_stage + (u * NG + group) * HD + lane * 8), v);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = exp2f(s[u][g] - m[g]);
+        l[g] += p;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, v[e], acc[g][e]);
       }
     }
   }
+  CopyAsyncWait<0>();
 
-  // Merge the token groups.
+  // Merge the token groups, in the shared memory the stages used.
+  __syncthreads();
+  float* sm_acc = reinterpret_cast<float*>(smem);  // [NG][G][HD]
+  float* sm_m = sm_acc + NG * G * HD;              // [NG][G]
+  float* sm_l = sm_m + NG * G;                     // [NG][G]
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     if (lane == 0) {
-      sm_m[group][g] = m[g];
-      sm_l[group][g] = l[g];
+      sm_m[group * G + g] = m[g];
+      sm_l[group * G + g] = l[g];
     }
-    float4* dst = reinterpret_cast<float4*>(&sm_acc[group][g][lane * 8]);
+    float4* dst = reinterpret_cast<float4*>(&sm_acc[(group * G + g) * HD + lane * 8]);
     dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
     dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
   }
@@ -163,14 +213,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm<G>)
     const int g = i / HD, d = i % HD;
     float mx = kNegInf;
 #pragma unroll
-    for (int grp = 0; grp < NG; ++grp) mx = fmaxf(mx, sm_m[grp][g]);
+    for (int grp = 0; grp < NG; ++grp) mx = fmaxf(mx, sm_m[grp * G + g]);
     float sum = 0.0f, o = 0.0f;
     if (mx != kNegInf) {
 #pragma unroll
       for (int grp = 0; grp < NG; ++grp) {
-        const float w = exp2f(sm_m[grp][g] - mx);
-        sum = fmaf(sm_l[grp][g], w, sum);
-        o = fmaf(sm_acc[grp][g][d], w, o);
+        const float w = exp2f(sm_m[grp * G + g] - mx);
+        sum = fmaf(sm_l[grp * G + g], w, sum);
+        o = fmaf(sm_acc[(grp * G + g) * HD + d], w, o);
       }
     }
     const float value = sum > 0.0f ? o / sum : 0.0f;  // no token: zeros, like the CPU backend
@@ -220,10 +270,10 @@ template <int HD>
 cudaError_t LaunchForHeadDim(const DecodeAttentionArgs& a, cudaStream_t stream) {
   const dim3 grid(a.num_splits, a.num_kv_heads, a.num_rows);
   switch (a.num_heads / a.num_kv_heads) {
-    case 1: DecodeAttentionKernel<HD, 1><<<grid, kDecodeThreads, 0, stream>>>(a); break;
-    case 2: DecodeAttentionKernel<HD, 2><<<grid, kDecodeThreads, 0, stream>>>(a); break;
-    case 4: DecodeAttentionKernel<HD, 4><<<grid, kDecodeThreads, 0, stream>>>(a); break;
-    case 8: DecodeAttentionKernel<HD, 8><<<grid, kDecodeThreads, 0, stream>>>(a); break;
+    case 1: DecodeAttentionKernel<HD, 1><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
+    case 2: DecodeAttentionKernel<HD, 2><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
+    case 4: DecodeAttentionKernel<HD, 4><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
+    case 8: DecodeAttentionKernel<HD, 8><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

@@ -25,6 +25,22 @@ struct PassGeometry {
   SPANSERVE_HOST_DEVICE int SubPasses(int begin, int end) const {
     return chunks_per_pass == 1 ? (end - begin + slots_per_chunk - 1) / slots_per_chunk : 1;
   }
+  // Moves a pass cursor (first chunk c0, sub-pass sub) to the next pass before c_end; start
+  // from (first chunk, -1). With one chunk a pass, chunks without a token are skipped.
+  // sub_passes(c) is SubPasses of chunk c. The walk is over once *c0 >= c_end.
+  template <typename SubPassesOf>
+  SPANSERVE_HOST_DEVICE void NextPass(int c_end, SubPassesOf sub_passes, int* c0, int* sub) const {
+    if (chunks_per_pass > 1) {
+      if (*sub >= 0) *c0 += chunks_per_pass;
+      *sub = 0;
+      return;
+    }
+    ++*sub;
+    while (*c0 < c_end && *sub >= sub_passes(*c0)) {
+      ++*c0;
+      *sub = 0;
+    }
+  }
 };
 
 }  // namespace spanserve::gpu

@@ -97,30 +97,39 @@ TEST(GraphBucket, CoversEachSizeWithFewBuckets) {
   EXPECT_LE(buckets.size(), 24u);
 }
 
-// The decode kernel's walk (its loops, with the shared geometry) reads every attended token of
-// every chunk exactly once and nothing else, for every block size and pass width.
+// The decode kernel's walk (its pass cursor and slot mapping, shared with it) reads every
+// attended token of every chunk exactly once and nothing else, for every block size and pass
+// width, empty chunks included.
 TEST(PassGeometry, VisitsEveryAttendedTokenOnce) {
   std::mt19937 rng(2);
   for (int32_t slots : {16, 32, 64, 128}) {
     for (int32_t B = 1; B <= 256; B += (B < 40 ? 1 : 23)) {
       const PassGeometry g = PassGeometry::For(B, slots);
       for (int trial = 0; trial < 3; ++trial) {
-        const std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 1500);
+        std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 1500);
+        for (int e = 0; e < 3; ++e) {  // empty chunks, which the engine does not make
+          const int32_t at = static_cast<int32_t>(rng() % (chunks.size() + 1)), t = rng() % B;
+          chunks.insert(chunks.begin() + at, {static_cast<int32_t>(rng() % 100), t, t});
+        }
+        // A split of the row: chunks [first, last).
         const int32_t n = static_cast<int32_t>(chunks.size());
+        const int32_t first = static_cast<int32_t>(rng() % (n + 1));
+        const int32_t last = first + static_cast<int32_t>(rng() % (n - first + 1));
+        auto sub_passes = [&](int c) { return g.SubPasses(chunks[c].begin, chunks[c].end); };
         std::map<std::pair<int32_t, int32_t>, int> visits;  // (chunk, token)
-        for (int32_t c0 = 0; c0 < n; c0 += g.chunks_per_pass) {
-          const int32_t subs = g.chunks_per_pass == 1 ? g.SubPasses(chunks[c0].begin, chunks[c0].end) : 1;
-          for (int32_t sub = 0; sub < subs; ++sub) {
-            for (int32_t j = 0; j < slots; ++j) {
-              const int32_t c = c0 + g.SlotChunk(j);
-              if (!g.SlotUsed(j) || c >= n) continue;
-              const int32_t t = chunks[c].begin + sub * g.slots_per_chunk + g.SlotToken(j);
-              if (t < chunks[c].end) ++visits[{c, t}];
-            }
+        int32_t c0 = first, sub = -1, passes = 0;
+        for (g.NextPass(last, sub_passes, &c0, &sub); c0 < last;
+             g.NextPass(last, sub_passes, &c0, &sub)) {
+          ASSERT_LT(++passes, 100000);
+          for (int32_t j = 0; j < slots; ++j) {
+            const int32_t c = c0 + g.SlotChunk(j);
+            if (!g.SlotUsed(j) || c >= last) continue;
+            const int32_t t = chunks[c].begin + sub * g.slots_per_chunk + g.SlotToken(j);
+            if (t < chunks[c].end) ++visits[{c, t}];
           }
         }
         int64_t expected = 0;
-        for (int32_t c = 0; c < n; ++c) {
+        for (int32_t c = first; c < last; ++c) {
           for (int32_t t = chunks[c].begin; t < chunks[c].end; ++t) {
             ASSERT_EQ((visits[{c, t}]), 1) << "B " << B << " slots " << slots;
           }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, with .pack/cuda.tar.xz carried
+# (build_pack.sh makes it):
+#   scripts/device/gpu_run.sh check     the CUDA tests (kernels against fp64 references, the
+#                                       backend against the CPU backend on 200 prompts, graphs)
+#   scripts/device/gpu_run.sh kernels   the decode attention grid, then PyTorch's SDPA and
+#                                       FlexAttention on the same shapes, joined
+#   scripts/device/gpu_run.sh e2e       SELF_SELECTED against DENSE on a LLaMA-7B-shaped model
+#   scripts/device/gpu_run.sh all       the three in turn (longer than one 10-minute command)
+# Results go to $OUT (at most 8 files: the main CSV/JSON, and logs.tar.gz with everything);
+# a short table comes last in the output.
+set -uo pipefail
+phase=${1:-all}
+root=$PWD
+pack=$root/.pack/cuda
+if [[ ! -d $pack ]]; then
+  mkdir -p /tmp/spanserve_pack && tar -xJf "$root/.pack/cuda.tar.xz" -C /tmp/spanserve_pack || exit 1
+  pack=/tmp/spanserve_pack/cuda
+fi
+out=${OUT:-$root/gpu_results}
+work=$(mktemp -d)
+mkdir -p "$out"
+
+# cuBLAS and the CUDA runtime are the machine's own: the toolkit's, else PyTorch's wheels'.
+libs=$pack/lib
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           $(python3 -c 'import nvidia, os; p = nvidia.__path__[0]; print(" ".join(os.path.join(p, d, "lib") for d in ("cu13", "cublas", "cuda_runtime")))' 2>/dev/null); do
+  [[ -d $dir ]] && libs=$libs:$dir
+done
+export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export SPANSERVE_SOURCE_DIR=$root
+# The tests read tests/data under the source directory they were built in.
+built_in=$(cat "$pack/source_dir.txt" 2>/dev/null || echo "$root")
+if [[ ! -e $built_in/tests/data ]]; then mkdir -p "$(dirname "$built_in")" && ln -sfn "$root" "$built_in"; fi
+
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv \
+  | tee "$work/device.txt"
+
+status=0
+check() {
+  local t
+  for t in test_launch_plan test_cuda_kernels test_cuda_backend; do
+    "$pack/bin/$t" --gtest_output="xml:$work/$t.xml" >"$work/$t.log" 2>&1 || status=1
+    echo "== $t"
+    grep -E '^\[  (PASSED|FAILED) |^\[  SKIPPED \] [0-9]+ test|^block [0-9]+:|^engine:|Failure' \
+      "$work/$t.log" | head -30
+  done
+}
+kernels() {
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention.csv" >"$work/attention.log" 2>&1 || status=1
+  tail -26 "$work/attention.log"
+  cp "$work/attention.csv" "$out/" 2>/dev/null
+  PYTHONUNBUFFERED=1 python3 bench/cuda/torch_attention_bench.py --out "$work/torch_attention.csv" \
+    --ours "$work/attention.csv" --compare "$work/attention_compare.csv" \
+    --budget-s "${TORCH_BUDGET_S:-240}" >"$work/torch_attention.log" 2>&1 || status=1
+  sed -n '/^shape /,$p' "$work/torch_attention.log" | tail -80
+  cp "$work/attention_compare.csv" "$work/torch_attention.csv" "$out/" 2>/dev/null
+}
+e2e() {
+  "$pack/bin/cuda_e2e_bench" --json "$work/e2e.json" ${E2E_ARGS:-} >"$work/e2e.log" 2>&1 || status=1
+  grep -v '^dummy weights\|^cuda: weights' "$work/e2e.log" | tail -12
+  cp "$work/e2e.json" "$out/" 2>/dev/null
+}
+case $phase in
+  check) check ;;
+  kernels) kernels ;;
+  e2e) e2e ;;
+  all) check; kernels; e2e ;;
+  *) echo "usage: $0 check|kernels|e2e|all"; exit 2 ;;
+esac
+tar -czf "$out/logs_$phase.tar.gz" -C "$work" .
+exit $status
