@@ -19,7 +19,7 @@ RUN apt-get update -q \
  && rm -rf /var/lib/apt/lists/*
 # The SentencePiece module must sit beside the spanserve executable.
 COPY --from=build /build/server/spanserve /build/server/spanserve-cli \
-     /build/server/libspanserve_sentencepiece.so /opt/spanserve/bin/
+     /build/engine/libspanserve_sentencepiece.so /opt/spanserve/bin/
 COPY --from=build /model /models/default
 COPY deploy/spanserve.yaml /etc/spanserve/spanserve.yaml
 ENV PATH=/opt/spanserve/bin:$PATH

@@ -1,4 +1,5 @@
-// The SentencePiece tokenizer. Alone in its file: Debian's sentencepiece_processor.h declares its
+// The SentencePiece tokenizer, built alone into the module libspanserve_sentencepiece.so that
+// tokenizer_loader.cc opens. Alone in its file: Debian's sentencepiece_processor.h declares its
 // own absl::string_view, so no Abseil header may be included here.
 #include <sentencepiece_processor.h>
 
@@ -69,11 +70,12 @@ class SentencePieceTokenizer : public Tokenizer {
 };
 
 }  // namespace
-
-std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& path, std::string* error) {
-  auto tokenizer = std::make_unique<SentencePieceTokenizer>();
-  if (!tokenizer->Load(path, error)) return nullptr;
-  return tokenizer;
-}
-
 }  // namespace spanserve
+
+// The module's one entry point; the caller owns the result (null on failure, with *error set).
+extern "C" __attribute__((visibility("default"))) spanserve::Tokenizer*
+spanserve_load_sentencepiece(const char* path, std::string* error) {
+  auto tokenizer = std::make_unique<spanserve::SentencePieceTokenizer>();
+  if (!tokenizer->Load(path, error)) return nullptr;
+  return tokenizer.release();
+}

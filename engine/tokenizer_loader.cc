@@ -1,0 +1,74 @@
+// Debian's libsentencepiece carries its own protobuf-lite (3.14) and exports its symbols. In a
+// process that also holds libprotobuf 3.21 (gRPC's generated code and reflection), one copy's
+// calls land in the other and the process dies at start-up, whichever is linked first. So no
+// binary links libsentencepiece: SentencePiece lives in a module of its own
+// (libspanserve_sentencepiece.so, from tokenizer_sp.cc), opened here with RTLD_DEEPBIND, which
+// binds the module's protobuf calls to its own copy.
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <vector>
+
+#include "engine/tokenizer.h"
+
+namespace spanserve {
+namespace {
+
+constexpr char kModuleName[] = "libspanserve_sentencepiece.so";
+
+using LoadFunction = Tokenizer* (*)(const char*, std::string*);
+
+// Where the module may be: $SPANSERVE_SENTENCEPIECE_MODULE, beside the executable, in ../lib
+// (an install or a packed folder), then where this build put it.
+std::vector<std::string> ModuleCandidates() {
+  std::vector<std::string> paths;
+  if (const char* env = std::getenv("SPANSERVE_SENTENCEPIECE_MODULE")) paths.push_back(env);
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    paths.push_back((exe.parent_path() / kModuleName).string());
+    paths.push_back((exe.parent_path() / ".." / "lib" / kModuleName).string());
+  }
+  paths.push_back(SPANSERVE_SENTENCEPIECE_MODULE);
+  return paths;
+}
+
+LoadFunction FindLoad(std::string* error) {
+  static std::once_flag once;
+  static LoadFunction load = nullptr;
+  static std::string load_error;
+  std::call_once(once, [] {
+    std::string tried;
+    for (const std::string& path : ModuleCandidates()) {
+      if (!std::filesystem::exists(path)) {
+        tried += " " + path;
+        continue;
+      }
+      void* module = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (!module) {
+        load_error = "cannot load the SentencePiece module " + path + ": " + dlerror();
+        return;
+      }
+      load = reinterpret_cast<LoadFunction>(dlsym(module, "spanserve_load_sentencepiece"));
+      if (!load) load_error = path + " has no spanserve_load_sentencepiece";
+      return;
+    }
+    load_error = std::string("the SentencePiece module ") + kModuleName +
+                 " was not found; looked at:" + tried;
+  });
+  if (!load) *error = load_error;
+  return load;
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& path,
+                                                      std::string* error) {
+  LoadFunction load = FindLoad(error);
+  if (!load) return nullptr;
+  return std::unique_ptr<Tokenizer>(load(path.c_str(), error));
+}
+
+}  // namespace spanserve
