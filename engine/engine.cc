@@ -376,6 +376,8 @@ void EngineImpl::BuildBatch(const Schedule& schedule, StepStats* stats) {
       }
       seq->kv_blocks_read += read;
       seq->kv_blocks_dense += dense;
+      seq->attended_tokens += static_cast<int64_t>(attended);
+      seq->context_tokens += pos + 1;
       stats->kv_blocks_read += read;
       stats->kv_blocks_dense += dense;
       stats->densities.push_back(attended / (pos + 1));
@@ -473,6 +475,8 @@ void EngineImpl::Finish(Sequence* seq, FinishReason reason, GenerationEvent even
   event.generated_tokens = seq->num_output();
   event.kv_blocks_read = seq->kv_blocks_read;
   event.kv_blocks_dense = seq->kv_blocks_dense;
+  event.attended_tokens = seq->attended_tokens;
+  event.context_tokens = seq->context_tokens;
   event.segments = SegmentReports(*seq);
 
   RequestStats stats;

@@ -60,6 +60,8 @@ struct GenerationEvent {
   int32_t generated_tokens = 0;
   int64_t kv_blocks_read = 0;   // over all decode steps of the request
   int64_t kv_blocks_dense = 0;  // what dense attention would have read
+  int64_t attended_tokens = 0;  // tokens attended, summed over the same steps
+  int64_t context_tokens = 0;   // tokens in context (dense attention), summed likewise
   std::vector<SegmentReport> segments;
 };
 

@@ -46,6 +46,8 @@ struct Sequence {
   double time_to_first_token = -1;
   int64_t kv_blocks_read = 0;
   int64_t kv_blocks_dense = 0;
+  int64_t attended_tokens = 0;
+  int64_t context_tokens = 0;
 };
 
 }  // namespace spanserve

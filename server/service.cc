@@ -67,6 +67,8 @@ void FillFinish(const GenerationEvent& event, bool return_spans, Response* out) 
   v1::AttentionSaving* attention = out->mutable_attention();
   attention->set_kv_blocks_read(event.kv_blocks_read);
   attention->set_kv_blocks_dense(event.kv_blocks_dense);
+  attention->set_attended_tokens(event.attended_tokens);
+  attention->set_context_tokens(event.context_tokens);
   attention->set_saved_fraction(
       event.kv_blocks_dense > 0
           ? 1.0 - static_cast<double>(event.kv_blocks_read) / event.kv_blocks_dense

@@ -254,6 +254,10 @@ TEST_F(EngineTest, ForcedSpanOutputReadsFewerBlocksThanDense) {
   EXPECT_EQ(observer_.fallbacks.load(), 2);  // once per request
   EXPECT_LT(s.kv_blocks_read, s.kv_blocks_dense * 6 / 10);
   EXPECT_EQ(dense.final_event().kv_blocks_read, dense.final_event().kv_blocks_dense);
+  EXPECT_EQ(s.context_tokens, dense.final_event().context_tokens);
+  EXPECT_LT(s.attended_tokens, s.context_tokens / 2);
+  EXPECT_LE(s.attended_tokens, s.kv_blocks_read * 16);
+  EXPECT_EQ(dense.final_event().attended_tokens, dense.final_event().context_tokens);
   EXPECT_EQ(dense.final_event().segments[5].refs, std::vector<int32_t>{4});
 }
 
