@@ -8,10 +8,9 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <filesystem>
-#include <fstream>
 #include <mutex>
 
+#include "bench/dummy_model.h"
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
 
@@ -21,28 +20,17 @@ namespace {
 // hidden 512, 8 layers, 8 query heads of 64, 4 KV heads: about 25M parameters.
 std::shared_ptr<const Model> SmallModel() {
   static std::shared_ptr<const Model> model = [] {
-    const std::filesystem::path dir =
-        std::filesystem::temp_directory_path() / "spanserve_bench_small";
-    std::filesystem::create_directories(dir);
-    std::ofstream(dir / "config.json") << R"({
+    absl::StatusOr<std::shared_ptr<const Model>> loaded = LoadDummyModel("spanserve_bench_small", R"({
       "model_type": "llama", "hidden_size": 512, "intermediate_size": 1408,
       "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 4,
       "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "vocab_size": 320,
       "max_position_embeddings": 4096, "tie_word_embeddings": false,
-      "bos_token_id": 1, "eos_token_id": 2})";
-    std::ofstream(dir / "spanserve.json") << R"({"span_protocol": 1, "anchor_token": "<a>",
-      "header_end_token": "</a>", "prompt_segmentation": "whole", "max_header_tokens": 32})";
-    std::filesystem::copy_file(
-        std::string(SPANSERVE_SOURCE_DIR) + "/tests/data/tokenizer/tokenizer.model",
-        dir / "tokenizer.model", std::filesystem::copy_options::overwrite_existing);
-    LoadOptions options;
-    options.dummy = true;
-    absl::StatusOr<std::unique_ptr<Model>> loaded = LoadModel(dir.string(), options);
+      "bos_token_id": 1, "eos_token_id": 2})", DType::kF32);
     if (!loaded.ok()) {
       fprintf(stderr, "%s\n", std::string(loaded.status().message()).c_str());
       std::abort();
     }
-    return std::shared_ptr<const Model>(std::move(*loaded));
+    return *loaded;
   }();
   return model;
 }

@@ -20,42 +20,23 @@
 
 #include "CLI/CLI.hpp"
 #include "bench/cuda/bench_util.h"
+#include "bench/dummy_model.h"
 #include "engine/cuda_backend.h"
 #include "engine/engine.h"
 
 namespace spanserve::bench {
 namespace {
 
-std::string SourceDir() {
-  const char* env = std::getenv("SPANSERVE_SOURCE_DIR");
-  return env != nullptr ? env : SPANSERVE_SOURCE_DIR;
-}
-
 // config.json of LLaMA-7B (vocab 32000; the test tokenizer uses the first 320 ids).
 absl::StatusOr<std::shared_ptr<const Model>> Llama7bShaped() {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "spanserve_llama7b_dummy";
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / "config.json") << R"({
+  auto model = LoadDummyModel("spanserve_llama7b_dummy", R"({
     "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
     "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "vocab_size": 32000,
     "max_position_embeddings": 8192, "tie_word_embeddings": false,
-    "bos_token_id": 1, "eos_token_id": 2})";
-  std::ofstream(dir / "spanserve.json") << R"({"span_protocol": 1, "anchor_token": "<a>",
-    "header_end_token": "</a>", "prompt_segmentation": "whole", "max_header_tokens": 32})";
-  std::filesystem::copy_file(SourceDir() + "/tests/data/tokenizer/tokenizer.model",
-                             dir / "tokenizer.model",
-                             std::filesystem::copy_options::overwrite_existing);
-  LoadOptions options;
-  options.dummy = true;
-  options.dummy_dtype = DType::kBF16;
-  options.progress = [](int64_t done, int64_t total) {
-    std::fprintf(stderr, "\rdummy weights %.1f / %.1f GB", done / 1e9, total / 1e9);
-  };
-  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(dir.string(), options);
+    "bos_token_id": 1, "eos_token_id": 2})", DType::kBF16);
   std::fprintf(stderr, "\n");
-  if (!model.ok()) return model.status();
-  return std::shared_ptr<const Model>(std::move(*model));
+  return model;
 }
 
 // A chain of rewrite steps of about `step_chars` characters, each segment referencing the
