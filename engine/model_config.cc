@@ -186,6 +186,29 @@ absl::Status CheckSizes(ModelConfig& c, const Fields& fields) {
   return absl::OkStatus();
 }
 
+// transformers 5 writes {"rope_parameters": {"rope_type": "default", "rope_theta": ...}} where
+// older configs have a top-level rope_theta. Only plain RoPE is supported.
+absl::Status ParseRopeParameters(const json& object, const std::string& path, ModelConfig* c) {
+  auto it = object.find("rope_parameters");
+  if (it == object.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": key 'rope_parameters' must be an object"));
+  }
+  const json type = it->value("rope_type", json("default"));
+  if (type != "default") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": key 'rope_parameters.rope_type' is ", type.dump(), "; only \"default\" is supported"));
+  }
+  if (auto theta = it->find("rope_theta"); theta != it->end()) {
+    if (!theta->is_number() || theta->get<double>() <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": key 'rope_parameters.rope_theta' must be a positive number"));
+    }
+    c->rope_theta = theta->get<float>();
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path) {
@@ -215,6 +238,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path) {
   fields.Int("bos_token_id", true, 0, &c.bos_token_id);
   fields.IntList("eos_token_id", 0, &c.eos_token_ids);
   if (!fields.status().ok()) return fields.status();
+  if (absl::Status status = ParseRopeParameters(*object, path, &c); !status.ok()) return status;
   if (absl::Status status = CheckSizes(c, fields); !status.ok()) return status;
   return c;
 }

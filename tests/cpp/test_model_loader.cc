@@ -237,6 +237,23 @@ TEST(ModelConfigTest, DefaultsAndOptionalFields) {
   EXPECT_FLOAT_EQ(config->rope_theta, 500000.0f);
 }
 
+// transformers 5 nests rope_theta in rope_parameters; other rope types are refused.
+TEST(ModelConfigTest, RopeParametersOfTransformers5) {
+  const std::string dir = NewDir();
+  const std::string path = dir + "/config.json";
+  EditJson(path, [](json& c) {
+    c.erase("rope_theta");
+    c["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 500000.0}};
+  });
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FLOAT_EQ(config->rope_theta, 500000.0f);
+  EditJson(path, [](json& c) { c["rope_parameters"]["rope_type"] = "llama3"; });
+  config = ParseModelConfig(path);
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(config.status().message(), "rope_parameters.rope_type"));
+}
+
 TEST(ModelConfigTest, EosListGivesTheTokenizerTheFirst) {
   const std::string dir = NewDir();
   EditJson(dir + "/config.json", [](json& c) { c["eos_token_id"] = {4, 2}; });

@@ -167,6 +167,16 @@ def test_config_round_trips_through_hf_dict():
         LlamaConfig.from_hf_dict({**d, "num_key_value_heads": 3})
 
 
+def test_config_reads_rope_parameters_of_transformers_5():
+    d = tiny_config(heads=8, kv_heads=2, tied=True).to_hf_dict("float32")
+    del d["rope_theta"]
+    d["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
+    config = LlamaConfig.from_hf_dict(d)
+    assert config.rope_theta == 500000.0 and "rope_parameters" not in config.extra
+    with pytest.raises(ValueError, match="rope_type"):
+        LlamaConfig.from_hf_dict({**d, "rope_parameters": {"rope_type": "llama3"}})
+
+
 # ----------------------------------------------------------------------------- safetensors
 
 def test_safetensors_layout_written_by_hand_is_read(tmp_path):

@@ -79,9 +79,16 @@ class LlamaConfig:
                  "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings",
                  "bos_token_id", "eos_token_id"}
         args = {k: d[k] for k in known if d.get(k) is not None}
+        # transformers 5 nests rope_theta: {"rope_parameters": {"rope_type", "rope_theta"}}.
+        rope = d.get("rope_parameters") or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"config.json: rope_parameters.rope_type={rope['rope_type']!r} "
+                             "is not supported (want 'default')")
+        if "rope_theta" in rope:
+            args["rope_theta"] = rope["rope_theta"]
         args.setdefault("rms_norm_eps", 1e-6)  # Hugging Face's LlamaConfig default
         extra = {k: v for k, v in d.items() if k not in known and k not in plain
-                 and k not in ("architectures", "torch_dtype")}
+                 and k not in ("architectures", "torch_dtype", "rope_parameters")}
         return cls(**args, extra=extra)
 
 
