@@ -7,6 +7,8 @@
 #                                       FlexAttention on the same shapes, joined
 #   scripts/device/gpu_run.sh e2e       SELF_SELECTED against DENSE on a LLaMA-7B-shaped model
 #   scripts/device/gpu_run.sh all       the three in turn (longer than one 10-minute command)
+# GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
+# E2E_TIMEOUT (seconds) stops the e2e benchmark where the lent time is short.
 # Results go to $OUT (at most 8 files: the main CSV/JSON, and logs.tar.gz with everything);
 # a short table comes last in the output.
 set -uo pipefail
@@ -40,7 +42,8 @@ status=0
 check() {
   local t
   for t in test_launch_plan test_cuda_kernels test_cuda_backend; do
-    "$pack/bin/$t" --gtest_output="xml:$work/$t.xml" >"$work/$t.log" 2>&1 || status=1
+    "$pack/bin/$t" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} \
+      --gtest_output="xml:$work/$t.xml" >"$work/$t.log" 2>&1 || status=1
     echo "== $t"
     grep -E '^\[  (PASSED|FAILED) |^\[  SKIPPED \] [0-9]+ test|^block [0-9]+:|^engine:|Failure' \
       "$work/$t.log" | head -30
@@ -57,7 +60,8 @@ kernels() {
   cp "$work/attention_compare.csv" "$work/torch_attention.csv" "$out/" 2>/dev/null
 }
 e2e() {
-  "$pack/bin/cuda_e2e_bench" --json "$work/e2e.json" ${E2E_ARGS:-} >"$work/e2e.log" 2>&1 || status=1
+  timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --json "$work/e2e.json" ${E2E_ARGS:-} \
+    >"$work/e2e.log" 2>&1 || status=1
   grep -v '^dummy weights\|^cuda: weights' "$work/e2e.log" | tail -12
   cp "$work/e2e.json" "$out/" 2>/dev/null
 }
@@ -68,5 +72,5 @@ case $phase in
   all) check; kernels; e2e ;;
   *) echo "usage: $0 check|kernels|e2e|all"; exit 2 ;;
 esac
-tar -czf "$out/logs_$phase.tar.gz" -C "$work" .
+tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .
 exit $status

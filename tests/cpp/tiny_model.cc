@@ -84,7 +84,7 @@ void WriteShards(const std::string& dir, const std::vector<RawTensor>& tensors, 
 
 std::vector<RawTensor> TinyModelTensors(const TinyModelSpec& spec) {
   std::mt19937_64 rng(spec.seed);
-  std::normal_distribution<float> normal(0.0f, 0.1f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t D = spec.hidden, I = spec.intermediate, V = spec.vocab;
   const int64_t hd = spec.hidden / spec.heads, q = spec.heads * hd, kv = spec.kv_heads * hd;
   const std::string dtype = DTypeName(spec.dtype);
@@ -92,7 +92,9 @@ std::vector<RawTensor> TinyModelTensors(const TinyModelSpec& spec) {
   const auto add = [&](const std::string& name, std::vector<int64_t> shape, bool norm) {
     int64_t n = 1;
     for (int64_t dim : shape) n *= dim;
-    std::string bytes = Values(n, spec.dtype, [&] { return (norm ? 1.0f : 0.0f) + normal(rng); });
+    std::string bytes = Values(n, spec.dtype, [&] {
+      return norm ? 1.0f + 0.1f * normal(rng) : spec.weight_std * normal(rng);
+    });
     tensors.push_back({name, dtype, std::move(shape), std::move(bytes)});
   };
   add("model.embed_tokens.weight", {V, D}, false);

@@ -19,12 +19,15 @@ struct TinyModelSpec {
   std::string segmentation = "whole";
   int max_header_tokens = 32;
   int shards = 1;
+  // Standard deviation of the matrices. 0.1 gives tiny models large gains per layer (0.1 *
+  // sqrt(hidden) > 1), which amplify rounding; 1/sqrt(hidden) is closer to a trained model.
+  float weight_std = 0.1f;
 };
 
 // Writes config.json, model.safetensors (or `shards` shard files and
 // model.safetensors.index.json), tokenizer.model (the test tokenizer) and spanserve.json.
-// Weights come from std::mt19937_64(seed): normal(0, 0.1) for matrices, 1 + normal(0, 0.1) for
-// norms. Returns dir.
+// Weights come from std::mt19937_64(seed): normal(0, weight_std) for matrices, 1 + normal(0, 0.1)
+// for norms. Returns dir.
 std::string WriteTinyModelDir(const TinyModelSpec& spec, const std::string& dir);
 
 // A new empty directory under the system's temporary directory.

@@ -40,6 +40,7 @@ std::shared_ptr<const Model> TestModel(int hidden, int heads, int kv_heads, int 
   spec.max_positions = 4096;
   spec.dtype = DType::kBF16;
   spec.seed = 3;
+  spec.weight_std = 1.0f / std::sqrt(static_cast<float>(hidden));  // see TinyModelSpec
   absl::StatusOr<std::unique_ptr<Model>> model =
       LoadModel(WriteTinyModelDir(spec, MakeTempDir("cuda_backend_test")));
   EXPECT_TRUE(model.ok()) << model.status();
@@ -173,10 +174,14 @@ std::vector<SeqRun> RunGreedy(Backend* backend, const Schedule& s) {
 struct Agreement {
   int32_t identical = 0;   // sequences with the same greedy output
   int32_t near_ties = 0;   // sequences that parted where the reference's top two were within error
-  double max_logit_error = 0;
+  double max_logit_error = 0;      // max over rows of ||got - want||_2 / ||want||_2
+  double max_abs_logit_error = 0;  // max over rows of max |got - want| / max |want|
 };
 
-// Compares runs of a backend with runs of the reference while their inputs agree.
+// Compares runs of a backend with runs of the reference while their inputs agree. The logit
+// error of a row is norm-wise, ||got - want|| / ||want|| (docs: METHOD.md of the device notes).
+// Greedy choices may part only where the reference's top two logits are closer than twice the
+// largest elementwise difference of that row: a tie the rounding of bf16 activations decides.
 Agreement Compare(const std::vector<SeqRun>& got, const std::vector<SeqRun>& want, double tolerance) {
   Agreement a;
   for (size_t i = 0; i < want.size(); ++i) {
@@ -186,19 +191,23 @@ Agreement Compare(const std::vector<SeqRun>& got, const std::vector<SeqRun>& wan
     for (size_t t = 0; t < steps && same; ++t) {
       const std::vector<float>& g = got[i].logits[t];
       const std::vector<float>& w = want[i].logits[t];
-      double diff = 0, scale = 0;
+      double diff2 = 0, norm2 = 0, max_diff = 0, max_w = 0;
       for (size_t v = 0; v < w.size(); ++v) {
-        diff = std::max(diff, std::abs(double{g[v]} - w[v]));
-        scale = std::max(scale, std::abs(double{w[v]}));
+        const double d = double{g[v]} - w[v];
+        diff2 += d * d;
+        norm2 += double{w[v]} * w[v];
+        max_diff = std::max(max_diff, std::abs(d));
+        max_w = std::max(max_w, std::abs(double{w[v]}));
       }
-      const double err = scale > 0 ? diff / scale : diff;
+      const double err = norm2 > 0 ? std::sqrt(diff2 / norm2) : std::sqrt(diff2);
       a.max_logit_error = std::max(a.max_logit_error, err);
+      a.max_abs_logit_error = std::max(a.max_abs_logit_error, max_w > 0 ? max_diff / max_w : 0);
       EXPECT_LT(err, tolerance) << "sequence " << i << " token " << t;
       const int32_t wt = want[i].generated[t], gt = got[i].generated[t];
       if (wt == gt) continue;
       same = false;
       const double margin = std::abs(double{w[wt]} - w[gt]);
-      EXPECT_LE(margin, tolerance * scale)
+      EXPECT_LE(margin, 2 * max_diff)
           << "sequence " << i << " token " << t << ": greedy " << gt << " against " << wt
           << ", whose logits differ by " << margin << " in the reference";
       ++a.near_ties;
@@ -219,8 +228,8 @@ void ExpectMatchesCpu(std::shared_ptr<const Model> model, int32_t block_size, ui
   const Agreement a = Compare(got, want, kLogitTolerance);
   const CudaBackendStats stats = GetCudaBackendStats(*cuda);
   std::printf("block %d: %d of 200 greedy outputs identical, %d parted at near-ties; max logit "
-              "error %.2e; %lld graph steps, %lld eager\n",
-              block_size, a.identical, a.near_ties, a.max_logit_error,
+              "error %.2e (norm-wise), %.2e (max-abs); %lld graph steps, %lld eager\n",
+              block_size, a.identical, a.near_ties, a.max_logit_error, a.max_abs_logit_error,
               static_cast<long long>(stats.graph_steps), static_cast<long long>(stats.eager_steps));
   EXPECT_EQ(a.identical + a.near_ties, 200);
   EXPECT_GT(stats.graph_steps, 0);
@@ -239,7 +248,7 @@ TEST(CudaBackend, MatchesCpuOn200PromptsHeadDim128) {
 // Decode steps replayed from CUDA graphs give what eager steps give.
 TEST(CudaBackend, GraphsMatchEagerSteps) {
   SPANSERVE_SKIP_WITHOUT_GPU();
-  std::shared_ptr<const Model> model = TestModel(256, 8, 2, 2);  // 4 query heads per KV head
+  std::shared_ptr<const Model> model = TestModel(512, 8, 2, 2);  // head_dim 64, 4 per KV head
   Schedule schedule = MakeSchedule(60, 16, 3);
   schedule.batch = 30;  // graph buckets up to 32
   std::unique_ptr<Backend> eager = MakeCuda(model, 16, 1024, false);
@@ -248,9 +257,10 @@ TEST(CudaBackend, GraphsMatchEagerSteps) {
   const Agreement a = Compare(RunGreedy(graphs.get(), schedule), RunGreedy(eager.get(), schedule),
                               kLogitTolerance);
   EXPECT_GE(a.identical, 55);
+  EXPECT_EQ(a.identical + a.near_ties, 60);
   EXPECT_GT(GetCudaBackendStats(*graphs).graph_steps, 0);
   EXPECT_EQ(GetCudaBackendStats(*eager).graph_steps, 0);
-  EXPECT_GT(GetCudaBackendStats(*graphs).graphs_captured, 2);
+  EXPECT_GE(GetCudaBackendStats(*graphs).graphs_captured, 2);  // more than one bucket
 }
 
 // A bad batch is an INVALID_ARGUMENT error, and the backend goes on working after it.
@@ -312,32 +322,58 @@ TEST(BackendFactory, PicksCudaForCudaAndAuto) {
   EXPECT_EQ((*CreateBackend(model, options))->name(), "cpu");
 }
 
-// Requests through the engine: every one finishes on both backends, and the greedy outputs
-// agree for almost all (the backend-level tests above pin down the rest).
-TEST(CudaBackend, EngineRunsRequestsLikeTheCpuEngine) {
+// The shipped model (models/arith-small) through the engine on both backends: 200 arithmetic
+// prompts of its two levels, greedy to EOS, half SELF_SELECTED and half DENSE. A trained model
+// has clear winners, so every output must be the same, and right.
+// Like the training data (arith-l1): one-digit operands, every value in [0, 100), the operator
+// tree as deep as the operators are many (the model saw depth 3 at most).
+std::string ArithPrompt(std::mt19937& rng, int ops) {
+  int value = static_cast<int>(rng() % 10);
+  std::string expr = std::to_string(value);
+  for (int i = 0; i < ops;) {
+    const int operand = static_cast<int>(rng() % 10);
+    const char op = "+-*"[rng() % 3];
+    const bool left = rng() % 2;
+    const int a = left ? value : operand, b = left ? operand : value;
+    const int result = op == '+' ? a + b : op == '-' ? a - b : a * b;
+    if (result < 0 || result >= 100) continue;
+    const std::string lhs = left ? expr : std::to_string(operand);
+    const std::string rhs = left ? std::to_string(operand) : expr;
+    expr = "(" + lhs + std::string(1, op) + rhs + ")";
+    value = result;
+    ++i;
+  }
+  return expr.substr(1, expr.size() - 2) + "=";
+}
+
+TEST(CudaBackend, ShippedModelGivesTheCpuEnginesOutputs) {
   SPANSERVE_SKIP_WITHOUT_GPU();
-  std::shared_ptr<const Model> model = TestModel(256, 4, 2, 3);
+  const std::string dir = std::string(SPANSERVE_SOURCE_DIR) + "/models/arith-small";
+  absl::StatusOr<std::unique_ptr<Model>> loaded = LoadModel(dir);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  std::shared_ptr<const Model> model = std::move(*loaded);
+  std::mt19937 rng(11);
+  std::vector<std::string> prompts;
+  for (int i = 0; i < 200; ++i) prompts.push_back(ArithPrompt(rng, 2 + i % 2));  // depth <= 3
   auto run = [&](std::unique_ptr<Backend> backend) {
     EngineConfig config;
-    config.max_running = 32;
+    config.max_running = 64;
     absl::StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(model, std::move(backend), config);
     EXPECT_TRUE(engine.ok()) << engine.status();
     std::mutex mu;
     std::condition_variable cv;
     int done = 0;
-    std::vector<std::vector<int32_t>> outputs(200);
+    std::vector<std::string> outputs(200);
     for (int i = 0; i < 200; ++i) {
       GenerateRequest request;
-      request.prompt = "(" + std::to_string(i * 37 % 1000) + "+" + std::to_string(i) + ")*(5-" +
-                       std::to_string(i % 9) + ")=";
-      request.max_tokens = 24;
-      request.ignore_eos = true;
+      request.prompt = prompts[i];
+      request.max_tokens = 400;
       request.span_mode = i % 2 ? SpanMode::kSelfSelected : SpanMode::kDense;
       auto submitted = (*engine)->Submit(request, [&, i](GenerationEvent&& e) {
         std::lock_guard<std::mutex> lock(mu);
-        if (e.token >= 0) outputs[i].push_back(e.token);
+        outputs[i] += e.text;
         if (e.finished) {
-          EXPECT_NE(e.finish_reason, FinishReason::kError) << e.error;
+          EXPECT_EQ(e.finish_reason, FinishReason::kEos) << prompts[i] << " " << e.error;
           ++done;
           cv.notify_all();
         }
@@ -348,15 +384,15 @@ TEST(CudaBackend, EngineRunsRequestsLikeTheCpuEngine) {
     EXPECT_TRUE(cv.wait_for(lock, std::chrono::minutes(5), [&] { return done == 200; }));
     return outputs;
   };
-  const auto want = run(MakeCpu(model, 16, 4096));
-  const auto got = run(MakeCuda(model, 16, 4096, true));
+  const std::vector<std::string> want = run(MakeCpu(model, 16, 4096));
+  const std::vector<std::string> got = run(MakeCuda(model, 16, 4096, true));
   int identical = 0;
   for (int i = 0; i < 200; ++i) {
-    EXPECT_EQ(got[i].size(), 24u);
     identical += got[i] == want[i];
+    EXPECT_EQ(got[i], want[i]) << prompts[i];
   }
-  std::printf("engine: %d of 200 greedy outputs identical to the CPU engine's\n", identical);
-  EXPECT_GE(identical, 150);
+  std::printf("engine: shipped model, %d of 200 greedy outputs identical to the CPU engine's; "
+              "e.g. %s%s\n", identical, prompts[0].c_str(), want[0].c_str());
 }
 
 }  // namespace

@@ -113,6 +113,47 @@ def test_batches_resume_where_they_stopped():
     assert all_batches[:3] != all_batches[3:6]  # each epoch shuffles anew
 
 
+def test_collating_workers_keep_the_batch_order(arith_files, sp, vocab):
+    examples = [D.Example([i, i + 1, i + 2], 1) for i in range(40)]
+    single = D.collated_batches(examples, 4, 3, 7, vocab, sp.eos_id(), workers=0)
+    pooled = D.collated_batches(examples, 4, 3, 7, vocab, sp.eos_id(), workers=3)
+    for _ in range(12):  # more than one epoch of 10 batches
+        a, b = next(single), next(pooled)
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.equal(a["attention_mask"], b["attention_mask"])
+
+
+def test_dense_fraction_gives_some_examples_the_causal_mask(arith_files, sp, vocab):
+    examples = [D.encode_record(r, sp, vocab, "whole") for r in D.load_jsonl(arith_files[0])]
+    examples = [ex for ex in examples  # those whose spans are not the causal mask already
+                if not torch.equal(D.example_mask(ex, vocab), D.example_mask(ex, vocab, "dense"))]
+    stream = D.collated_batches(examples, 8, 0, 0, vocab, sp.eos_id(), dense_fraction=0.5)
+    dense = sparse = 0
+    for _ in range(10):
+        batch = next(stream)
+        for b in range(8):
+            n = int((batch["input_ids"][b] != sp.eos_id()).sum()) + 1  # EOS ends each example
+            causal = torch.ones(n, n, dtype=torch.bool).tril()
+            if torch.equal(batch["attention_mask"][b, :n, :n], causal):
+                dense += 1
+            else:
+                sparse += 1
+    assert 20 < dense < 60 and 20 < sparse < 60, (dense, sparse)
+    again = D.collated_batches(examples, 8, 0, 0, vocab, sp.eos_id(), dense_fraction=0.5)
+    assert torch.equal(next(again)["attention_mask"],
+                       next(D.collated_batches(examples, 8, 0, 0, vocab, sp.eos_id(),
+                                               dense_fraction=0.5))["attention_mask"])
+
+
+def test_time_limit_stops_and_exports(arith_files, tmp_path):
+    args = run_args(arith_files, tmp_path, "--tokenizer", TOKENIZER, "--steps", "100000",
+                    "--time-limit-min", "0.0001", "--eval-every", "100000")
+    result = train.train(args)
+    assert result["stopped_early"] and result["step"] < 100000
+    assert os.path.exists(os.path.join(result["export_dir"], "model.safetensors"))
+    assert torch.load(tmp_path / train.CHECKPOINT)["step"] == result["step"]
+
+
 def test_batches_pad_little(arith_files, sp, vocab):
     examples = [D.encode_record(r, sp, vocab, "whole") for r in D.load_jsonl(arith_files[0])]
     lengths = [len(ex) for ex in examples]
@@ -131,6 +172,8 @@ def test_lr_schedule():
     assert train.lr_at(9, args) == pytest.approx(1e-3)
     assert train.lr_at(60, args) == pytest.approx(5.5e-4)
     assert train.lr_at(110, args) == pytest.approx(1e-4)
+    assert train.lr_at(20, args, time_fraction=0.5) == pytest.approx(5.5e-4)  # time further on
+    assert train.lr_at(60, args, time_fraction=0.1) == pytest.approx(5.5e-4)  # steps further on
 
 
 def run_args(files, out, *extra):

@@ -18,7 +18,8 @@ from typing import Iterator, List, Sequence
 
 import torch
 
-from .span_rule import SpanVocab, attention_mask, encode_prompt, segment_prompt_text, track
+from .span_rule import DENSE, SELF_SELECTED, SpanVocab, attention_mask, encode_prompt, \
+    segment_prompt_text, track
 from .tokenizer import ANCHOR, HEADER_END
 
 IGNORE = -100  # label of positions without loss
@@ -62,18 +63,21 @@ def encode_record(record: dict, sp, vocab: SpanVocab, segmentation: str) -> Exam
     return Example(list(prompt) + list(output), len(prompt))
 
 
-def example_mask(ex: Example, vocab: SpanVocab) -> torch.Tensor:
-    """bool [T, T]: mask[q, k] is True when position q attends position k."""
-    return attention_mask(track(vocab, ex.ids, ex.prompt_len))
+def example_mask(ex: Example, vocab: SpanVocab, mode: str = SELF_SELECTED) -> torch.Tensor:
+    """bool [T, T]: mask[q, k] is True when position q attends position k, as the server's
+    request mode `mode` decides (DENSE: causal, headers still parsed)."""
+    return attention_mask(track(vocab, ex.ids, ex.prompt_len, mode))
 
 
 def malformed_segments(ex: Example, vocab: SpanVocab) -> int:
     return track(vocab, ex.ids, ex.prompt_len).malformed_count
 
 
-def collate(examples: Sequence[Example], vocab: SpanVocab, pad_id: int) -> dict:
+def collate(examples: Sequence[Example], vocab: SpanVocab, pad_id: int,
+            dense: Sequence[bool] = ()) -> dict:
     """Pads to the longest example. Padded positions get no loss and attend only themselves
-    (a query with nothing to attend would give NaN); no real position attends them."""
+    (a query with nothing to attend would give NaN); no real position attends them. Examples
+    flagged in `dense` get the DENSE mode's causal mask instead of their spans."""
     T = max(len(ex) for ex in examples)
     B = len(examples)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -83,7 +87,8 @@ def collate(examples: Sequence[Example], vocab: SpanVocab, pad_id: int) -> dict:
         n = len(ex)
         input_ids[b, :n] = torch.tensor(ex.ids)
         labels[b, ex.prompt_len - 1:n - 1] = torch.tensor(ex.ids[ex.prompt_len:])
-        mask[b, :n, :n] = example_mask(ex, vocab)
+        mode = DENSE if b < len(dense) and dense[b] else SELF_SELECTED
+        mask[b, :n, :n] = example_mask(ex, vocab, mode)
     positions = torch.arange(T).expand(B, T).contiguous()
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
             "positions": positions, "tokens": sum(len(ex) for ex in examples)}
@@ -119,3 +124,37 @@ def batches(examples: Sequence[Example], batch_size: int, seed: int,
         for batch in batch_order(lengths, batch_size, seed, epoch)[index:]:
             yield [examples[i] for i in batch]
             step += 1
+
+
+class CollatedBatches(torch.utils.data.IterableDataset):
+    """The stream of `batches` from `start_step`, collated. With DataLoader workers, worker w of
+    W collates steps start + w, start + w + W, ...; DataLoader reads workers in turn, so the
+    order is the single-process order and a resumed run still sees the same batches."""
+
+    def __init__(self, examples, batch_size, seed, start_step, vocab, pad_id, dense_fraction):
+        super().__init__()
+        self.args = (examples, batch_size, seed, start_step)
+        self.vocab, self.pad_id, self.dense_fraction = vocab, pad_id, dense_fraction
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        _, _, seed, start = self.args
+        for i, batch in enumerate(batches(*self.args)):
+            if i % workers == worker:
+                rng = random.Random(f"dense-{seed}-{start + i}")  # a function of the step
+                dense = [rng.random() < self.dense_fraction for _ in batch]
+                yield collate(batch, self.vocab, self.pad_id, dense)
+
+
+def collated_batches(examples, batch_size: int, seed: int, start_step: int, vocab, pad_id: int,
+                     workers: int = 0, dense_fraction: float = 0.0) -> Iterator[dict]:
+    """Endless collated batches; `workers` > 0 collates in that many processes (the span masks
+    are built in Python and would otherwise keep a GPU waiting). A `dense_fraction` of the
+    examples, drawn per step, get the DENSE mode's causal mask (see train.py --dense-fraction)."""
+    dataset = CollatedBatches(examples, batch_size, seed, start_step, vocab, pad_id,
+                              dense_fraction)
+    if workers <= 0:
+        return iter(dataset)
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                            prefetch_factor=4, persistent_workers=True))

@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", action="append", required=True,
                    help="NAME=PATH of a test JSONL (repeat for several)")
     p.add_argument("--limit", type=int, default=0, help="first N records of each split (0: all)")
-    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--max-tokens", type=int, default=448,
+                   help="per request; prompt plus this must fit the model's context (512 shipped)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--modes", default="self_selected,dense")
     p.add_argument("--out", help="write the table (Markdown) and the rows (JSON beside it)")

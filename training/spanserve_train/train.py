@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
       help="stop after this many steps of this invocation (checkpoint, no export): a long "
            "run in slices; run again to continue")
     a("--export-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    a("--dense-fraction", type=float, default=0.0,
+      help="train this fraction of the examples (drawn per step) under the DENSE mode's causal "
+           "mask, the rest under their spans: one model then serves both request modes, and "
+           "DENSE is a real baseline for SELF_SELECTED")
+    a("--workers", type=int, default=0,
+      help="processes that collate batches (span masks are built in Python; 0: in-process)")
+    a("--time-limit-min", type=float, default=0,
+      help="train for at most this many minutes (for a machine lent for a fixed time): the "
+           "cosine schedule runs on whichever of steps and time is further along, so the "
+           "learning rate still anneals, then checkpoint and export (0: no limit)")
     return p
 
 
@@ -179,10 +189,10 @@ def make_optimizer(model, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
 
 
-def lr_at(step: int, args) -> float:
+def lr_at(step: int, args, time_fraction: float = 0.0) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    progress = max((step - args.warmup) / max(1, args.steps - args.warmup), time_fraction)
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1, progress)))
 
 
@@ -354,16 +364,20 @@ def train(args) -> dict:
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     if step == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)  # a fresh run starts a fresh log
-    stream = D.batches(train_set, args.batch_size, args.seed, start_step=step)
+    stream = D.collated_batches(train_set, args.batch_size, args.seed, step, vocab, sp.eos_id(),
+                                args.workers, args.dense_fraction)
     model.train()
     t0, tokens, loss_sum, loss_n, start = time.time(), 0, 0.0, 0, step
     result = {}
     stop = min(args.steps, step + args.run_steps) if args.run_steps else args.steps
+    out_of_time = False
     while step < stop:
-        lr = lr_at(step, args)
+        time_fraction = ((time.time() - t0) / (60 * args.time_limit_min)
+                         if args.time_limit_min else 0.0)
+        lr = lr_at(step, args, time_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = D.collate(next(stream), vocab, sp.eos_id())
+        batch = next(stream)
         loss = loss_of(model, batch, device, autocast_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -387,9 +401,19 @@ def train(args) -> dict:
             result.update(step=step, train_tokens_per_s=tokens / (time.time() - t0))
             print("eval " + json.dumps(result), flush=True)
             log(metrics_path, result)
-        if step % args.ckpt_every == 0 or step == stop:
+        out_of_time = time_fraction >= 1.0
+        if step % args.ckpt_every == 0 or step == stop or out_of_time:
             save_checkpoint(ckpt_path, model, optimizer, step, args)
-    if step < args.steps:
+        if out_of_time:
+            print(f"time limit of {args.time_limit_min} min reached at step {step} of "
+                  f"{args.steps}: the schedule has ended; exporting", flush=True)
+            result = evaluate(model, val_set, val_records, sp, vocab, args, device,
+                              autocast_dtype)
+            result.update(step=step, stopped_early=True)
+            print("eval " + json.dumps(result), flush=True)
+            log(metrics_path, result)
+            break
+    if step < args.steps and not out_of_time:
         print(f"stopped at step {step} of {args.steps}; run again to continue")
         return result
     result["export_dir"] = export(model, config, tokenizer_path, segmentation, args)

@@ -9,6 +9,7 @@
     python3 training/tools/lora_hf_smoke.py /tmp/lora-smoke --steps 60 --device cuda
 """
 import argparse
+import json
 import os
 import sys
 
@@ -62,8 +63,12 @@ def main() -> None:
         "--lora-rank", "8", "--eval-every", str(args.steps), "--device", args.device]))
 
     ours, _ = load_hf_dir(result["export_dir"])
-    theirs = transformers.LlamaForCausalLM.from_pretrained(result["export_dir"],
-                                                           torch_dtype=torch.float32)
+    try:  # transformers 5 names it dtype; 4.x torch_dtype
+        theirs = transformers.LlamaForCausalLM.from_pretrained(result["export_dir"],
+                                                               dtype=torch.float32)
+    except TypeError:
+        theirs = transformers.LlamaForCausalLM.from_pretrained(result["export_dir"],
+                                                               torch_dtype=torch.float32)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(result["export_dir"],
                                                             "tokenizer.model"))
     ids = torch.tensor([[sp.bos_id()] + sp.encode(splits["val"][0]["prompt"] +
@@ -75,6 +80,11 @@ def main() -> None:
     print(f"transformers vs spanserve_train logits on the exported model: max |diff| {diff:.2e}")
     if diff > 1e-3:
         sys.exit("FAIL: the exported model differs under transformers")
+    # transformers' logits (causal attention) beside the export, for the C++ engine's check
+    # (tests/python/test_lora_export.py runs it on the copy under tests/data/lora-merged).
+    with open(os.path.join(result["export_dir"], "transformers_logits.json"), "w") as f:
+        json.dump({"tokens": ids[0].tolist(), "transformers": transformers.__version__,
+                   "torch": torch.__version__, "logits": b[0].tolist()}, f)
     print("OK")
 
 
