@@ -2,9 +2,9 @@
 # README command 1: installs what spanserve needs, builds it, picks the default model and starts
 # the server on it (gRPC on :50051, /metrics on :9090; CUDA when there is a GPU, else CPU).
 #
-# The default model is models/arith-small/ (the trained span model) when it is there; until it is
-# shipped, a small model with random weights is made once into models/dev-random/ (it serves
-# noise, but exercises everything). SPANSERVE_MODEL=<dir> picks another model; extra arguments go
+# The default model is models/arith-small/ (the trained span model, in the repository); without
+# it (a trimmed checkout), a small model with random weights is made once into models/dev-random/
+# (it serves noise, but exercises everything). SPANSERVE_MODEL=<dir> picks another model; extra arguments go
 # to spanserve (e.g. --port 6000 --device cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."

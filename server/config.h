@@ -13,7 +13,7 @@ namespace spanserve {
 
 struct ServerConfig {
   // model:
-  std::string model_path = "models/dev-random";
+  std::string model_path = "models/arith-small";
   // device: cpu | cuda | auto
   std::string device = "auto";
   // kv_cache:
