@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -146,11 +147,17 @@ def main(argv=None) -> int:
     if args.out:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
+        info = model_info(args.address)
+        command = "python3 -m spanserve_train.evaluate " + " ".join(sys.argv[1:])
         with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+            f.write(f"# Evaluation of {info.get('path', '?')} through the server\n\n"
+                    f"commit {commit}; backend {info.get('backend', '?')} on "
+                    f"{platform.node() or 'this host'} ({platform.processor() or platform.machine()}); "
+                    f"greedy, max_tokens {args.max_tokens}\n\n    cd training && {command}\n\n"
+                    f"{text}\n")
         with open(os.path.splitext(args.out)[0] + ".json", "w", encoding="utf-8") as f:
-            json.dump({"commit": commit, "command": " ".join(sys.argv), "model":
-                       model_info(args.address), "rows": rows, "failures": samples}, f, indent=1)
+            json.dump({"commit": commit, "command": command, "model": info, "rows": rows,
+                       "failures": samples}, f, indent=1)
     return 0
 
 
