@@ -197,6 +197,10 @@ absl::StatusOr<Engine::RequestId> EngineImpl::Submit(GenerateRequest request, Ev
   if (absl::Status status = Validate(request); !status.ok()) return status;
   absl::StatusOr<std::vector<int32_t>> prompt = EncodeRequestPrompt(request);
   if (!prompt.ok()) return prompt.status();
+  if (request.max_tokens_is_default) {
+    const int32_t room = model_->config.max_position_embeddings - static_cast<int32_t>(prompt->size());
+    request.max_tokens = std::max(1, std::min(request.max_tokens, room));
+  }
   if (absl::Status status = CheckLengths(request, prompt->size()); !status.ok()) return status;
 
   std::unique_lock<std::mutex> lock(mu_);

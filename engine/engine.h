@@ -31,6 +31,9 @@ struct GenerateRequest {
   std::vector<std::string> segments;     // the client's own segments, or
   std::vector<int32_t> prompt_token_ids; // an encoded prompt, anchors included (benchmarks)
   int32_t max_tokens = 128;
+  // max_tokens is a default the client did not ask for: fitted to the room the prompt leaves in
+  // the context instead of refused.
+  bool max_tokens_is_default = false;
   SamplingParams sampling;
   std::vector<std::string> stop;
   SpanMode span_mode = SpanMode::kSelfSelected;

@@ -300,6 +300,7 @@ absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& proto
   request.prompt = proto.prompt();
   request.segments.assign(proto.segments().begin(), proto.segments().end());
   request.max_tokens = proto.has_max_tokens() ? proto.max_tokens() : config.default_max_tokens;
+  request.max_tokens_is_default = !proto.has_max_tokens();
   request.sampling.temperature =
       proto.has_temperature() ? proto.temperature() : config.default_temperature;
   request.sampling.top_k = proto.has_top_k() ? proto.top_k() : config.default_top_k;

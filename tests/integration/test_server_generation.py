@@ -213,3 +213,17 @@ def test_stream_deadline_frees_its_kv_blocks(slow_server):
             pass
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(lambda: kv_free(server), 5, what="the expired stream's KV blocks to be freed")
+
+
+def test_default_max_tokens_fits_what_the_prompt_leaves(server):
+    """An unset max_tokens is the server's default (128) cut to the room the prompt leaves in
+    the context (1024); an explicit one that does not fit is refused."""
+    prompt = "1+" * 470 + "1="
+    response = server.stub().Generate(request(prompt=prompt), timeout=120)
+    room = 1024 - response.usage.prompt_tokens
+    assert 0 < room < 128, room  # the default would not fit
+    assert response.usage.generated_tokens <= room
+    with pytest.raises(grpc.RpcError) as error:
+        server.stub().Generate(request(prompt=prompt, max_tokens=128), timeout=60)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_tokens" in error.value.details()
