@@ -40,6 +40,7 @@ struct Config {
   Shape shape;
   int32_t batch, context, block_size;
   double fraction;
+  int32_t splits = 0;  // 0: the backend's choice (gpu::SplitsFor)
 };
 
 struct Result {
@@ -151,7 +152,7 @@ class Bench {
     std::mt19937 rng(static_cast<uint32_t>(c.batch * 131 + c.context + B * 7));
     gpu::PlanOptions options;
     options.block_size = B;
-    options.num_splits = gpu::SplitsFor(c.batch, s.kv_heads, num_sms_);
+    options.num_splits = c.splits > 0 ? c.splits : gpu::SplitsFor(c.batch, s.kv_heads, num_sms_);
     options.min_split_tokens = min_split_tokens_;
     result->config = c;
     result->splits = options.num_splits;
@@ -235,6 +236,8 @@ int Main(int argc, char** argv) {
   std::string csv_path = "attention.csv";
   std::vector<int32_t> batches = {1, 16, 64}, contexts = {2048, 8192, 32768}, blocks = {16, 64, 128};
   std::vector<double> fractions = {1.0, 0.5, 0.25, 0.125};
+  std::vector<int32_t> splits = {0};
+  std::vector<std::string> shape_names = {"llama7b", "llama3_8b"};
   int32_t min_split_tokens = gpu::PlanOptions{}.min_split_tokens;
   app.add_option("--csv", csv_path, "where the results go");
   app.add_option("--batches", batches);
@@ -242,9 +245,20 @@ int Main(int argc, char** argv) {
   app.add_option("--blocks", blocks);
   app.add_option("--fractions", fractions);
   app.add_option("--min-split-tokens", min_split_tokens, "the backend's split granularity");
+  app.add_option("--splits", splits, "split counts to time (0: the backend's choice)");
+  app.add_option("--shapes", shape_names, "llama7b (32 heads of 128), llama3_8b (8 KV heads)");
   CLI11_PARSE(app, argc, argv);
 
-  const std::vector<Shape> shapes = {{"llama7b", 32, 32, 128}, {"llama3_8b", 32, 8, 128}};
+  std::vector<Shape> shapes;
+  for (const Shape& s : {Shape{"llama7b", 32, 32, 128}, Shape{"llama3_8b", 32, 8, 128}}) {
+    if (std::find(shape_names.begin(), shape_names.end(), s.name) != shape_names.end()) {
+      shapes.push_back(s);
+    }
+  }
+  if (shapes.empty()) {
+    std::fprintf(stderr, "--shapes: none of llama7b, llama3_8b\n");
+    return 2;
+  }
   Bench bench(*std::max_element(batches.begin(), batches.end()),
               *std::max_element(contexts.begin(), contexts.end()), min_split_tokens);
   if (!bench.Init(shapes)) return 1;
@@ -256,33 +270,37 @@ int Main(int argc, char** argv) {
                     "attended_tokens,blocks_read,dense_blocks,time_us,gbps,copy_gbps,pct_copy,"
                     "dense_time_us,time_over_dense_x_fraction\n");
   std::vector<Result> results;
-  std::map<std::tuple<std::string, int32_t, int32_t, int32_t>, double> dense_us;
-  for (const Shape& shape : shapes) {
-    for (int32_t B : blocks) {
-      for (int32_t batch : batches) {
-        for (int32_t context : contexts) {
-          for (double fraction : fractions) {
-            Result r;
-            if (!bench.Run({shape, batch, context, B, fraction}, &r)) return 1;
-            const auto key = std::make_tuple(shape.name, B, batch, context);
-            if (fraction >= 1.0) dense_us[key] = r.us;
-            const double dense = dense_us.count(key) ? dense_us[key] : 0;
-            const double ratio = dense > 0 ? r.us / (dense * fraction) : 0;
-            std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%.4f,%d,%d,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.2f,%.3f\n",
-                         shape.name.c_str(), shape.heads, shape.kv_heads, shape.head_dim, batch,
-                         context, fraction, B, r.splits, static_cast<long long>(r.attended_tokens),
-                         static_cast<long long>(r.blocks_read), static_cast<long long>(r.dense_blocks),
-                         r.us, r.gbps, copy_gbps, 100 * r.gbps / copy_gbps, dense, ratio);
-            std::fflush(csv);
-            std::printf("%-9s B%-3d batch %-2d ctx %-5d f %.3f: %9.1f us %7.0f GB/s %5.1f%% of copy%s\n",
-                        shape.name.c_str(), B, batch, context, fraction, r.us, r.gbps,
-                        100 * r.gbps / copy_gbps,
-                        fraction < 1 ? (" sparse/(dense*f) " + std::to_string(ratio)).c_str() : "");
-            results.push_back(r);
-          }
-        }
-      }
-    }
+  std::map<std::tuple<std::string, int32_t, int32_t, int32_t, int32_t>, double> dense_us;
+  // Dense (fraction 1) first within each (shape, block, batch, context, splits), so each sparse
+  // row has its dense time to compare with.
+  std::vector<Config> configs;
+  for (const Shape& shape : shapes)
+    for (int32_t B : blocks)
+      for (int32_t batch : batches)
+        for (int32_t context : contexts)
+          for (int32_t split_count : splits)
+            for (double fraction : fractions)
+              configs.push_back({shape, batch, context, B, fraction, split_count});
+  for (const Config& c : configs) {
+    Result r;
+    if (!bench.Run(c, &r)) return 1;
+    const auto key = std::make_tuple(c.shape.name, c.block_size, c.batch, c.context, c.splits);
+    if (c.fraction >= 1.0) dense_us[key] = r.us;
+    const double dense = dense_us.count(key) ? dense_us[key] : 0;
+    const double ratio = dense > 0 ? r.us / (dense * c.fraction) : 0;
+    std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%.4f,%d,%d,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.2f,%.3f\n",
+                 c.shape.name.c_str(), c.shape.heads, c.shape.kv_heads, c.shape.head_dim, c.batch,
+                 c.context, c.fraction, c.block_size, r.splits,
+                 static_cast<long long>(r.attended_tokens), static_cast<long long>(r.blocks_read),
+                 static_cast<long long>(r.dense_blocks), r.us, r.gbps, copy_gbps,
+                 100 * r.gbps / copy_gbps, dense, ratio);
+    std::fflush(csv);
+    std::printf("%-9s B%-3d batch %-2d ctx %-5d splits %-2d f %.3f: %9.1f us %7.0f GB/s %5.1f%% of "
+                "copy%s\n",
+                c.shape.name.c_str(), c.block_size, c.batch, c.context, r.splits, c.fraction, r.us,
+                r.gbps, 100 * r.gbps / copy_gbps,
+                c.fraction < 1 ? (" sparse/(dense*f) " + std::to_string(ratio)).c_str() : "");
+    results.push_back(r);
   }
   std::fclose(csv);
 
@@ -290,14 +308,16 @@ int Main(int argc, char** argv) {
   // dense time x fraction.
   std::printf("\nsummary at batch 64, context 8192 (targets: >= 80%% of copy bandwidth, "
               "sparse time <= 1.2 x dense time x fraction)\n");
-  std::printf("%-10s %5s %6s %10s %8s %7s %8s\n", "shape", "block", "frac", "time_us", "GB/s",
-              "%copy", "ratio");
+  std::printf("%-10s %5s %6s %6s %10s %8s %7s %8s\n", "shape", "block", "splits", "frac",
+              "time_us", "GB/s", "%copy", "ratio");
   for (const Result& r : results) {
     const Config& c = r.config;
     if (c.batch != 64 || c.context != 8192) continue;
-    const double dense = dense_us[std::make_tuple(c.shape.name, c.block_size, c.batch, c.context)];
-    std::printf("%-10s %5d %6.3f %10.1f %8.0f %6.1f%% %8.3f\n", c.shape.name.c_str(), c.block_size,
-                c.fraction, r.us, r.gbps, 100 * r.gbps / copy_gbps, r.us / (dense * c.fraction));
+    const double dense =
+        dense_us[std::make_tuple(c.shape.name, c.block_size, c.batch, c.context, c.splits)];
+    std::printf("%-10s %5d %6d %6.3f %10.1f %8.0f %6.1f%% %8.3f\n", c.shape.name.c_str(),
+                c.block_size, r.splits, c.fraction, r.us, r.gbps, 100 * r.gbps / copy_gbps,
+                r.us / (dense * c.fraction));
   }
   return 0;
 }

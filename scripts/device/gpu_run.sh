@@ -6,7 +6,9 @@
 #   scripts/device/gpu_run.sh kernels   the decode attention grid, then PyTorch's SDPA and
 #                                       FlexAttention on the same shapes, joined
 #   scripts/device/gpu_run.sh e2e       SELF_SELECTED against DENSE on a LLaMA-7B-shaped model
-#   scripts/device/gpu_run.sh all       the three in turn (longer than one 10-minute command)
+#   scripts/device/gpu_run.sh splits    decode attention at each split count, LLaMA-3-8B shapes
+#   scripts/device/gpu_run.sh all       check, kernels, e2e in turn (longer than one 10-minute
+#                                       command)
 # GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
 # E2E_TIMEOUT (seconds) stops the e2e benchmark where the lent time is short.
 # Results go to $OUT (at most 8 files: the main CSV/JSON, and logs.tar.gz with everything);
@@ -59,6 +61,15 @@ kernels() {
   sed -n '/^shape /,$p' "$work/torch_attention.log" | tail -80
   cp "$work/attention_compare.csv" "$work/torch_attention.csv" "$out/" 2>/dev/null
 }
+# The split-count sweep behind gpu::SplitsFor, where the grid missed its targets (LLaMA-3-8B
+# shapes: batch 64 sparse, batch 1): each split count side by side in one run.
+splits() {
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention_splits.csv" --shapes llama3_8b \
+    --batches 1 64 --contexts 8192 --blocks 16 64 --splits 0 1 2 3 4 8 16 32 \
+    >"$work/attention_splits.log" 2>&1 || status=1
+  tail -40 "$work/attention_splits.log"
+  cp "$work/attention_splits.csv" "$out/" 2>/dev/null
+}
 e2e() {
   timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --json "$work/e2e.json" ${E2E_ARGS:-} \
     >"$work/e2e.log" 2>&1 || status=1
@@ -69,8 +80,9 @@ case $phase in
   check) check ;;
   kernels) kernels ;;
   e2e) e2e ;;
+  splits) splits ;;
   all) check; kernels; e2e ;;
-  *) echo "usage: $0 check|kernels|e2e|all"; exit 2 ;;
+  *) echo "usage: $0 check|kernels|e2e|splits|all"; exit 2 ;;
 esac
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .
 exit $status
