@@ -1,14 +1,17 @@
 // spanserve-cli: streams a generation from a spanserve server to the terminal. The text goes to
-// stdout as it arrives; the summary (and with --show-spans the segments and what the spans
-// saved) goes to stderr.
+// stdout as it arrives, one output segment a line (--joined: as the response's text has them);
+// the summary (and with --show-spans the segments and what the spans saved) goes to stderr.
 #include <grpcpp/grpcpp.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
+#include <utility>
 
+#include "server/segment_lines.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
 namespace {
@@ -27,6 +30,7 @@ struct Options {
   std::vector<std::string> stop;
   std::string span_mode;
   bool show_spans = false;
+  bool joined = false;
   bool unary = false;
   bool ignore_eos = false;
   bool info = false;
@@ -113,6 +117,7 @@ int main(int argc, char** argv) {
   app.add_option("--span-mode", o.span_mode, "self_selected or dense")
       ->check(CLI::IsMember({"self_selected", "dense"}));
   app.add_flag("--show-spans", o.show_spans, "show span markup, the segments and the saving");
+  app.add_flag("--joined", o.joined, "print the text as the response has it (no line a segment)");
   app.add_flag("--unary", o.unary, "one Generate call instead of a stream");
   app.add_flag("--ignore-eos", o.ignore_eos, "generate up to max tokens");
   app.add_flag("--info", o.info, "print the model's description and exit");
@@ -148,14 +153,27 @@ int main(int argc, char** argv) {
   if (o.span_mode == "self_selected") request.set_span_mode(v1::SPAN_MODE_SELF_SELECTED);
   if (o.span_mode == "dense") request.set_span_mode(v1::SPAN_MODE_DENSE);
   request.set_return_spans(o.show_spans);
-  request.set_include_span_markup(o.show_spans);
   request.set_ignore_eos(o.ignore_eos);
+  // One segment a line: ask for the markup and turn each header into a line break.
+  std::optional<spanserve::SegmentLines> lines;
+  if (!o.show_spans && !o.joined) {
+    grpc::ClientContext info_context;
+    v1::ModelInfo info;
+    grpc::Status status = stub->GetModelInfo(&info_context, v1::GetModelInfoRequest(), &info);
+    if (!status.ok()) return Fail(status);
+    lines.emplace(info.anchor_token(), info.header_end_token());
+  }
+  request.set_include_span_markup(o.show_spans || lines.has_value());
+  auto print = [&](const std::string& text) {
+    std::cout << (lines ? lines->Feed(text) : text) << std::flush;
+  };
 
   if (o.unary) {
     v1::GenerateResponse response;
     grpc::Status status = stub->Generate(&context, request, &response);
     if (!status.ok()) return Fail(status);
-    std::cout << response.text() << std::flush;
+    print(response.text());
+    if (lines) std::cout << lines->Flush();
     PrintSummary(response, o.show_spans);
     return 0;
   }
@@ -163,9 +181,10 @@ int main(int argc, char** argv) {
   v1::GenerateStreamResponse message;
   v1::GenerateStreamResponse last;
   while (reader->Read(&message)) {
-    std::cout << message.text() << std::flush;
+    print(message.text());
     if (message.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) last = message;
   }
+  if (lines) std::cout << lines->Flush();
   grpc::Status status = reader->Finish();
   if (!status.ok()) return Fail(status);
   PrintSummary(last, o.show_spans);

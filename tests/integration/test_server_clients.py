@@ -14,7 +14,7 @@ def test_cli_streams_the_generation(server):
     unary = server.stub().Generate(request(max_tokens=30, ignore_eos=True, temperature=0.8,
                                            seed=42), timeout=60)
     result = run_cli(server, "((3+4)*(5-2))+6=", "--max-tokens", "30", "--ignore-eos",
-                     "--temperature", "0.8", "--seed", "42")
+                     "--temperature", "0.8", "--seed", "42", "--joined")
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode() == unary.text
     summary = result.stderr.decode()

@@ -6,11 +6,12 @@ checker. The full table is bench/results/arith-small-eval.md (training/spanserve
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
 
-from server_harness import REPO, ServerProcess
+from server_harness import CLI_BIN, REPO, ServerProcess
 
 sys.path.insert(0, str(REPO / "training"))
 from spanserve_train import arith_data as ad  # noqa: E402
@@ -56,3 +57,11 @@ def test_shipped_model_solves_held_out_records(shipped_server, level, mode):
         assert row["attended_fraction"] == 1.0
     elif level == "l2":
         assert row["attended_fraction"] <= 0.5  # long chains: each step reads the one before
+
+
+def test_cli_prints_one_step_a_line(shipped_server):
+    result = subprocess.run([str(CLI_BIN), "--address", shipped_server.address,
+                             "((3+4)*(5-2))+6="], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == "(7*(5-2))+6\n(7*3)+6\n21+6\n27"
+    assert "finish: eos" in result.stderr.decode()
