@@ -5,17 +5,16 @@ For each model, sequence, mode, phase (prefill, decode, chunked) and KV block si
 logits of every position must match the reference: max over rows of ||cpp - ref|| / ||ref|| < 1e-4.
 The reference for DENSE mode is causal attention; for SELF_SELECTED the mask of span_rule.py.
 """
-import subprocess
-
 import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
 
+from engine_logits import row_errors, run_logits_dump
 from spanserve_train import hf_export
+from spanserve_train.data import make_span_vocab
 from spanserve_train.model import LlamaConfig, LlamaForCausalLM
-from spanserve_train.span_rule import DENSE, SELF_SELECTED, SpanVocab, attention_mask, \
-    encode_prompt, track
+from spanserve_train.span_rule import DENSE, SELF_SELECTED, attention_mask, encode_prompt, track
 
 TOLERANCE = 1e-4
 MAX_HEADER_TOKENS = 8
@@ -85,8 +84,7 @@ def sequence(sp, name):
 
 
 def span_vocab(sp):
-    return SpanVocab(sp.piece_to_id("<a>"), sp.piece_to_id("</a>"), MAX_HEADER_TOKENS,
-                     [sp.id_to_piece(i) for i in range(sp.vocab_size())])
+    return make_span_vocab(sp, MAX_HEADER_TOKENS)
 
 
 def test_sequences_have_real_span_structure(sp):
@@ -126,17 +124,7 @@ def test_span_mask_changes_the_reference_logits(golden):
     """The span mask must move the logits far beyond the tolerance, or the test proves nothing."""
     for name in MODELS:
         span, dense = golden(name, "chain", SELF_SELECTED), golden(name, "chain", DENSE)
-        rel = np.linalg.norm(span - dense, axis=1) / np.linalg.norm(dense, axis=1)
-        assert rel.max() > 100 * TOLERANCE, name
-
-
-def run_logits_dump(binary, model_dir, tokens, prompt_len, mode, phase, block_size, out):
-    cmd = [binary, "--model", model_dir, "--tokens", ",".join(map(str, tokens)),
-           "--prompt-len", str(prompt_len), "--mode", mode, "--phase", phase,
-           "--block-size", str(block_size), "--out", out]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}: {proc.stderr}"
-    return np.fromfile(out, dtype="<f4")
+        assert row_errors(span, dense).max() > 100 * TOLERANCE, name
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
@@ -154,7 +142,7 @@ def test_cpp_logits_match_reference(find_binary, sp, exported, golden, tmp_path,
                           str(tmp_path / "logits.bin"))
     assert got.size == ref.size, f"{got.size} floats, want {len(tokens)} x {ref.shape[1]}"
     got = got.reshape(ref.shape).astype(np.float64)
-    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    rel = row_errors(got, ref)
     worst = int(rel.argmax())
     assert rel[worst] < TOLERANCE, (
         f"position {worst} (prompt_len {prompt_len}): relative error {rel[worst]:.3g}")

@@ -6,13 +6,11 @@ import os
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 
+from engine_logits import model_span_vocab, row_errors, run_logits_dump
 from spanserve_train import hf_export
-from spanserve_train.span_rule import SELF_SELECTED, SpanVocab, attention_mask, encode_prompt, \
-    track
-from test_golden_logits import run_logits_dump
+from spanserve_train.span_rule import SELF_SELECTED, attention_mask, encode_prompt, track
 
 TOLERANCE = 1e-4
 
@@ -20,10 +18,6 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def export_dir(repo_root):
     return os.path.join(repo_root, "tests", "data", "lora-merged")
-
-
-def relative_errors(got, ref):
-    return np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
 
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
@@ -34,26 +28,22 @@ def test_engine_matches_transformers(find_binary, export_dir, tmp_path, phase):
     got = run_logits_dump(find_binary("logits_dump"), export_dir, ref["tokens"], 1, "dense",
                           phase, 16, str(tmp_path / "logits.bin"))
     got = got.reshape(want.shape).astype(np.float64)
-    assert relative_errors(got, want).max() < TOLERANCE
+    assert row_errors(got, want).max() < TOLERANCE
 
 
 def test_engine_matches_the_reference_under_spans(find_binary, export_dir, tmp_path):
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(export_dir, "tokenizer.model"))
-    anchor, header_end = sp.piece_to_id("<a>"), sp.piece_to_id("</a>")
-    assert (anchor, header_end) == (31, 32)  # added to the base tokenizer by the LoRA mode
-    with open(os.path.join(export_dir, "spanserve.json"), encoding="utf-8") as f:
-        max_header = json.load(f)["max_header_tokens"]
-    prompt = encode_prompt(sp, anchor, ["(3+4)*(5-2)="])
+    sp, vocab = model_span_vocab(export_dir)
+    # added to the base tokenizer by the LoRA mode
+    assert (vocab.anchor_id, vocab.header_end_id) == (31, 32)
+    prompt = encode_prompt(sp, vocab.anchor_id, ["(3+4)*(5-2)="])
     tokens = prompt + sp.encode("<a>0</a>7*(5-2)<a>1</a>7*3<a>2</a>21")
-    vocab = SpanVocab(anchor, header_end, max_header,
-                      [sp.id_to_piece(i) for i in range(sp.vocab_size())])
     tracker = track(vocab, tokens, len(prompt), SELF_SELECTED)
     assert any(s.restricted for s in tracker.segments)
     model, _ = hf_export.load_hf_dir(export_dir, dtype=torch.float64)
     with torch.no_grad():
         want = model.eval()(torch.tensor([tokens]), attention_mask(tracker)[None])[0].numpy()
         causal = model(torch.tensor([tokens]))[0].numpy()
-    assert relative_errors(causal, want).max() > 100 * TOLERANCE  # the spans matter here
+    assert row_errors(causal, want).max() > 100 * TOLERANCE  # the spans matter here
     got = run_logits_dump(find_binary("logits_dump"), export_dir, tokens, len(prompt),
                           "self_selected", "decode", 16, str(tmp_path / "logits.bin"))
-    assert relative_errors(got.reshape(want.shape).astype(np.float64), want).max() < TOLERANCE
+    assert row_errors(got.reshape(want.shape).astype(np.float64), want).max() < TOLERANCE

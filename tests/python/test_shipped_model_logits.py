@@ -1,19 +1,16 @@
 """The shipped model (models/arith-small) in the C++ engine against the float64 PyTorch reference
 on a held-out arithmetic record of the harder level, with its real span headers: logits of every
 position within 1e-4 (norm-wise), SELF_SELECTED and DENSE, prefill and step-by-step decode."""
-import json
 import os
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 
+from engine_logits import model_span_vocab, row_errors, run_logits_dump
 from spanserve_train import arith_data as ad
 from spanserve_train import hf_export
-from spanserve_train.span_rule import DENSE, SELF_SELECTED, SpanVocab, attention_mask, \
-    encode_prompt, track
-from test_golden_logits import run_logits_dump
+from spanserve_train.span_rule import DENSE, SELF_SELECTED, attention_mask, encode_prompt, track
 
 TOLERANCE = 1e-4
 
@@ -21,11 +18,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def shipped(repo_root):
     model_dir = os.path.join(repo_root, "models", "arith-small")
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "tokenizer.model"))
-    with open(os.path.join(model_dir, "spanserve.json"), encoding="utf-8") as f:
-        max_header = json.load(f)["max_header_tokens"]
-    vocab = SpanVocab(sp.piece_to_id("<a>"), sp.piece_to_id("</a>"), max_header,
-                      [sp.id_to_piece(i) for i in range(sp.vocab_size())])
+    sp, vocab = model_span_vocab(model_dir)
     spec = ad.spec_from_preset(ad.load_preset("arith-l2"))
     record = ad.generate(spec, 1, "arith-202-test", set())[0]  # held out: the test split's first
     prompt = encode_prompt(sp, vocab.anchor_id, [record["prompt"]])
@@ -46,7 +39,6 @@ def test_engine_logits_match_pytorch(find_binary, shipped, tmp_path, mode, phase
     got = run_logits_dump(find_binary("logits_dump"), model_dir, tokens, prompt_len, mode, phase,
                           16, str(tmp_path / "logits.bin"))
     got = got.reshape(want.shape).astype(np.float64)
-    rel = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
-    assert rel.max() < TOLERANCE
+    assert row_errors(got, want).max() < TOLERANCE
     # The model predicts its own held-out output under its spans: argmax of every output row.
     assert (got[prompt_len - 1:-1].argmax(axis=1) == np.array(tokens[prompt_len:])).all()

@@ -133,16 +133,18 @@ class CollatedBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, examples, batch_size, seed, start_step, vocab, pad_id, dense_fraction):
         super().__init__()
-        self.args = (examples, batch_size, seed, start_step)
+        self.examples, self.batch_size, self.seed, self.start_step = \
+            examples, batch_size, seed, start_step
         self.vocab, self.pad_id, self.dense_fraction = vocab, pad_id, dense_fraction
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        _, _, seed, start = self.args
-        for i, batch in enumerate(batches(*self.args)):
+        stream = batches(self.examples, self.batch_size, self.seed, self.start_step)
+        for i, batch in enumerate(stream):  # DataLoader reads worker 0 first: i, not the step
             if i % workers == worker:
-                rng = random.Random(f"dense-{seed}-{start + i}")  # a function of the step
+                step = self.start_step + i
+                rng = random.Random(f"dense-{self.seed}-{step}")  # a function of the step
                 dense = [rng.random() < self.dense_fraction for _ in batch]
                 yield collate(batch, self.vocab, self.pad_id, dense)
 

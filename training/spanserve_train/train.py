@@ -370,10 +370,11 @@ def train(args) -> dict:
     t0, tokens, loss_sum, loss_n, start = time.time(), 0, 0.0, 0, step
     result = {}
     stop = min(args.steps, step + args.run_steps) if args.run_steps else args.steps
-    out_of_time = False
+    out_of_time = False  # set when --time-limit-min has run out
     while step < stop:
         time_fraction = ((time.time() - t0) / (60 * args.time_limit_min)
                          if args.time_limit_min else 0.0)
+        out_of_time = time_fraction >= 1.0  # this step is the schedule's last
         lr = lr_at(step, args, time_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -395,23 +396,20 @@ def train(args) -> dict:
             log(metrics_path, {"step": step, "loss": loss_sum / loss_n, "lr": lr,
                                "tokens_per_s": tokens / elapsed})
             loss_sum, loss_n = 0.0, 0
-        if step % args.eval_every == 0 or step == args.steps:
-            result = evaluate(model, val_set, val_records, sp, vocab, args, device,
-                              autocast_dtype)
-            result.update(step=step, train_tokens_per_s=tokens / (time.time() - t0))
-            print("eval " + json.dumps(result), flush=True)
-            log(metrics_path, result)
-        out_of_time = time_fraction >= 1.0
-        if step % args.ckpt_every == 0 or step == stop or out_of_time:
-            save_checkpoint(ckpt_path, model, optimizer, step, args)
         if out_of_time:
             print(f"time limit of {args.time_limit_min} min reached at step {step} of "
                   f"{args.steps}: the schedule has ended; exporting", flush=True)
+        if step % args.eval_every == 0 or step == args.steps or out_of_time:
             result = evaluate(model, val_set, val_records, sp, vocab, args, device,
                               autocast_dtype)
-            result.update(step=step, stopped_early=True)
+            result.update(step=step, train_tokens_per_s=tokens / (time.time() - t0))
+            if out_of_time:
+                result["stopped_early"] = True
             print("eval " + json.dumps(result), flush=True)
             log(metrics_path, result)
+        if step % args.ckpt_every == 0 or step == stop or out_of_time:
+            save_checkpoint(ckpt_path, model, optimizer, step, args)
+        if out_of_time:
             break
     if step < args.steps and not out_of_time:
         print(f"stopped at step {step} of {args.steps}; run again to continue")
