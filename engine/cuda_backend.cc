@@ -686,7 +686,8 @@ absl::Status CudaBackend::Step(const StepBatch& batch, StepOutput* out) {
   plan_options.block_size = block_size_;
   plan_options.pad_rows = graph ? gpu::GraphBucket(n) : 0;
   plan_options.num_splits =
-      gpu::SplitsFor(gpu::DecodeRows(batch, plan_options.pad_rows), c_.num_kv_heads, num_sms_);
+      gpu::SplitsFor(gpu::DecodeRows(batch, plan_options.pad_rows), c_.num_kv_heads, group(),
+                    num_sms_);
   plan_options.prefill_tile_rows = gpu::PrefillTileRows(group());
   plan_options.scratch_block = num_blocks_;
   if (absl::Status s = EnsureCapacity(gpu::NeededCapacity(batch, plan_options)); !s.ok()) return s;

@@ -18,7 +18,7 @@ namespace spanserve::gpu {
 namespace {
 
 constexpr int kDecodeThreads = 128;
-constexpr int kMergeThreads = 256;
+constexpr int kMergeWarps = 4;
 constexpr int kStages = 3;   // passes in shared memory: one computed, two in flight
 constexpr int kUnroll = 4;   // token slots per token group and pass
 constexpr float kLog2e = 1.4426950408889634f;
@@ -27,11 +27,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 // threads x 8 x kUnroll for every head dim: 48 KiB, reused by the final merge of the groups.
 constexpr int kDecodeSmemBytes = kStages * 2 * kDecodeThreads * 8 * kUnroll * sizeof(uint16_t);
 static_assert(kDecodeSmemBytes == 48 * 1024);
-
-// CTAs per SM the register budget is set for: 128 registers a thread up to G = 4, 255 for
-// G = 8 (its Q and accumulators alone take 128).
-template <int G>
-constexpr int kMinBlocksPerSm = G <= 4 ? 4 : 2;
 
 __device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range & 0xffff; }
 __device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
@@ -50,7 +45,7 @@ __device__ __forceinline__ void CopyAsyncWait() {
 }
 
 template <int HD, int G>
-__global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm<G>)
+__global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(G))
     DecodeAttentionKernel(const DecodeAttentionArgs a) {
   constexpr int U = kUnroll;
   constexpr int LANES = HD / 8;               // threads per token row, 16 bytes each
@@ -235,35 +230,43 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm<G>)
   }
 }
 
-// out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max), per (row, head), 4 dims a thread.
-__global__ void __launch_bounds__(kMergeThreads) MergeSplitsKernel(const DecodeAttentionArgs a) {
-  const int row = blockIdx.x, H = a.num_heads, HD = a.head_dim, S = a.num_splits;
-  const int64_t q_row = a.q_row[row];
-  for (int i = threadIdx.x; i < H * HD / 4; i += kMergeThreads) {
-    const int head = i * 4 / HD, d = i * 4 % HD;
-    const float* lse = a.partial_lse + int64_t{row} * S * H + head;
-    float mx = kNegInf;
-    for (int s = 0; s < S; ++s) mx = fmaxf(mx, lse[s * H]);
-    float4 o = make_float4(0, 0, 0, 0);
-    float sum = 0.0f;
-    if (mx != kNegInf) {
-      for (int s = 0; s < S; ++s) {
-        if (lse[s * H] == kNegInf) continue;  // an empty split
-        const float w = exp2f(lse[s * H] - mx);
-        const float4 p = *reinterpret_cast<const float4*>(
-            a.partial_o + ((int64_t{row} * S + s) * H + head) * HD + d);
-        sum += w;
-        o.x = fmaf(w, p.x, o.x);
-        o.y = fmaf(w, p.y, o.y);
-        o.z = fmaf(w, p.z, o.z);
-        o.w = fmaf(w, p.w, o.w);
-      }
-    }
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const uint32_t lo = FloatToBf16Bits(o.x * inv) | uint32_t{FloatToBf16Bits(o.y * inv)} << 16;
-    const uint32_t hi = FloatToBf16Bits(o.z * inv) | uint32_t{FloatToBf16Bits(o.w * inv)} << 16;
-    *reinterpret_cast<uint2*>(a.out + (q_row * H + head) * HD + d) = make_uint2(lo, hi);
+// out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max). One warp per (row, head), so that a
+// step's merge is as wide as its rows x heads: the lanes read the splits' lse (two each, for
+// kMaxSplits = 64) and share the weights; lane i then sums dims [4i, 4i + 4) over the splits,
+// whose loads are independent of each other.
+static_assert(kMaxSplits <= 64);
+__global__ void __launch_bounds__(kMergeWarps * 32) MergeSplitsKernel(const DecodeAttentionArgs a) {
+  const int H = a.num_heads, HD = a.head_dim, S = a.num_splits;
+  const int item = blockIdx.x * kMergeWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (item >= a.num_rows * H) return;  // whole warps leave
+  const int row = item / H, head = item % H;
+  const float* lse = a.partial_lse + int64_t{row} * S * H + head;
+  const float lse_lo = lane < S ? lse[lane * H] : kNegInf;
+  const float lse_hi = lane + 32 < S ? lse[(lane + 32) * H] : kNegInf;
+  const float mx = WarpMax(fmaxf(lse_lo, lse_hi));
+  // An empty split (lse -inf) weighs 0; so does every split of a row without a token.
+  const float w_lo = lse_lo == kNegInf ? 0.0f : exp2f(lse_lo - mx);
+  const float w_hi = lse_hi == kNegInf ? 0.0f : exp2f(lse_hi - mx);
+  const float sum = WarpSum<32>(w_lo + w_hi);
+  const bool has_dims = lane * 4 < HD;
+  const float* o_split = a.partial_o + (int64_t{row} * S * H + head) * HD + lane * 4;
+  float4 o = make_float4(0, 0, 0, 0);
+#pragma unroll 4
+  for (int s = 0; s < S; ++s) {
+    const float w = __shfl_sync(0xffffffffu, s < 32 ? w_lo : w_hi, s % 32);
+    if (w == 0.0f || !has_dims) continue;
+    const float4 p = *reinterpret_cast<const float4*>(o_split + int64_t{s} * H * HD);
+    o.x = fmaf(w, p.x, o.x);
+    o.y = fmaf(w, p.y, o.y);
+    o.z = fmaf(w, p.z, o.z);
+    o.w = fmaf(w, p.w, o.w);
   }
+  if (!has_dims) return;
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no token: zeros, like the CPU backend
+  const uint32_t lo = FloatToBf16Bits(o.x * inv) | uint32_t{FloatToBf16Bits(o.y * inv)} << 16;
+  const uint32_t hi = FloatToBf16Bits(o.z * inv) | uint32_t{FloatToBf16Bits(o.w * inv)} << 16;
+  const int64_t q_row = a.q_row[row];
+  *reinterpret_cast<uint2*>(a.out + (q_row * H + head) * HD + lane * 4) = make_uint2(lo, hi);
 }
 
 template <int HD>
@@ -296,7 +299,8 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& a, cudaStream_t str
   const cudaError_t err = a.head_dim == 64 ? LaunchForHeadDim<64>(a, stream)
                                            : LaunchForHeadDim<128>(a, stream);
   if (err != cudaSuccess || a.num_splits == 1) return err;
-  MergeSplitsKernel<<<a.num_rows, kMergeThreads, 0, stream>>>(a);
+  const int64_t warps = int64_t{a.num_rows} * a.num_heads;
+  MergeSplitsKernel<<<(warps + kMergeWarps - 1) / kMergeWarps, kMergeWarps * 32, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

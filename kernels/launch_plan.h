@@ -14,7 +14,7 @@
 
 namespace spanserve::gpu {
 
-inline constexpr int32_t kMaxSplits = 32;
+inline constexpr int32_t kMaxSplits = 64;
 // Per-chunk overhead, in tokens, when splits are balanced: a chunk costs a descriptor read and a
 // partly idle pass.
 inline constexpr int32_t kChunkCost = 4;
@@ -102,8 +102,13 @@ int32_t GraphBucket(int32_t rows);
 // Rows of the decode kernel: the non-causal rows, or all padded rows.
 int32_t DecodeRows(const StepBatch& batch, int32_t pad_rows);
 
-// Splits per decode row so that rows x kv heads x splits fills the GPU about eight CTAs deep.
-int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t num_sms);
+// CTAs of the decode kernel resident on one SM: its registers are capped for 4 up to 4 query
+// heads per KV head; 8 heads hold 128 registers of Q and accumulators alone, so 2.
+constexpr int32_t DecodeCtasPerSm(int32_t group_size) { return group_size <= 4 ? 4 : 2; }
+
+// Splits per decode row: the fewest with which rows x kv heads x splits CTAs fill every CTA slot
+// of the GPU once (longer splits pay the pipeline's fill and the merge less often).
+int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t num_sms);
 
 // Cuts one row's chunks into max_splits splits balanced by cost (tokens + kChunkCost per chunk),
 // using at most ceil(cost / min_split_tokens) of them; the rest are empty. Writes the

@@ -152,7 +152,9 @@ class Bench {
     std::mt19937 rng(static_cast<uint32_t>(c.batch * 131 + c.context + B * 7));
     gpu::PlanOptions options;
     options.block_size = B;
-    options.num_splits = c.splits > 0 ? c.splits : gpu::SplitsFor(c.batch, s.kv_heads, num_sms_);
+    options.num_splits = c.splits > 0 ? c.splits
+                                      : gpu::SplitsFor(c.batch, s.kv_heads, s.heads / s.kv_heads,
+                                                       num_sms_);
     options.min_split_tokens = min_split_tokens_;
     result->config = c;
     result->splits = options.num_splits;

@@ -10,7 +10,8 @@
 #   scripts/device/gpu_run.sh all       check, kernels, e2e in turn (longer than one 10-minute
 #                                       command)
 # GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
-# E2E_TIMEOUT (seconds) stops the e2e benchmark where the lent time is short.
+# CHECK_TIMEOUT and E2E_TIMEOUT (seconds) stop a test binary or the e2e benchmark where the lent
+# time is short.
 # Results go to $OUT (at most 8 files: the main CSV/JSON, and logs.tar.gz with everything);
 # a short table comes last in the output.
 set -uo pipefail
@@ -44,7 +45,7 @@ status=0
 check() {
   local t
   for t in test_launch_plan test_cuda_kernels test_cuda_backend; do
-    "$pack/bin/$t" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} \
+    timeout "${CHECK_TIMEOUT:-0}" "$pack/bin/$t" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} \
       --gtest_output="xml:$work/$t.xml" >"$work/$t.log" 2>&1 || status=1
     echo "== $t"
     grep -E '^\[  (PASSED|FAILED) |^\[  SKIPPED \] [0-9]+ test|^block [0-9]+:|^engine:|Failure' \
@@ -61,13 +62,17 @@ kernels() {
   sed -n '/^shape /,$p' "$work/torch_attention.log" | tail -80
   cp "$work/attention_compare.csv" "$work/torch_attention.csv" "$out/" 2>/dev/null
 }
-# The split-count sweep behind gpu::SplitsFor, where the grid missed its targets (LLaMA-3-8B
-# shapes: batch 64 sparse, batch 1): each split count side by side in one run.
+# The split-count sweep behind gpu::SplitsFor: each split count side by side in one run, at the
+# shapes where splits matter (LLaMA-3-8B's 8 KV heads; LLaMA-7B at batches under 64).
 splits() {
+  local common=(--contexts 2048 8192 32768 --blocks 16 --fractions 1 0.125
+                --splits 0 1 2 4 8 16 32 64)
   "$pack/bin/cuda_attention_bench" --csv "$work/attention_splits.csv" --shapes llama3_8b \
-    --batches 1 64 --contexts 8192 --blocks 16 64 --splits 0 1 2 3 4 8 16 32 \
-    >"$work/attention_splits.log" 2>&1 || status=1
-  tail -40 "$work/attention_splits.log"
+    --batches 1 16 64 "${common[@]}" >"$work/attention_splits.log" 2>&1 || status=1
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention_splits_7b.csv" --shapes llama7b \
+    --batches 1 16 "${common[@]}" >"$work/attention_splits_7b.log" 2>&1 || status=1
+  tail -n +2 "$work/attention_splits_7b.csv" >>"$work/attention_splits.csv"
+  grep -h ' splits ' "$work/attention_splits.log" "$work/attention_splits_7b.log" | tail -60
   cp "$work/attention_splits.csv" "$out/" 2>/dev/null
 }
 e2e() {

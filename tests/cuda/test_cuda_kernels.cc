@@ -125,11 +125,11 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
 TEST(DecodeAttention, MatchesReferenceForEveryShape) {
   SPANSERVE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(11);
-  const int32_t splits[] = {1, 2, 5, gpu::kMaxSplits};
+  const int32_t splits[] = {1, 2, 5, 33, gpu::kMaxSplits};  // 33: the merge's second lane set
   for (int32_t hd : {64, 128}) {
     for (int32_t group : {1, 2, 4, 8}) {
       for (int32_t B : {16, 64, 128, 256, 1, 8, 24}) {
-        const DecodeCase c{hd, group, 2, B, splits[rng() % 4], rng() % 2 ? 1 : 128};
+        const DecodeCase c{hd, group, 2, B, splits[rng() % 5], rng() % 2 ? 1 : 128};
         CheckDecode(rng, c, 2 + static_cast<int32_t>(rng() % 10), 1500);
         if (HasFatalFailure()) return;
       }
@@ -142,7 +142,7 @@ TEST(DecodeAttention, MatchesReferenceAtLlamaShapes) {
   SPANSERVE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(12);
   for (const auto& [kv_heads, group] : {std::pair{32, 1}, std::pair{8, 4}}) {
-    for (int32_t S : {1, 8}) {
+    for (int32_t S : {1, 8, gpu::kMaxSplits}) {
       CheckDecode(rng, {128, group, kv_heads, 16, S, 128}, 4, 3000);
       if (HasFatalFailure()) return;
     }
@@ -165,7 +165,7 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
     const StepBatch batch = RandomBatch(rng, spec);
     gpu::PlanOptions options;
     options.block_size = spec.block_size;
-    options.num_splits = gpu::SplitsFor(gpu::DecodeRows(batch, 0), kvh, 132);
+    options.num_splits = gpu::SplitsFor(gpu::DecodeRows(batch, 0), kvh, group, 132);
     options.prefill_tile_rows = gpu::PrefillTileRows(group);
     const gpu::PlanLayout layout = gpu::PlanLayout::For(gpu::NeededCapacity(batch, options));
     std::vector<uint8_t> blob(layout.total);

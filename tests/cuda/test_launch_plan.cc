@@ -69,16 +69,22 @@ TEST(SplitChunks, EmptyRowHasEmptySplits) {
   for (int32_t b : bounds) EXPECT_EQ(b, 3);
 }
 
-TEST(SplitsFor, FillsTheGpuWithoutMoreThanNeeded) {
-  for (int32_t rows : {1, 2, 16, 64, 256, 2048}) {
-    for (int32_t kv : {1, 8, 32}) {
-      const int32_t s = SplitsFor(rows, kv, 132);
-      ASSERT_GE(s, 1);
-      ASSERT_LE(s, kMaxSplits);
-      if (s < kMaxSplits) EXPECT_GE(int64_t{rows} * kv * s, 8 * 132);
-      if (s > 1) EXPECT_LT(int64_t{rows} * kv * (s - 1), 8 * 132);
+TEST(SplitsFor, FillsEveryCtaSlotOnceWithoutMoreThanNeeded) {
+  for (int32_t group : {1, 2, 4, 8}) {
+    const int64_t slots = int64_t{DecodeCtasPerSm(group)} * 132;
+    for (int32_t rows : {1, 2, 16, 64, 256, 2048}) {
+      for (int32_t kv : {1, 8, 32}) {
+        const int32_t s = SplitsFor(rows, kv, group, 132);
+        ASSERT_GE(s, 1);
+        ASSERT_LE(s, kMaxSplits);
+        if (s < kMaxSplits) EXPECT_GE(int64_t{rows} * kv * s, slots);
+        if (s > 1) EXPECT_LT(int64_t{rows} * kv * (s - 1), slots);
+      }
     }
   }
+  EXPECT_EQ(SplitsFor(64, 8, 4, 132), 2);   // LLaMA-3-8B at batch 64: 512 CTAs a split
+  EXPECT_EQ(SplitsFor(64, 32, 1, 132), 1);  // LLaMA-7B: 2048 CTAs already
+  EXPECT_EQ(SplitsFor(1, 8, 4, 132), kMaxSplits);  // batch 1 wants 66
 }
 
 TEST(GraphBucket, CoversEachSizeWithFewBuckets) {
