@@ -233,8 +233,10 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(G))
 // out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max). One warp per (row, head), so that a
 // step's merge is as wide as its rows x heads: the lanes read the splits' lse (two each, for
 // kMaxSplits = 64) and share the weights; lane i then sums dims [4i, 4i + 4) over the splits,
-// whose loads are independent of each other.
+// kMergeBatch loads in flight at a time (a load behind a branch on the weight would wait for
+// the one before it: 64 splits cost 64 memory latencies, measured).
 static_assert(kMaxSplits <= 64);
+constexpr int kMergeBatch = 16;
 __global__ void __launch_bounds__(kMergeWarps * 32) MergeSplitsKernel(const DecodeAttentionArgs a) {
   const int H = a.num_heads, HD = a.head_dim, S = a.num_splits;
   const int item = blockIdx.x * kMergeWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -244,22 +246,34 @@ __global__ void __launch_bounds__(kMergeWarps * 32) MergeSplitsKernel(const Deco
   const float lse_lo = lane < S ? lse[lane * H] : kNegInf;
   const float lse_hi = lane + 32 < S ? lse[(lane + 32) * H] : kNegInf;
   const float mx = WarpMax(fmaxf(lse_lo, lse_hi));
-  // An empty split (lse -inf) weighs 0; so does every split of a row without a token.
+  // An empty split (lse -inf) weighs 0, and its o was never written: it is never read.
   const float w_lo = lse_lo == kNegInf ? 0.0f : exp2f(lse_lo - mx);
   const float w_hi = lse_hi == kNegInf ? 0.0f : exp2f(lse_hi - mx);
   const float sum = WarpSum<32>(w_lo + w_hi);
   const bool has_dims = lane * 4 < HD;
   const float* o_split = a.partial_o + (int64_t{row} * S * H + head) * HD + lane * 4;
   float4 o = make_float4(0, 0, 0, 0);
-#pragma unroll 4
-  for (int s = 0; s < S; ++s) {
-    const float w = __shfl_sync(0xffffffffu, s < 32 ? w_lo : w_hi, s % 32);
-    if (w == 0.0f || !has_dims) continue;
-    const float4 p = *reinterpret_cast<const float4*>(o_split + int64_t{s} * H * HD);
-    o.x = fmaf(w, p.x, o.x);
-    o.y = fmaf(w, p.y, o.y);
-    o.z = fmaf(w, p.z, o.z);
-    o.w = fmaf(w, p.w, o.w);
+  for (int s0 = 0; s0 < S; s0 += kMergeBatch) {
+    float w[kMergeBatch];
+    float4 p[kMergeBatch];
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const int s = s0 + i;
+      w[i] = __shfl_sync(0xffffffffu, s < 32 ? w_lo : w_hi, s % 32);
+      if (s < S && w[i] != 0.0f && has_dims) {
+        p[i] = *reinterpret_cast<const float4*>(o_split + int64_t{s} * H * HD);
+      } else {
+        w[i] = 0.0f;
+        p[i] = make_float4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      o.x = fmaf(w[i], p[i].x, o.x);
+      o.y = fmaf(w[i], p[i].y, o.y);
+      o.z = fmaf(w[i], p[i].z, o.z);
+      o.w = fmaf(w[i], p[i].w, o.w);
+    }
   }
   if (!has_dims) return;
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no token: zeros, like the CPU backend

@@ -118,7 +118,7 @@ int32_t DecodeRows(const StepBatch& batch, int32_t pad_rows) {
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t num_sms) {
   const int64_t ctas = int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
   const int64_t target = int64_t{DecodeCtasPerSm(group_size)} * std::max(num_sms, 1);
-  return static_cast<int32_t>(std::clamp<int64_t>((target + ctas - 1) / ctas, 1, kMaxSplits));
+  return static_cast<int32_t>(std::clamp<int64_t>(target / ctas, 1, kMaxSplits));
 }
 
 void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,

@@ -269,7 +269,7 @@ int Main(int argc, char** argv) {
   std::FILE* csv = std::fopen(csv_path.c_str(), "w");
   if (csv == nullptr) return 1;
   std::fprintf(csv, "shape,heads,kv_heads,head_dim,batch,context,fraction,block_size,splits,"
-                    "attended_tokens,blocks_read,dense_blocks,time_us,gbps,copy_gbps,pct_copy,"
+                    "min_split_tokens,attended_tokens,blocks_read,dense_blocks,time_us,gbps,copy_gbps,pct_copy,"
                     "dense_time_us,time_over_dense_x_fraction\n");
   std::vector<Result> results;
   std::map<std::tuple<std::string, int32_t, int32_t, int32_t, int32_t>, double> dense_us;
@@ -290,9 +290,9 @@ int Main(int argc, char** argv) {
     if (c.fraction >= 1.0) dense_us[key] = r.us;
     const double dense = dense_us.count(key) ? dense_us[key] : 0;
     const double ratio = dense > 0 ? r.us / (dense * c.fraction) : 0;
-    std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%.4f,%d,%d,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.2f,%.3f\n",
+    std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%.4f,%d,%d,%d,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.2f,%.3f\n",
                  c.shape.name.c_str(), c.shape.heads, c.shape.kv_heads, c.shape.head_dim, c.batch,
-                 c.context, c.fraction, c.block_size, r.splits,
+                 c.context, c.fraction, c.block_size, r.splits, min_split_tokens,
                  static_cast<long long>(r.attended_tokens), static_cast<long long>(r.blocks_read),
                  static_cast<long long>(r.dense_blocks), r.us, r.gbps, copy_gbps,
                  100 * r.gbps / copy_gbps, dense, ratio);

@@ -72,6 +72,14 @@ splits() {
   "$pack/bin/cuda_attention_bench" --csv "$work/attention_splits_7b.csv" --shapes llama7b \
     --batches 1 16 "${common[@]}" >"$work/attention_splits_7b.log" 2>&1 || status=1
   tail -n +2 "$work/attention_splits_7b.csv" >>"$work/attention_splits.csv"
+  # The backend's split count with longer minimum splits (SplitChunks' granularity).
+  local mst
+  for mst in 256 512; do
+    "$pack/bin/cuda_attention_bench" --csv "$work/attention_mst$mst.csv" --min-split-tokens $mst \
+      --batches 1 16 --contexts 2048 8192 32768 --blocks 16 --fractions 1 0.125 \
+      >"$work/attention_mst$mst.log" 2>&1 || status=1
+    tail -n +2 "$work/attention_mst$mst.csv" >>"$work/attention_splits.csv"
+  done
   grep -h ' splits ' "$work/attention_splits.log" "$work/attention_splits_7b.log" | tail -60
   cp "$work/attention_splits.csv" "$out/" 2>/dev/null
 }

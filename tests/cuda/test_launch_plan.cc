@@ -69,7 +69,7 @@ TEST(SplitChunks, EmptyRowHasEmptySplits) {
   for (int32_t b : bounds) EXPECT_EQ(b, 3);
 }
 
-TEST(SplitsFor, FillsEveryCtaSlotOnceWithoutMoreThanNeeded) {
+TEST(SplitsFor, MostSplitsThatFitOneWave) {
   for (int32_t group : {1, 2, 4, 8}) {
     const int64_t slots = int64_t{DecodeCtasPerSm(group)} * 132;
     for (int32_t rows : {1, 2, 16, 64, 256, 2048}) {
@@ -77,14 +77,15 @@ TEST(SplitsFor, FillsEveryCtaSlotOnceWithoutMoreThanNeeded) {
         const int32_t s = SplitsFor(rows, kv, group, 132);
         ASSERT_GE(s, 1);
         ASSERT_LE(s, kMaxSplits);
-        if (s < kMaxSplits) EXPECT_GE(int64_t{rows} * kv * s, slots);
-        if (s > 1) EXPECT_LT(int64_t{rows} * kv * (s - 1), slots);
+        if (s > 1) EXPECT_LE(int64_t{rows} * kv * s, slots);
+        if (s < kMaxSplits) EXPECT_GT(int64_t{rows} * kv * (s + 1), slots);
       }
     }
   }
-  EXPECT_EQ(SplitsFor(64, 8, 4, 132), 2);   // LLaMA-3-8B at batch 64: 512 CTAs a split
-  EXPECT_EQ(SplitsFor(64, 32, 1, 132), 1);  // LLaMA-7B: 2048 CTAs already
-  EXPECT_EQ(SplitsFor(1, 8, 4, 132), kMaxSplits);  // batch 1 wants 66
+  EXPECT_EQ(SplitsFor(16, 8, 4, 132), 4);   // LLaMA-3-8B, batch 16: 512 of 528 slots, not 640
+  EXPECT_EQ(SplitsFor(64, 8, 4, 132), 1);   // batch 64: 512 CTAs already
+  EXPECT_EQ(SplitsFor(1, 32, 1, 132), 16);  // LLaMA-7B, batch 1
+  EXPECT_EQ(SplitsFor(1, 8, 4, 132), kMaxSplits);
 }
 
 TEST(GraphBucket, CoversEachSizeWithFewBuckets) {
