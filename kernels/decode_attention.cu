@@ -1,7 +1,8 @@
 // Block-sparse paged decode attention with split-KV (flash-decoding).
 //
 // A CTA takes one (row, KV head, split): all query heads of the KV head (the GQA group, so each
-// KV byte is read once per step), and the chunks of its split. Its 128 threads form token
+// KV byte is read once per step), and the chunks of its split, cut into pieces of at most
+// PieceTokens(block_size) tokens (decode_geometry.h). Its 128 threads form token
 // groups of head_dim / 8 threads; a thread holds 8 dimensions (one 16-byte piece) of a K or V
 // row. A pass covers T = NG * U token slots over one chunk, or over T / block_size chunks when
 // blocks are small (decode_geometry.h); slots outside a chunk's [begin, end) are neither read
@@ -80,7 +81,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(G))
 
   // Where each of this thread's slots (j = u * NG + group) falls in a pass.
   const int B = a.block_size;
-  const PassGeometry geometry = PassGeometry::For(B, T);
+  const PassGeometry geometry = PassGeometry::For(PieceTokens(B), T);
   const int L = geometry.slots_per_chunk;
   int slot_chunk[U], slot_token[U];
   bool slot_used[U];

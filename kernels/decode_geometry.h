@@ -8,6 +8,15 @@
 
 namespace spanserve::gpu {
 
+// Chunks reach the decode kernel cut into pieces of at most PieceTokens(block size) tokens
+// (launch_plan's CutIntoPieces), so that a pass packs several pieces whatever the block size:
+// the edge of a partly attended block of 64 or 128 tokens then idles less than a piece's worth
+// of slots, not up to a whole pass's.
+inline constexpr int kMaxPieceTokens = 16;
+SPANSERVE_HOST_DEVICE inline int PieceTokens(int block_size) {
+  return block_size < kMaxPieceTokens ? block_size : kMaxPieceTokens;
+}
+
 struct PassGeometry {
   int slots_per_chunk;  // L = min(block_size, slots)
   int chunks_per_pass;  // P = slots / L; slots [P * L, slots) stay idle

@@ -50,7 +50,8 @@ cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uin
 
 // Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows): a
 // CTA takes the group of query heads of one KV head for one row and the chunks
-// [split_bounds[row][split], split_bounds[row][split + 1]). With one split it writes `out`
+// [split_bounds[row][split], split_bounds[row][split + 1]), each at most PieceTokens(block_size)
+// tokens long (CutIntoPieces). With one split it writes `out`
 // directly; otherwise it writes (o, lse) partials and a second kernel merges them into `out`.
 struct DecodeAttentionArgs {
   const uint16_t* q;          // bf16 [*][num_heads][head_dim], indexed by q_row

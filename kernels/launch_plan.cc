@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/decode_geometry.h"
+
 namespace spanserve::gpu {
 namespace {
 
@@ -44,9 +46,16 @@ int32_t SampledSeqs(const StepBatch& batch) {
   return n;
 }
 
-int32_t DecodeChunks(const StepBatch& batch) {
+// Pieces of the decode rows' chunks.
+int32_t DecodePieces(const StepBatch& batch, int32_t block_size) {
+  const int32_t piece = PieceTokens(block_size);
   int32_t n = 0;
-  for (const AttentionRow& row : batch.rows) n += row.causal ? 0 : row.chunk_end - row.chunk_begin;
+  for (const AttentionRow& row : batch.rows) {
+    if (row.causal) continue;
+    for (int32_t c = row.chunk_begin; c < row.chunk_end; ++c) {
+      n += std::max(1, (batch.chunks[c].end - batch.chunks[c].begin + piece - 1) / piece);
+    }
+  }
   return n;
 }
 
@@ -121,6 +130,19 @@ int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
   return static_cast<int32_t>(std::clamp<int64_t>(target / ctas, 1, kMaxSplits));
 }
 
+void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
+                   std::vector<KvChunk>* pieces) {
+  const int32_t piece = PieceTokens(block_size);
+  for (const KvChunk& c : chunks) {
+    int32_t begin = c.begin;
+    do {  // an empty chunk stays one empty piece
+      const int32_t end = std::min(c.end, begin + piece);
+      pieces->push_back({c.block, begin, end});
+      begin = end;
+    } while (begin < c.end);
+  }
+}
+
 void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,
                  int32_t base, int32_t* bounds) {
   const int32_t n = static_cast<int32_t>(chunks.size());
@@ -149,7 +171,7 @@ PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options) 
   need.rows = std::max(batch.num_rows(), options.pad_rows);
   need.logit_rows = padded ? need.rows : SampledSeqs(batch);
   need.table_entries = static_cast<int32_t>(batch.block_tables.size());
-  need.chunks = DecodeChunks(batch);
+  need.chunks = DecodePieces(batch, options.block_size);
   need.row_splits = DecodeRows(batch, options.pad_rows) * options.num_splits;
   ForEachPrefillJob(batch, options.prefill_tile_rows, [&](const PrefillJob&) { ++need.prefill_jobs; });
   return need;
@@ -189,23 +211,26 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
                 batch.block_tables.size() * sizeof(int32_t));
   }
 
-  // Decode rows: each non-causal row's chunks, copied in row order and cut into splits.
+  // Decode rows: each non-causal row's chunks, cut into pieces, copied in row order and
+  // grouped into splits.
   int32_t* q_row = At<int32_t>(blob, layout.decode_q_row);
   int32_t* bounds = At<int32_t>(blob, layout.split_bounds);
   ChunkEntry* chunks = At<ChunkEntry>(blob, layout.chunks);
+  std::vector<KvChunk> pieces;
   for (int32_t r = 0; r < plan.rows; ++r) {
     const bool real = r < n;
     if (real && batch.rows[r].causal) continue;
-    std::span<const KvChunk> row_chunks;
+    pieces.clear();
     if (real) {
       const AttentionRow& row = batch.rows[r];
-      row_chunks = {batch.chunks.data() + row.chunk_begin,
-                    static_cast<size_t>(row.chunk_end - row.chunk_begin)};
+      CutIntoPieces({batch.chunks.data() + row.chunk_begin,
+                     static_cast<size_t>(row.chunk_end - row.chunk_begin)},
+                    B, &pieces);
     }
     q_row[plan.decode_rows] = r;
-    SplitChunks(row_chunks, S, options.min_split_tokens, plan.chunks,
+    SplitChunks(pieces, S, options.min_split_tokens, plan.chunks,
                 bounds + int64_t{plan.decode_rows} * (S + 1));
-    for (const KvChunk& c : row_chunks) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
+    for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
     ++plan.decode_rows;
   }
 

@@ -48,7 +48,7 @@ struct PlanCapacity {
   int32_t rows = 0;           // rows of a step, padding included
   int32_t logit_rows = 0;
   int32_t table_entries = 0;
-  int32_t chunks = 0;         // decode rows' chunks
+  int32_t chunks = 0;         // decode rows' chunks, cut into pieces
   int32_t row_splits = 0;     // decode rows x splits: partial results of split-KV
   int32_t prefill_jobs = 0;
 
@@ -110,6 +110,11 @@ constexpr int32_t DecodeCtasPerSm(int32_t group_size) { return group_size <= 4 ?
 // once (one wave). A second wave only partly filled runs CTAs as long as the first with the GPU
 // mostly idle: 5 splits took 1.27x the time of 4 at batch 16, LLaMA-3-8B (kernels/NOTES.md).
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t num_sms);
+
+// Appends `chunks` to `pieces`, each cut into pieces of at most PieceTokens(block_size) tokens,
+// in order: the chunk list the decode kernel takes.
+void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
+                   std::vector<KvChunk>* pieces);
 
 // Cuts one row's chunks into max_splits splits balanced by cost (tokens + kChunkCost per chunk),
 // using at most ceil(cost / min_split_tokens) of them; the rest are empty. Writes the

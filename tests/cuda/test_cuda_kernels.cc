@@ -79,9 +79,11 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                                                     : RandomRanges(rng, ctx);
       AppendRangeChunks(ranges, table, B, &row_chunks[r]);
     }
-    gpu::SplitChunks(row_chunks[r], S, c.min_split_tokens, static_cast<int32_t>(entries.size()),
+    std::vector<KvChunk> pieces;
+    gpu::CutIntoPieces(row_chunks[r], B, &pieces);
+    gpu::SplitChunks(pieces, S, c.min_split_tokens, static_cast<int32_t>(entries.size()),
                      &bounds[size_t(r) * (S + 1)]);
-    for (const KvChunk& k : row_chunks[r]) entries.push_back({k.block, k.begin | (k.end << 16)});
+    for (const KvChunk& k : pieces) entries.push_back({k.block, k.begin | (k.end << 16)});
   }
   DeviceArray<int32_t> q_row_dev(q_row), bounds_dev(bounds);
   DeviceArray<ChunkEntry> chunks_dev(entries);

@@ -104,20 +104,49 @@ TEST(GraphBucket, CoversEachSizeWithFewBuckets) {
   EXPECT_LE(buckets.size(), 24u);
 }
 
+// A row's chunks cut into pieces: the same tokens of the same blocks, in order, each piece at
+// most PieceTokens(block size) long and empty only where its chunk was.
+TEST(CutIntoPieces, SameTokensInShortPieces) {
+  std::mt19937 rng(4);
+  for (int32_t B = 1; B <= 256; B += (B < 40 ? 1 : 23)) {
+    std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 1500);
+    chunks.insert(chunks.begin() + rng() % (chunks.size() + 1), {7, 3 % B, 3 % B});  // empty
+    std::vector<KvChunk> pieces = {{1, 0, 1}};  // appended to, not replaced
+    CutIntoPieces(chunks, B, &pieces);
+    ASSERT_EQ(pieces.front(), (KvChunk{1, 0, 1}));
+    std::vector<std::pair<int32_t, int32_t>> want, got;  // (block, token)
+    int32_t empty = 0;
+    for (const KvChunk& c : chunks) {
+      for (int32_t t = c.begin; t < c.end; ++t) want.push_back({c.block, t});
+    }
+    for (size_t i = 1; i < pieces.size(); ++i) {
+      const KvChunk& p = pieces[i];
+      ASSERT_LE(p.end - p.begin, PieceTokens(B)) << "B " << B;
+      ASSERT_LE(p.begin, p.end);
+      empty += p.begin == p.end;
+      for (int32_t t = p.begin; t < p.end; ++t) got.push_back({p.block, t});
+    }
+    EXPECT_EQ(got, want) << "B " << B;
+    EXPECT_EQ(empty, 1);
+  }
+}
+
 // The decode kernel's walk (its pass cursor and slot mapping, shared with it) reads every
-// attended token of every chunk exactly once and nothing else, for every block size and pass
+// attended token of every piece exactly once and nothing else, for every block size and pass
 // width, empty chunks included.
 TEST(PassGeometry, VisitsEveryAttendedTokenOnce) {
   std::mt19937 rng(2);
   for (int32_t slots : {16, 32, 64, 128}) {
     for (int32_t B = 1; B <= 256; B += (B < 40 ? 1 : 23)) {
-      const PassGeometry g = PassGeometry::For(B, slots);
+      const PassGeometry g = PassGeometry::For(PieceTokens(B), slots);
       for (int trial = 0; trial < 3; ++trial) {
-        std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 1500);
+        std::vector<KvChunk> row = RandomRowChunks(rng, B, 1 + rng() % 1500);
         for (int e = 0; e < 3; ++e) {  // empty chunks, which the engine does not make
-          const int32_t at = static_cast<int32_t>(rng() % (chunks.size() + 1)), t = rng() % B;
-          chunks.insert(chunks.begin() + at, {static_cast<int32_t>(rng() % 100), t, t});
+          const int32_t at = static_cast<int32_t>(rng() % (row.size() + 1)), t = rng() % B;
+          row.insert(row.begin() + at, {static_cast<int32_t>(rng() % 100), t, t});
         }
+        std::vector<KvChunk> chunks;
+        CutIntoPieces(row, B, &chunks);
         // A split of the row: chunks [first, last).
         const int32_t n = static_cast<int32_t>(chunks.size());
         const int32_t first = static_cast<int32_t>(rng() % (n + 1));
@@ -203,7 +232,7 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
                              batch.block_tables.size() * sizeof(int32_t)));
 
     // Decode rows: the non-causal rows (then the padding) in order, their splits concatenating
-    // to exactly their chunk lists.
+    // to exactly their chunk lists cut into pieces.
     std::vector<int32_t> expected_rows;
     for (int32_t r = 0; r < plan.rows; ++r) {
       if (r >= n || !batch.rows[r].causal) expected_rows.push_back(r);
@@ -225,8 +254,9 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
       ASSERT_LE(bounds[S], plan.chunks);
       std::vector<KvChunk> want;
       if (r < n) {
-        want.assign(batch.chunks.begin() + batch.rows[r].chunk_begin,
-                    batch.chunks.begin() + batch.rows[r].chunk_end);
+        CutIntoPieces({batch.chunks.data() + batch.rows[r].chunk_begin,
+                       static_cast<size_t>(batch.rows[r].chunk_end - batch.rows[r].chunk_begin)},
+                      B, &want);
       }
       ASSERT_EQ(got, want) << "row " << r;
     }
