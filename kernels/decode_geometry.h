@@ -18,7 +18,7 @@ SPANSERVE_HOST_DEVICE inline int PieceTokens(int block_size) {
 }
 
 struct PassGeometry {
-  int slots_per_chunk;  // L = min(block_size, slots)
+  int slots_per_chunk;  // L = min(piece length, slots)
   int chunks_per_pass;  // P = slots / L; slots [P * L, slots) stay idle
 
   SPANSERVE_HOST_DEVICE static PassGeometry For(int block_size, int slots) {
