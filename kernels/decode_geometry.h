@@ -1,7 +1,8 @@
 // How a decode-attention CTA walks its chunks (decode_attention.cu): each pass has `slots`
-// token slots; blocks shorter than a pass share it (chunks_per_pass chunks of slots_per_chunk
-// slots), blocks longer take several sub-passes over one chunk. Host and device share these
-// functions so that the mapping is tested on the CPU.
+// token slots; chunks shorter than a pass share it (chunks_per_pass chunks of slots_per_chunk
+// slots), chunks as long as a pass or longer take sub-passes over one chunk (the kernel's
+// pieces of at most 16 tokens always share: its passes have 32 or 64 slots). Host and device
+// share these functions so that the mapping is tested on the CPU.
 #pragma once
 
 #include "kernels/host_device.h"
