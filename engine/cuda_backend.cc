@@ -469,7 +469,8 @@ absl::Status CudaBackend::Init() {
   cap.logit_rows = std::max(options_.max_graph_rows, 256);
   cap.table_entries = 1 << 16;
   cap.chunks = 1 << 17;
-  cap.row_splits = cap.rows + 16 * num_sms_;
+  // SplitsFor keeps rows x splits within the rows (1 split) or the CTA slots over KV heads.
+  cap.row_splits = cap.rows + gpu::DecodeCtasPerSm(group()) * num_sms_;
   cap.prefill_jobs = cap.rows;
   const size_t fixed = weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
   size_t free = 0, total = 0;

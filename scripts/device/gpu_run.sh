@@ -65,19 +65,18 @@ kernels() {
 # The split-count sweep behind gpu::SplitsFor: each split count side by side in one run, at the
 # shapes where splits matter (LLaMA-3-8B's 8 KV heads; LLaMA-7B at batches under 64).
 splits() {
-  local common=(--contexts 2048 8192 32768 --blocks 16 --fractions 1 0.125
-                --splits 0 1 2 4 8 16 32 64)
+  local grid=(--contexts 2048 8192 32768 --blocks 16 --fractions 1 0.125)
+  local counts=(--splits 0 1 2 4 8 16 32 64)
   "$pack/bin/cuda_attention_bench" --csv "$work/attention_splits.csv" --shapes llama3_8b \
-    --batches 1 16 64 "${common[@]}" >"$work/attention_splits.log" 2>&1 || status=1
+    --batches 1 16 64 "${grid[@]}" "${counts[@]}" >"$work/attention_splits.log" 2>&1 || status=1
   "$pack/bin/cuda_attention_bench" --csv "$work/attention_splits_7b.csv" --shapes llama7b \
-    --batches 1 16 "${common[@]}" >"$work/attention_splits_7b.log" 2>&1 || status=1
+    --batches 1 16 "${grid[@]}" "${counts[@]}" >"$work/attention_splits_7b.log" 2>&1 || status=1
   tail -n +2 "$work/attention_splits_7b.csv" >>"$work/attention_splits.csv"
   # The backend's split count with longer minimum splits (SplitChunks' granularity).
   local mst
   for mst in 256 512; do
     "$pack/bin/cuda_attention_bench" --csv "$work/attention_mst$mst.csv" --min-split-tokens $mst \
-      --batches 1 16 --contexts 2048 8192 32768 --blocks 16 --fractions 1 0.125 \
-      >"$work/attention_mst$mst.log" 2>&1 || status=1
+      --batches 1 16 "${grid[@]}" >"$work/attention_mst$mst.log" 2>&1 || status=1
     tail -n +2 "$work/attention_mst$mst.csv" >>"$work/attention_splits.csv"
   done
   grep -h ' splits ' "$work/attention_splits.log" "$work/attention_splits_7b.log" | tail -60
