@@ -188,7 +188,7 @@ class CudaBackend : public Backend {
   gpu::PlanCapacity cap_;
   gpu::PlanLayout layout_;
   DeviceBuffer x_, delta_, xn_, qkv_, q_, attn_, gate_up_, act_, logits_, probs_, tokens_,
-      partial_o_, partial_lse_, row_index_, plan_dev_;
+      partial_o_, partial_lse_, split_counters_, row_index_, plan_dev_;
   PinnedBuffer plan_host_, tokens_host_;
 
   std::map<int32_t, cudaGraphExec_t> graphs_;  // by bucket; nullptr: capture failed, run eagerly
@@ -375,6 +375,7 @@ size_t CudaBackend::StepBufferBytes(const gpu::PlanCapacity& cap) const {
   return rows * (2 * H * 4 + (q_dim() + 2 * kv_dim()) * 4 + 2 * q_dim() * 2 + 2 * I * 4 + I * 2) +
          std::max(rows, logit_rows) * (H * 2 + 4) + logit_rows * (2 * V * 4 + 4) +
          size_t(cap.row_splits) * c_.num_heads * (c_.head_dim + 1) * 4 +
+         rows * c_.num_kv_heads * 4 +
          2 * gpu::PlanLayout::For(cap).total;
 }
 
@@ -398,6 +399,7 @@ absl::Status CudaBackend::AllocateStepBuffers(const gpu::PlanCapacity& cap) {
       {&tokens_, logit_rows * 4},
       {&partial_o_, size_t(cap.row_splits) * q_dim() * 4},
       {&partial_lse_, size_t(cap.row_splits) * c_.num_heads * 4},
+      {&split_counters_, rows * c_.num_kv_heads * 4},
       {&row_index_, norm_rows * 4},
       {&plan_dev_, layout_.total},
   };
@@ -406,6 +408,11 @@ absl::Status CudaBackend::AllocateStepBuffers(const gpu::PlanCapacity& cap) {
   }
   if (absl::Status s = plan_host_.Allocate(layout_.total, "step metadata"); !s.ok()) return s;
   if (absl::Status s = tokens_host_.Allocate(logit_rows * 4, "sampled tokens"); !s.ok()) return s;
+  // The decode kernel's split counters start at zero; its merging CTAs leave them at zero.
+  if (cudaError_t e = cudaMemset(split_counters_.as<int32_t>(), 0, split_counters_.bytes());
+      e != cudaSuccess) {
+    return CudaError(e, "split counters");
+  }
   // row_index_ = 0, 1, 2, ...: the row map for logits of all rows, a slice at a time.
   std::vector<int32_t> iota(norm_rows);
   for (size_t i = 0; i < norm_rows; ++i) iota[i] = static_cast<int32_t>(i);
@@ -470,7 +477,8 @@ absl::Status CudaBackend::Init() {
   cap.table_entries = 1 << 16;
   cap.chunks = 1 << 17;
   // SplitsFor keeps rows x splits within the rows (1 split) or the CTA slots over KV heads.
-  cap.row_splits = cap.rows + gpu::DecodeCtasPerSm(group()) * num_sms_;
+  cap.row_splits =
+      cap.rows + gpu::DecodeCtasPerSm(gpu::DecodeKernel::kAuto, c_.head_dim, group()) * num_sms_;
   cap.prefill_jobs = cap.rows;
   const size_t fixed = weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
   size_t free = 0, total = 0;
@@ -577,7 +585,8 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
                                     Plan<gpu::ChunkEntry>(layout_.chunks), s.decode_rows,
                                     s.num_splits, c_.num_heads, c_.num_kv_heads, c_.head_dim,
                                     block_size_, scale, partial_o_.as<float>(),
-                                    partial_lse_.as<float>(), attn_.as<uint16_t>()};
+                                    partial_lse_.as<float>(), attn_.as<uint16_t>(),
+                                    split_counters_.as<int32_t>()};
     check(gpu::LaunchDecodeAttention(decode, stream_), "decode attention");
     Gemm(check, attn_.as<uint16_t>(), n, q_dim(), w.wo, H, delta_.as<float>());
     check(gpu::LaunchAddRmsNorm(x_.as<float>(), delta_.as<float>(), w.ffn_norm, nullptr, n, H, eps,
@@ -688,7 +697,7 @@ absl::Status CudaBackend::Step(const StepBatch& batch, StepOutput* out) {
   plan_options.pad_rows = graph ? gpu::GraphBucket(n) : 0;
   plan_options.num_splits =
       gpu::SplitsFor(gpu::DecodeRows(batch, plan_options.pad_rows), c_.num_kv_heads, group(),
-                    num_sms_);
+                    c_.head_dim, num_sms_);
   plan_options.prefill_tile_rows = gpu::PrefillTileRows(group());
   plan_options.scratch_block = num_blocks_;
   if (absl::Status s = EnsureCapacity(gpu::NeededCapacity(batch, plan_options)); !s.ok()) return s;

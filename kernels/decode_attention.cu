@@ -1,4 +1,5 @@
-// Block-sparse paged decode attention with split-KV (flash-decoding).
+// Block-sparse paged decode attention with split-KV (flash-decoding), on CUDA cores; the launch
+// of both decode kernels (the tensor-core one is in decode_attention_tc.cu).
 //
 // A CTA takes one (row, KV head, split): all query heads of the KV head (the GQA group, so each
 // KV byte is read once per step), and the chunks of its split, cut into pieces of at most
@@ -10,43 +11,24 @@
 // kStages - 1 passes ahead of the one it computes, and reads back only what it copied itself:
 // the loop needs no CTA barrier, and the bytes in flight do not depend on registers. Each
 // group keeps its own online softmax (fp32, log2 domain); the groups merge through shared
-// memory at the end; with several splits a second kernel merges the splits' (o, lse).
-#include "kernels/common.cuh"
+// memory at the end (FinishDecodeCta).
+#include "kernels/decode_attention_common.cuh"
 #include "kernels/decode_geometry.h"
-#include "kernels/kernels.h"
 
 namespace spanserve::gpu {
 namespace {
 
-constexpr int kDecodeThreads = 128;
 constexpr int kMergeWarps = 4;
 constexpr int kStages = 3;   // passes in shared memory: one computed, two in flight
 constexpr int kUnroll = 4;   // token slots per token group and pass
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Shared memory of a decode CTA: kStages x (K, V) x T x head_dim bf16, where T x head_dim =
 // threads x 8 x kUnroll for every head dim: 48 KiB, reused by the final merge of the groups.
 constexpr int kDecodeSmemBytes = kStages * 2 * kDecodeThreads * 8 * kUnroll * sizeof(uint16_t);
 static_assert(kDecodeSmemBytes == 48 * 1024);
 
-__device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range & 0xffff; }
-__device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
-
-// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (nothing is read then).
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void CopyAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
 template <int HD, int G>
-__global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(G))
+__global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::kCudaCores, HD, G))
     DecodeAttentionKernel(const DecodeAttentionArgs a) {
   constexpr int U = kUnroll;
   constexpr int LANES = HD / 8;               // threads per token row, 16 bytes each
@@ -205,83 +187,27 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(G))
     dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < G * HD; i += kDecodeThreads) {
-    const int g = i / HD, d = i % HD;
-    float mx = kNegInf;
-#pragma unroll
-    for (int grp = 0; grp < NG; ++grp) mx = fmaxf(mx, sm_m[grp * G + g]);
-    float sum = 0.0f, o = 0.0f;
-    if (mx != kNegInf) {
-#pragma unroll
-      for (int grp = 0; grp < NG; ++grp) {
-        const float w = exp2f(sm_m[grp * G + g] - mx);
-        sum = fmaf(sm_l[grp * G + g], w, sum);
-        o = fmaf(sm_acc[(grp * G + g) * HD + d], w, o);
-      }
-    }
-    const float value = sum > 0.0f ? o / sum : 0.0f;  // no token: zeros, like the CPU backend
-    const int head = kv_head * G + g;
-    if (a.num_splits == 1) {
-      a.out[(q_row * a.num_heads + head) * HD + d] = FloatToBf16Bits(value);
-    } else {
-      const int64_t part = (int64_t{row} * a.num_splits + split) * a.num_heads + head;
-      a.partial_o[part * HD + d] = value;
-      if (d == 0) a.partial_lse[part] = sum > 0.0f ? mx + log2f(sum) : kNegInf;
-    }
-  }
+  FinishDecodeCta<HD, G, NG>(a, sm_acc, row, kv_head, split, q_row);
 }
 
+// The split merge as a second kernel, for launches without split counters:
 // out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max). One warp per (row, head), so that a
-// step's merge is as wide as its rows x heads: the lanes read the splits' lse (two each, for
-// kMaxSplits = 64) and share the weights; lane i then sums dims [4i, 4i + 4) over the splits,
-// kMergeBatch loads in flight at a time (a load behind a branch on the weight would wait for
-// the one before it: 64 splits cost 64 memory latencies, measured).
-static_assert(kMaxSplits <= 64);
-constexpr int kMergeBatch = 16;
+// step's merge is as wide as its rows x heads; lane i sums dims [4i, 4i + 4) over the splits.
 __global__ void __launch_bounds__(kMergeWarps * 32) MergeSplitsKernel(const DecodeAttentionArgs a) {
   const int H = a.num_heads, HD = a.head_dim, S = a.num_splits;
   const int item = blockIdx.x * kMergeWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (item >= a.num_rows * H) return;  // whole warps leave
   const int row = item / H, head = item % H;
-  const float* lse = a.partial_lse + int64_t{row} * S * H + head;
-  const float lse_lo = lane < S ? lse[lane * H] : kNegInf;
-  const float lse_hi = lane + 32 < S ? lse[(lane + 32) * H] : kNegInf;
-  const float mx = WarpMax(fmaxf(lse_lo, lse_hi));
-  // An empty split (lse -inf) weighs 0, and its o was never written: it is never read.
-  const float w_lo = lse_lo == kNegInf ? 0.0f : exp2f(lse_lo - mx);
-  const float w_hi = lse_hi == kNegInf ? 0.0f : exp2f(lse_hi - mx);
-  const float sum = WarpSum<32>(w_lo + w_hi);
+  float w_lo, w_hi, sum;
+  SplitWeights(a.partial_lse + int64_t{row} * S * H + head, H, S, lane, &w_lo, &w_hi, &sum);
   const bool has_dims = lane * 4 < HD;
   const float* o_split = a.partial_o + (int64_t{row} * S * H + head) * HD + lane * 4;
-  float4 o = make_float4(0, 0, 0, 0);
-  for (int s0 = 0; s0 < S; s0 += kMergeBatch) {
-    float w[kMergeBatch];
-    float4 p[kMergeBatch];
-#pragma unroll
-    for (int i = 0; i < kMergeBatch; ++i) {
-      const int s = s0 + i;
-      w[i] = __shfl_sync(0xffffffffu, s < 32 ? w_lo : w_hi, s % 32);
-      if (s < S && w[i] != 0.0f && has_dims) {
-        p[i] = *reinterpret_cast<const float4*>(o_split + int64_t{s} * H * HD);
-      } else {
-        w[i] = 0.0f;
-        p[i] = make_float4(0, 0, 0, 0);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kMergeBatch; ++i) {
-      o.x = fmaf(w[i], p[i].x, o.x);
-      o.y = fmaf(w[i], p[i].y, o.y);
-      o.z = fmaf(w[i], p[i].z, o.z);
-      o.w = fmaf(w[i], p[i].w, o.w);
-    }
-  }
+  const float4 o = SumSplits(o_split, int64_t{H} * HD, S, has_dims, [&](int s) {
+    return __shfl_sync(0xffffffffu, s < 32 ? w_lo : w_hi, s % 32);
+  });
   if (!has_dims) return;
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no token: zeros, like the CPU backend
-  const uint32_t lo = FloatToBf16Bits(o.x * inv) | uint32_t{FloatToBf16Bits(o.y * inv)} << 16;
-  const uint32_t hi = FloatToBf16Bits(o.z * inv) | uint32_t{FloatToBf16Bits(o.w * inv)} << 16;
-  const int64_t q_row = a.q_row[row];
-  *reinterpret_cast<uint2*>(a.out + (q_row * H + head) * HD + lane * 4) = make_uint2(lo, hi);
+  StoreBf16x4(a.out + (int64_t{a.q_row[row]} * H + head) * HD + lane * 4, o, inv);
 }
 
 template <int HD>
@@ -311,9 +237,11 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& a, cudaStream_t str
       a.num_splits > kMaxSplits || a.block_size < 1 || a.block_size > 256 || a.num_rows > 65535) {
     return cudaErrorInvalidValue;
   }
-  const cudaError_t err = a.head_dim == 64 ? LaunchForHeadDim<64>(a, stream)
-                                           : LaunchForHeadDim<128>(a, stream);
-  if (err != cudaSuccess || a.num_splits == 1) return err;
+  const DecodeKernel kernel = ResolveDecodeKernel(a.kernel, a.num_heads / a.num_kv_heads);
+  const cudaError_t err = kernel == DecodeKernel::kTensorCores ? LaunchDecodeAttentionTc(a, stream)
+                          : a.head_dim == 64                   ? LaunchForHeadDim<64>(a, stream)
+                                                               : LaunchForHeadDim<128>(a, stream);
+  if (err != cudaSuccess || a.num_splits == 1 || a.split_counters != nullptr) return err;
   const int64_t warps = int64_t{a.num_rows} * a.num_heads;
   MergeSplitsKernel<<<(warps + kMergeWarps - 1) / kMergeWarps, kMergeWarps * 32, 0, stream>>>(a);
   return cudaGetLastError();

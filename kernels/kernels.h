@@ -51,8 +51,11 @@ cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uin
 // Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows): a
 // CTA takes the group of query heads of one KV head for one row and the chunks
 // [split_bounds[row][split], split_bounds[row][split + 1]), each at most PieceTokens(block_size)
-// tokens long (CutIntoPieces). With one split it writes `out`
-// directly; otherwise it writes (o, lse) partials and a second kernel merges them into `out`.
+// tokens long (CutIntoPieces). With one split it writes `out` directly; otherwise each CTA
+// writes its (o, lse) partials, and the splits are merged into `out`: by the last CTA of each
+// (row, KV head) to finish, counted in split_counters, or, without counters, by a second kernel.
+// The counters start at zero and the merging CTA zeroes them again, so that a captured graph
+// replays; launches sharing counters must not overlap (one stream).
 struct DecodeAttentionArgs {
   const uint16_t* q;          // bf16 [*][num_heads][head_dim], indexed by q_row
   const uint16_t* k_cache;
@@ -65,6 +68,8 @@ struct DecodeAttentionArgs {
   float* partial_o;           // fp32 [num_rows][num_splits][num_heads][head_dim]
   float* partial_lse;         // fp32 [num_rows][num_splits][num_heads], log2 domain
   uint16_t* out;              // bf16 [*][num_heads][head_dim], indexed by q_row
+  int32_t* split_counters = nullptr;  // [num_rows][num_kv_heads], zeros; null: a merge kernel
+  DecodeKernel kernel = DecodeKernel::kAuto;
 };
 cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream);
 

@@ -102,14 +102,33 @@ int32_t GraphBucket(int32_t rows);
 // Rows of the decode kernel: the non-causal rows, or all padded rows.
 int32_t DecodeRows(const StepBatch& batch, int32_t pad_rows);
 
-// CTAs of the decode kernel resident on one SM: its registers are capped for 4 up to 4 query
-// heads per KV head; 8 heads hold 128 registers of Q and accumulators alone, so 2.
-constexpr int32_t DecodeCtasPerSm(int32_t group_size) { return group_size <= 4 ? 4 : 2; }
+// The decode attention kernels (decode_attention.cu). CUDA cores: each thread holds 16 bytes of
+// a K or V row and the group's queries, so a group of G costs G dot products, shuffles and exp2
+// per token. Tensor cores: a warp takes 16-token tiles through mma.sync with the group padded
+// to 8 heads, so the loop costs the same for any group. kAuto takes tensor cores for groups of
+// 4 and more (the CUDA-core loop reached 95% of copy bandwidth at a group of 4, 100% at 1).
+enum class DecodeKernel : int32_t { kAuto, kCudaCores, kTensorCores };
+constexpr DecodeKernel ResolveDecodeKernel(DecodeKernel kernel, int32_t group_size) {
+  if (kernel != DecodeKernel::kAuto) return kernel;
+  return group_size >= 4 ? DecodeKernel::kTensorCores : DecodeKernel::kCudaCores;
+}
+
+// CTAs of a decode kernel resident on one SM. CUDA cores: 48 KiB of shared memory each, and
+// registers capped for 4 up to 4 query heads per KV head; 8 heads hold 128 registers of Q and
+// accumulators alone, so 2. Tensor cores: 3 stages x 4 warps x 16 tokens of K and V, 96 KiB at
+// head dim 128 (2 a SM), 48 KiB at 64.
+constexpr int32_t DecodeCtasPerSm(DecodeKernel kernel, int32_t head_dim, int32_t group_size) {
+  if (ResolveDecodeKernel(kernel, group_size) == DecodeKernel::kTensorCores) {
+    return head_dim <= 64 ? 4 : 2;
+  }
+  return group_size <= 4 ? 4 : 2;
+}
 
 // Splits per decode row: the most with which rows x kv heads x splits CTAs are all resident at
 // once (one wave). A second wave only partly filled runs CTAs as long as the first with the GPU
 // mostly idle: 5 splits took 1.27x the time of 4 at batch 16, LLaMA-3-8B (kernels/NOTES.md).
-int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t num_sms);
+int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
+                  int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
 
 // Appends `chunks` to `pieces`, each cut into pieces of at most PieceTokens(block_size) tokens,
 // in order: the chunk list the decode kernel takes.

@@ -41,6 +41,21 @@ struct Config {
   int32_t batch, context, block_size;
   double fraction;
   int32_t splits = 0;  // 0: the backend's choice (gpu::SplitsFor)
+  gpu::DecodeKernel kernel = gpu::DecodeKernel::kAuto;
+  bool fused_merge = true;  // splits merged by the last CTA (the backend's way), or a second kernel
+
+  // The kernel as run, and the merge: "tensor_cores/fused".
+  std::string Variant() const {
+    const gpu::DecodeKernel k = gpu::ResolveDecodeKernel(kernel, shape.heads / shape.kv_heads);
+    return std::string(k == gpu::DecodeKernel::kTensorCores ? "tensor_cores" : "cuda_cores") +
+           (fused_merge ? "/fused" : "/merge_kernel");
+  }
+  // Whether this is what the backend runs (kAuto's kernel, fused merge).
+  bool IsBackendChoice() const {
+    const int32_t group = shape.heads / shape.kv_heads;
+    return fused_merge && gpu::ResolveDecodeKernel(kernel, group) ==
+                              gpu::ResolveDecodeKernel(gpu::DecodeKernel::kAuto, group);
+  }
 };
 
 struct Result {
@@ -132,7 +147,9 @@ class Bench {
               Check(Alloc(&v_, pool_elems_ * 2), "V pool") &&
               Check(Alloc(&q_, max_q * 2), "q") && Check(Alloc(&out_, max_q * 2), "out") &&
               Check(Alloc(&partial_o_, max_q * 4 * gpu::kMaxSplits), "partials") &&
-              Check(Alloc(&partial_lse_, max_q / 64 * 4 * gpu::kMaxSplits + 4096), "lse");
+              Check(Alloc(&partial_lse_, max_q / 64 * 4 * gpu::kMaxSplits + 4096), "lse") &&
+              Check(Alloc(&counters_, max_q / 64 * 4 + 4096), "split counters") &&
+              Check(cudaMemset(counters_, 0, max_q / 64 * 4 + 4096), "split counters");
     ok = ok && Check(FillRandomBf16(k_, pool_elems_, 1, nullptr), "fill") &&
          Check(FillRandomBf16(v_, pool_elems_, 2, nullptr), "fill") &&
          Check(FillRandomBf16(q_, max_q, 3, nullptr), "fill") && Check(cudaDeviceSynchronize(), "fill");
@@ -154,7 +171,7 @@ class Bench {
     options.block_size = B;
     options.num_splits = c.splits > 0 ? c.splits
                                       : gpu::SplitsFor(c.batch, s.kv_heads, s.heads / s.kv_heads,
-                                                       num_sms_);
+                                                       s.head_dim, num_sms_, c.kernel);
     options.min_split_tokens = min_split_tokens_;
     result->config = c;
     result->splits = options.num_splits;
@@ -200,7 +217,8 @@ class Bench {
                    reinterpret_cast<const int32_t*>(at(layout.split_bounds)),
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
-                   1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_};
+                   1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
+                   c.fused_merge ? counters_ : nullptr, c.kernel};
     }
     if (ok) {
       result->us = MedianLaunchUs([&](int set) { gpu::LaunchDecodeAttention(args[set], nullptr); }, sets);
@@ -230,6 +248,7 @@ class Bench {
   int64_t pool_elems_ = 0;
   uint16_t *k_ = nullptr, *v_ = nullptr, *q_ = nullptr, *out_ = nullptr;
   float *partial_o_ = nullptr, *partial_lse_ = nullptr;
+  int32_t* counters_ = nullptr;
   std::map<std::pair<int32_t, int64_t>, std::vector<int32_t>> orders_;
 };
 
@@ -240,6 +259,7 @@ int Main(int argc, char** argv) {
   std::vector<double> fractions = {1.0, 0.5, 0.25, 0.125};
   std::vector<int32_t> splits = {0};
   std::vector<std::string> shape_names = {"llama7b", "llama3_8b"};
+  std::vector<std::string> kernel_names = {"auto"}, merge_names = {"fused"};
   int32_t min_split_tokens = gpu::PlanOptions{}.min_split_tokens;
   app.add_option("--csv", csv_path, "where the results go");
   app.add_option("--batches", batches);
@@ -249,6 +269,10 @@ int Main(int argc, char** argv) {
   app.add_option("--min-split-tokens", min_split_tokens, "the backend's split granularity");
   app.add_option("--splits", splits, "split counts to time (0: the backend's choice)");
   app.add_option("--shapes", shape_names, "llama7b (32 heads of 128), llama3_8b (8 KV heads)");
+  app.add_option("--kernels", kernel_names, "auto (the backend's choice), cuda_cores, tensor_cores")
+      ->check(CLI::IsMember({"auto", "cuda_cores", "tensor_cores"}));
+  app.add_option("--merges", merge_names, "fused (the last CTA merges the splits), kernel")
+      ->check(CLI::IsMember({"fused", "kernel"}));
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Shape> shapes;
@@ -268,11 +292,12 @@ int Main(int argc, char** argv) {
   std::printf("device copy bandwidth %.0f GB/s (read + write), %d SMs\n", copy_gbps, bench.num_sms());
   std::FILE* csv = std::fopen(csv_path.c_str(), "w");
   if (csv == nullptr) return 1;
-  std::fprintf(csv, "shape,heads,kv_heads,head_dim,batch,context,fraction,block_size,splits,"
+  std::fprintf(csv, "shape,heads,kv_heads,head_dim,batch,context,fraction,block_size,variant,backend_choice,splits,"
                     "min_split_tokens,attended_tokens,blocks_read,dense_blocks,time_us,gbps,copy_gbps,pct_copy,"
                     "dense_time_us,time_over_dense_x_fraction\n");
   std::vector<Result> results;
-  std::map<std::tuple<std::string, int32_t, int32_t, int32_t, int32_t>, double> dense_us;
+  using Key = std::tuple<std::string, int32_t, int32_t, int32_t, int32_t, std::string>;
+  std::map<Key, double> dense_us;
   // Dense (fraction 1) first within each (shape, block, batch, context, splits), so each sparse
   // row has its dense time to compare with.
   std::vector<Config> configs;
@@ -281,25 +306,32 @@ int Main(int argc, char** argv) {
       for (int32_t batch : batches)
         for (int32_t context : contexts)
           for (int32_t split_count : splits)
-            for (double fraction : fractions)
-              configs.push_back({shape, batch, context, B, fraction, split_count});
+            for (const std::string& kernel : kernel_names)
+              for (const std::string& merge : merge_names)
+                for (double fraction : fractions)
+                  configs.push_back({shape, batch, context, B, fraction, split_count,
+                                     kernel == "cuda_cores"     ? gpu::DecodeKernel::kCudaCores
+                                     : kernel == "tensor_cores" ? gpu::DecodeKernel::kTensorCores
+                                                                : gpu::DecodeKernel::kAuto,
+                                     merge == "fused"});
   for (const Config& c : configs) {
     Result r;
     if (!bench.Run(c, &r)) return 1;
-    const auto key = std::make_tuple(c.shape.name, c.block_size, c.batch, c.context, c.splits);
+    const Key key{c.shape.name, c.block_size, c.batch, c.context, c.splits, c.Variant()};
     if (c.fraction >= 1.0) dense_us[key] = r.us;
     const double dense = dense_us.count(key) ? dense_us[key] : 0;
     const double ratio = dense > 0 ? r.us / (dense * c.fraction) : 0;
-    std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%.4f,%d,%d,%d,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.2f,%.3f\n",
+    std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%.4f,%d,%s,%d,%d,%d,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.2f,%.3f\n",
                  c.shape.name.c_str(), c.shape.heads, c.shape.kv_heads, c.shape.head_dim, c.batch,
-                 c.context, c.fraction, c.block_size, r.splits, min_split_tokens,
+                 c.context, c.fraction, c.block_size, c.Variant().c_str(), int{c.IsBackendChoice()}, r.splits, min_split_tokens,
                  static_cast<long long>(r.attended_tokens), static_cast<long long>(r.blocks_read),
                  static_cast<long long>(r.dense_blocks), r.us, r.gbps, copy_gbps,
                  100 * r.gbps / copy_gbps, dense, ratio);
     std::fflush(csv);
-    std::printf("%-9s B%-3d batch %-2d ctx %-5d splits %-2d f %.3f: %9.1f us %7.0f GB/s %5.1f%% of "
-                "copy%s\n",
-                c.shape.name.c_str(), c.block_size, c.batch, c.context, r.splits, c.fraction, r.us,
+    std::printf("%-9s %-25s B%-3d batch %-2d ctx %-5d splits %-2d f %.3f: %9.1f us %7.0f GB/s "
+                "%5.1f%% of copy%s\n",
+                c.shape.name.c_str(), c.Variant().c_str(), c.block_size, c.batch, c.context,
+                r.splits, c.fraction, r.us,
                 r.gbps, 100 * r.gbps / copy_gbps,
                 c.fraction < 1 ? (" sparse/(dense*f) " + std::to_string(ratio)).c_str() : "");
     results.push_back(r);
@@ -310,15 +342,15 @@ int Main(int argc, char** argv) {
   // dense time x fraction.
   std::printf("\nsummary at batch 64, context 8192 (targets: >= 80%% of copy bandwidth, "
               "sparse time <= 1.2 x dense time x fraction)\n");
-  std::printf("%-10s %5s %6s %6s %10s %8s %7s %8s\n", "shape", "block", "splits", "frac",
-              "time_us", "GB/s", "%copy", "ratio");
+  std::printf("%-10s %-25s %5s %6s %6s %10s %8s %7s %8s\n", "shape", "variant", "block", "splits",
+              "frac", "time_us", "GB/s", "%copy", "ratio");
   for (const Result& r : results) {
     const Config& c = r.config;
     if (c.batch != 64 || c.context != 8192) continue;
     const double dense =
-        dense_us[std::make_tuple(c.shape.name, c.block_size, c.batch, c.context, c.splits)];
-    std::printf("%-10s %5d %6d %6.3f %10.1f %8.0f %6.1f%% %8.3f\n", c.shape.name.c_str(),
-                c.block_size, r.splits, c.fraction, r.us, r.gbps, 100 * r.gbps / copy_gbps,
+        dense_us[Key{c.shape.name, c.block_size, c.batch, c.context, c.splits, c.Variant()}];
+    std::printf("%-10s %-25s %5d %6d %6.3f %10.1f %8.0f %6.1f%% %8.3f\n", c.shape.name.c_str(),
+                c.Variant().c_str(), c.block_size, r.splits, c.fraction, r.us, r.gbps, 100 * r.gbps / copy_gbps,
                 r.us / (dense * c.fraction));
   }
   return 0;

@@ -154,6 +154,8 @@ def compare(ours_path, torch_rows, out_path):
     ours = {}
     with open(ours_path) as f:
         for r in csv.DictReader(f):
+            if r.get("backend_choice", "1") != "1":  # an A/B variant the backend does not run
+                continue
             key = (r["shape"], int(r["batch"]), int(r["context"]), float(r["fraction"]))
             ours.setdefault(key, {})[int(r["block_size"])] = float(r["time_us"])
     rows, failures = [], 0

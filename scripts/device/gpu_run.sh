@@ -7,6 +7,7 @@
 #                                       FlexAttention on the same shapes, joined
 #   scripts/device/gpu_run.sh e2e       SELF_SELECTED against DENSE on a LLaMA-7B-shaped model
 #   scripts/device/gpu_run.sh splits    decode attention at each split count, LLaMA-3-8B shapes
+#   scripts/device/gpu_run.sh ab        both decode kernels x both split merges, side by side
 #   scripts/device/gpu_run.sh all       check, kernels, e2e in turn (longer than one 10-minute
 #                                       command)
 # GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
@@ -82,6 +83,27 @@ splits() {
   grep -h ' splits ' "$work/attention_splits.log" "$work/attention_splits_7b.log" | tail -60
   cp "$work/attention_splits.csv" "$out/" 2>/dev/null
 }
+# The decode kernels (CUDA cores, tensor cores) and the split merges (a second kernel, the last
+# CTA) side by side in one run, dense and at fraction 0.125, block 16: what kAuto and the
+# backend's fused merge are chosen from.
+ab() {
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention_ab.csv" --blocks 16 --fractions 1 0.125 \
+    --kernels cuda_cores tensor_cores --merges kernel fused >"$work/attention_ab.log" 2>&1 || status=1
+  python3 - "$work/attention_ab.csv" <<'PY'
+import csv, sys
+cells, variants = {}, []
+for r in csv.DictReader(open(sys.argv[1])):
+    key = (r["shape"], int(r["batch"]), int(r["context"]), float(r["fraction"]))
+    cells.setdefault(key, {})[r["variant"]] = (float(r["time_us"]), int(r["splits"]))
+    if r["variant"] not in variants:
+        variants.append(r["variant"])
+print("shape      batch   ctx  frac " + " ".join(f"{v:>26s}" for v in variants))
+for key, row in cells.items():
+    print(f"{key[0]:10s} {key[1]:5d} {key[2]:5d} {key[3]:5.3f} " + " ".join(
+        f"{row[v][0]:20.1f} us s{row[v][1]:<2d}" if v in row else f"{'-':>26s}" for v in variants))
+PY
+  cp "$work/attention_ab.csv" "$out/" 2>/dev/null
+}
 e2e() {
   timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --json "$work/e2e.json" ${E2E_ARGS:-} \
     >"$work/e2e.log" 2>&1 || status=1
@@ -93,8 +115,9 @@ case $phase in
   kernels) kernels ;;
   e2e) e2e ;;
   splits) splits ;;
+  ab) ab ;;
   all) check; kernels; e2e ;;
-  *) echo "usage: $0 check|kernels|e2e|splits|all"; exit 2 ;;
+  *) echo "usage: $0 check|kernels|e2e|splits|ab|all"; exit 2 ;;
 esac
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .
 exit $status

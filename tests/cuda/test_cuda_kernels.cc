@@ -89,37 +89,51 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
   DeviceArray<ChunkEntry> chunks_dev(entries);
   DeviceArray<float> partial_o(size_t(rows) * S * H * hd), partial_lse(size_t(rows) * S * H);
   DeviceArray<uint16_t> out(size_t(q_rows) * H * hd);
-  partial_o.Poison();
-  partial_lse.Poison();
-  out.Poison();
+  DeviceArray<int32_t> counters(std::vector<int32_t>(size_t(rows) * c.kv_heads, 0));
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
-                                      q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
-                                      rows, S, H, c.kv_heads, hd, B, scale,
-                                      partial_o.get(), partial_lse.get(), out.get()};
-  SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
-  const std::vector<float> got = ToFloats(out.Download());
-
-  std::vector<bool> addressed(q_rows, false);
+  std::vector<std::vector<double>> want(rows);
   for (int32_t r = 0; r < rows; ++r) {
-    const int32_t qr = q_row[r];
-    addressed[qr] = true;
-    std::vector<double> want;
     for (int32_t h = 0; h < H; ++h) {
-      const std::span<const float> qh(&q[(size_t(qr) * H + h) * hd], hd);
+      const std::span<const float> qh(&q[(size_t(q_row[r]) * H + h) * hd], hd);
       const std::vector<double> ref = RefAttention(qh, caches.k.data(), caches.v.data(),
                                                    caches.layout, h / c.group, row_chunks[r], scale);
-      want.insert(want.end(), ref.begin(), ref.end());
+      want[r].insert(want[r].end(), ref.begin(), ref.end());
     }
-    const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
-    EXPECT_LT(MaxRelErr(row_out, want), kTolerance)
-        << "row " << r << " hd " << hd << " G " << c.group << " B " << B << " splits " << S
-        << " chunks " << row_chunks[r].size();
   }
-  for (int32_t qr = 0; qr < q_rows; ++qr) {
-    if (addressed[qr]) continue;
-    for (int32_t i = 0; i < H * hd; ++i) {
-      ASSERT_TRUE(std::isnan(got[size_t(qr) * H * hd + i])) << "q row " << qr << " was written";
+  // Both kernels; splits merged by a second kernel and by the last CTA (twice: the counters
+  // must be back at zero for the next launch, as a graph replay needs).
+  for (const gpu::DecodeKernel kernel : {gpu::DecodeKernel::kCudaCores, gpu::DecodeKernel::kTensorCores}) {
+    for (const int merge : {0, 1, 2}) {
+      if (S == 1 && merge > 0) continue;
+      partial_o.Poison();
+      partial_lse.Poison();
+      out.Poison();
+      const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
+                                          q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
+                                          rows, S, H, c.kv_heads, hd, B, scale,
+                                          partial_o.get(), partial_lse.get(), out.get(),
+                                          merge > 0 ? counters.get() : nullptr, kernel};
+      SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
+      const std::vector<float> got = ToFloats(out.Download());
+      const char* name = kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores";
+      const char* merged = merge == 0 ? "merge kernel" : "merged in the last CTA";
+      std::vector<bool> addressed(q_rows, false);
+      for (int32_t r = 0; r < rows; ++r) {
+        const int32_t qr = q_row[r];
+        addressed[qr] = true;
+        const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
+        EXPECT_LT(MaxRelErr(row_out, want[r]), kTolerance)
+            << name << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
+            << " B " << B << " splits " << S << " chunks " << row_chunks[r].size();
+      }
+      for (int32_t qr = 0; qr < q_rows; ++qr) {
+        if (addressed[qr]) continue;
+        for (int32_t i = 0; i < H * hd; ++i) {
+          ASSERT_TRUE(std::isnan(got[size_t(qr) * H * hd + i]))
+              << name << ": q row " << qr << " was written";
+        }
+      }
+      for (const int32_t count : counters.Download()) ASSERT_EQ(count, 0) << name << ", " << merged;
     }
   }
 }
@@ -167,7 +181,7 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
     const StepBatch batch = RandomBatch(rng, spec);
     gpu::PlanOptions options;
     options.block_size = spec.block_size;
-    options.num_splits = gpu::SplitsFor(gpu::DecodeRows(batch, 0), kvh, group, 132);
+    options.num_splits = gpu::SplitsFor(gpu::DecodeRows(batch, 0), kvh, group, hd, 132);
     options.prefill_tile_rows = gpu::PrefillTileRows(group);
     const gpu::PlanLayout layout = gpu::PlanLayout::For(gpu::NeededCapacity(batch, options));
     std::vector<uint8_t> blob(layout.total);
@@ -182,6 +196,7 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
     DeviceArray<uint16_t> out(size_t(n) * H * hd);
     DeviceArray<float> partial_o(size_t(plan.decode_rows) * plan.num_splits * H * hd + 1);
     DeviceArray<float> partial_lse(size_t(plan.decode_rows) * plan.num_splits * H + 1);
+    DeviceArray<int32_t> counters(std::vector<int32_t>(size_t(plan.decode_rows) * kvh + 1, 0));
     out.Poison();
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const gpu::PrefillAttentionArgs prefill{
@@ -196,7 +211,7 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
         reinterpret_cast<const int32_t*>(at(layout.split_bounds)),
         reinterpret_cast<const ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
         plan.num_splits, H, kvh, hd, spec.block_size, scale, partial_o.get(), partial_lse.get(),
-        out.get()};
+        out.get(), counters.get()};
     SyncOk(gpu::LaunchPrefillAttention(prefill, nullptr));
     SyncOk(gpu::LaunchDecodeAttention(decode, nullptr));
     const std::vector<float> got = ToFloats(out.Download());

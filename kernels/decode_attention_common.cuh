@@ -1,0 +1,169 @@
+// What the two decode attention kernels (decode_attention.cu: CUDA cores; decode_attention_tc.cu:
+// tensor cores) share: the cp.async copies, the chunk entries, and the end of a CTA, which
+// combines its partial softmaxes and writes the output, or the split's partials and, for the
+// last split of a (row, KV head) to finish, the merge of all splits.
+#pragma once
+
+#include "kernels/common.cuh"
+#include "kernels/kernels.h"
+
+namespace spanserve::gpu {
+
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr float kLog2e = 1.4426950408889634f;
+// Splits merged with this many loads in flight: a load behind a branch on the split's weight
+// would wait for the one before it (64 splits cost 64 memory latencies, measured).
+constexpr int kMergeBatch = 16;
+static_assert(kMaxSplits <= 64, "a warp reads the splits' lse two a lane");
+
+__device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range & 0xffff; }
+__device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
+
+// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (nothing is read then).
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void CopyAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// sum_s weight(s) * o[s * stride .. + 4) over s < S, kMergeBatch loads in flight; splits of
+// weight 0 are not read (an empty split's o was never written). weight(s) is called by every
+// lane of the warp for the same s (it may shuffle).
+template <typename WeightOf>
+__device__ __forceinline__ float4 SumSplits(const float* o, int64_t stride, int S, bool has_dims,
+                                            WeightOf weight) {
+  float4 sum = make_float4(0, 0, 0, 0);
+  for (int s0 = 0; s0 < S; s0 += kMergeBatch) {
+    float w[kMergeBatch];
+    float4 p[kMergeBatch];
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const int s = s0 + i;
+      w[i] = weight(s < S ? s : 0);
+      if (s < S && w[i] != 0.0f && has_dims) {
+        p[i] = __ldcg(reinterpret_cast<const float4*>(o + s * stride));
+      } else {
+        w[i] = 0.0f;
+        p[i] = make_float4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      sum.x = fmaf(w[i], p[i].x, sum.x);
+      sum.y = fmaf(w[i], p[i].y, sum.y);
+      sum.z = fmaf(w[i], p[i].z, sum.z);
+      sum.w = fmaf(w[i], p[i].w, sum.w);
+    }
+  }
+  return sum;
+}
+
+// Four dims of one head, scaled by inv, as bf16 at `out`.
+__device__ __forceinline__ void StoreBf16x4(uint16_t* out, float4 o, float inv) {
+  const uint32_t lo = FloatToBf16Bits(o.x * inv) | uint32_t{FloatToBf16Bits(o.y * inv)} << 16;
+  const uint32_t hi = FloatToBf16Bits(o.z * inv) | uint32_t{FloatToBf16Bits(o.w * inv)} << 16;
+  *reinterpret_cast<uint2*>(out) = make_uint2(lo, hi);
+}
+
+// The splits' weights 2^(lse_s - max) of one head, a warp's work: lanes read two lse each.
+// Returns the weight of split `lane` (lo) and `lane + 32` (hi); *sum is the warp's total.
+__device__ __forceinline__ void SplitWeights(const float* lse, int64_t stride, int S, int lane,
+                                             float* w_lo, float* w_hi, float* sum) {
+  const float lse_lo = lane < S ? __ldcg(lse + lane * stride) : kNegInf;
+  const float lse_hi = lane + 32 < S ? __ldcg(lse + (lane + 32) * stride) : kNegInf;
+  const float mx = WarpMax(fmaxf(lse_lo, lse_hi));
+  // An empty split (lse -inf) weighs 0.
+  *w_lo = lse_lo == kNegInf ? 0.0f : exp2f(lse_lo - mx);
+  *w_hi = lse_hi == kNegInf ? 0.0f : exp2f(lse_hi - mx);
+  *sum = WarpSum<32>(*w_lo + *w_hi);
+}
+
+// The merge of all splits of the G heads of one (row, KV head), by the CTA that finished last.
+// smem: at least G x (kMaxSplits + 1) floats.
+template <int HD, int G>
+__device__ void MergeSplitsInCta(const DecodeAttentionArgs& a, float* smem, int row, int kv_head,
+                                 int64_t q_row) {
+  const int S = a.num_splits, H = a.num_heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* sm_w = smem;                       // [G][kMaxSplits]
+  float* sm_inv = smem + G * kMaxSplits;    // [G]
+  for (int g = warp; g < G; g += kDecodeWarps) {
+    float w_lo, w_hi, sum;
+    SplitWeights(a.partial_lse + int64_t{row} * S * H + kv_head * G + g, H, S, lane, &w_lo, &w_hi,
+                 &sum);
+    sm_w[g * kMaxSplits + lane] = w_lo;
+    sm_w[g * kMaxSplits + lane + 32] = w_hi;
+    if (lane == 0) sm_inv[g] = sum > 0.0f ? 1.0f / sum : 0.0f;  // no token: zeros
+  }
+  __syncthreads();
+  constexpr int kQuads = HD / 4;
+  for (int i = threadIdx.x; i < G * kQuads; i += kDecodeThreads) {
+    const int g = i / kQuads, d = (i % kQuads) * 4, head = kv_head * G + g;
+    const float* o = a.partial_o + (int64_t{row} * S * H + head) * HD + d;
+    const float4 sum = SumSplits(o, int64_t{H} * HD, S, true,
+                                 [&](int s) { return sm_w[g * kMaxSplits + s]; });
+    StoreBf16x4(a.out + (q_row * H + head) * HD + d, sum, sm_inv[g]);
+  }
+}
+
+// The end of a decode CTA: NG partial softmaxes of its G heads, in shared memory as
+// sm_acc [NG][G][HD], sm_m [NG][G], sm_l [NG][G] (log2 domain), combined into the CTA's result.
+// One split: written to `out`. Several: written as the split's partials; with counters, the
+// last CTA of the (row, KV head) to finish merges the splits.
+template <int HD, int G, int NG>
+__device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int row, int kv_head,
+                                int split, int64_t q_row) {
+  const float* sm_acc = smem;
+  const float* sm_m = sm_acc + NG * G * HD;
+  const float* sm_l = sm_m + NG * G;
+  for (int i = threadIdx.x; i < G * HD; i += kDecodeThreads) {
+    const int g = i / HD, d = i % HD;
+    float mx = kNegInf;
+#pragma unroll
+    for (int grp = 0; grp < NG; ++grp) mx = fmaxf(mx, sm_m[grp * G + g]);
+    float sum = 0.0f, o = 0.0f;
+    if (mx != kNegInf) {
+#pragma unroll
+      for (int grp = 0; grp < NG; ++grp) {
+        const float w = exp2f(sm_m[grp * G + g] - mx);
+        sum = fmaf(sm_l[grp * G + g], w, sum);
+        o = fmaf(sm_acc[(grp * G + g) * HD + d], w, o);
+      }
+    }
+    const float value = sum > 0.0f ? o / sum : 0.0f;  // no token: zeros, like the CPU backend
+    const int head = kv_head * G + g;
+    if (a.num_splits == 1) {
+      a.out[(q_row * a.num_heads + head) * HD + d] = FloatToBf16Bits(value);
+    } else {
+      const int64_t part = (int64_t{row} * a.num_splits + split) * a.num_heads + head;
+      a.partial_o[part * HD + d] = value;
+      if (d == 0) a.partial_lse[part] = sum > 0.0f ? mx + log2f(sum) : kNegInf;
+    }
+  }
+  if (a.num_splits == 1 || a.split_counters == nullptr) return;
+  // Count this split in; the partials are visible device-wide before the count is.
+  __shared__ int is_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* counter = a.split_counters + int64_t{row} * a.num_kv_heads + kv_head;
+    is_last = atomicAdd(counter, 1) == a.num_splits - 1;
+    if (is_last) *counter = 0;  // every split has counted: ready for the next launch
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  MergeSplitsInCta<HD, G>(a, smem, row, kv_head, q_row);
+}
+
+// The tensor-core kernel's launcher (decode_attention_tc.cu), for groups of 1 to 8.
+cudaError_t LaunchDecodeAttentionTc(const DecodeAttentionArgs& a, cudaStream_t stream);
+
+}  // namespace spanserve::gpu
