@@ -21,11 +21,21 @@ __device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range 
 __device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
 
 // 16 bytes global -> shared, bypassing L1; zero-filled when !valid (nothing is read then).
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid) {
+// prefetch_l2: DecodeAttentionArgs::l2_prefetch_bytes (warp-uniform), the L2 fetch size hint.
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid,
+                                            int prefetch_l2) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
+  const int bytes = valid ? 16 : 0;
+  if (prefetch_l2 == 256) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(bytes) : "memory");
+  } else if (prefetch_l2 == 128) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(bytes) : "memory");
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(bytes) : "memory");
+  }
 }
 __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>
@@ -148,17 +158,19 @@ __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int r
     }
   }
   if (a.num_splits == 1 || a.split_counters == nullptr) return;
-  // Count this split in; the partials are visible device-wide before the count is.
-  __shared__ int is_last;
+  // Count this split in; the partials are visible device-wide before the count is. The flag
+  // sits past what MergeSplitsInCta uses of the dynamic shared memory (a static __shared__
+  // would add to the 48 KiB the CUDA-core kernel takes, over the default limit).
+  int* is_last = reinterpret_cast<int*>(smem + G * (kMaxSplits + 1));
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
     int32_t* counter = a.split_counters + int64_t{row} * a.num_kv_heads + kv_head;
-    is_last = atomicAdd(counter, 1) == a.num_splits - 1;
-    if (is_last) *counter = 0;  // every split has counted: ready for the next launch
+    *is_last = atomicAdd(counter, 1) == a.num_splits - 1;
+    if (*is_last) *counter = 0;  // every split has counted: ready for the next launch
   }
   __syncthreads();
-  if (!is_last) return;
+  if (!*is_last) return;
   __threadfence();
   MergeSplitsInCta<HD, G>(a, smem, row, kv_head, q_row);
 }

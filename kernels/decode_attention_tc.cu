@@ -153,8 +153,10 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
         const int flat = i * 32 + lane, t = flat / PIECES, piece = flat % PIECES;
         const int64_t offset = token_offset(issue_c0, issue_sub, copy_slot[i]);
         const int64_t src = offset < 0 ? 0 : offset + piece * 8;
-        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, offset >= 0);
-        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, offset >= 0);
+        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, offset >= 0,
+                    a.l2_prefetch_bytes);
+        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, offset >= 0,
+                    a.l2_prefetch_bytes);
       }
       valid_bits = uint32_t{token_offset(issue_c0, issue_sub, row_slot[0]) >= 0} |
                    uint32_t{token_offset(issue_c0, issue_sub, row_slot[1]) >= 0} << 1;

@@ -83,24 +83,34 @@ splits() {
   grep -h ' splits ' "$work/attention_splits.log" "$work/attention_splits_7b.log" | tail -60
   cp "$work/attention_splits.csv" "$out/" 2>/dev/null
 }
-# The decode kernels (CUDA cores, tensor cores) and the split merges (a second kernel, the last
-# CTA) side by side in one run, dense and at fraction 0.125, block 16: what kAuto and the
-# backend's fused merge are chosen from.
+# The decode kernels (CUDA cores, tensor cores), the split merges (a second kernel, the last
+# CTA) and the copies' L2 fetch hints side by side in one run, dense and at fraction 0.125,
+# block 16; then the tensor-core kernel at each split count for LLaMA-3-8B: what kAuto, the
+# merge, the hint and SplitsFor are chosen from.
 ab() {
-  "$pack/bin/cuda_attention_bench" --csv "$work/attention_ab.csv" --blocks 16 --fractions 1 0.125 \
-    --kernels cuda_cores tensor_cores --merges kernel fused >"$work/attention_ab.log" 2>&1 || status=1
+  local grid=(--blocks 16 --fractions 1 0.125 --merges fused kernel --l2-prefetch 0 128 256)
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention_ab.csv" --shapes llama7b "${grid[@]}" \
+    --kernels cuda_cores tensor_cores >"$work/attention_ab.log" 2>&1 || status=1
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention_ab_gqa.csv" --shapes llama3_8b \
+    "${grid[@]}" --kernels tensor_cores >"$work/attention_ab_gqa.log" 2>&1 || status=1
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention_ab_splits.csv" --shapes llama3_8b \
+    --kernels tensor_cores --blocks 16 --fractions 1 --splits 1 2 3 4 6 8 16 33 64 \
+    >"$work/attention_ab_splits.log" 2>&1 || status=1
+  tail -n +2 "$work/attention_ab_gqa.csv" >>"$work/attention_ab.csv"
+  tail -n +2 "$work/attention_ab_splits.csv" >>"$work/attention_ab.csv"
   python3 - "$work/attention_ab.csv" <<'PY'
 import csv, sys
 cells, variants = {}, []
 for r in csv.DictReader(open(sys.argv[1])):
-    key = (r["shape"], int(r["batch"]), int(r["context"]), float(r["fraction"]))
-    cells.setdefault(key, {})[r["variant"]] = (float(r["time_us"]), int(r["splits"]))
-    if r["variant"] not in variants:
-        variants.append(r["variant"])
-print("shape      batch   ctx  frac " + " ".join(f"{v:>26s}" for v in variants))
+    key = (r["shape"], int(r["batch"]), int(r["context"]), float(r["fraction"]), int(r["splits"]))
+    v = r["variant"].replace("tensor_cores", "tc").replace("cuda_cores", "cc").replace("merge_kernel", "mk")
+    cells.setdefault(key, {})[v] = float(r["time_us"])
+    if v not in variants:
+        variants.append(v)
+print("shape      batch   ctx  frac spl " + " ".join(f"{v:>13s}" for v in variants))
 for key, row in cells.items():
-    print(f"{key[0]:10s} {key[1]:5d} {key[2]:5d} {key[3]:5.3f} " + " ".join(
-        f"{row[v][0]:20.1f} us s{row[v][1]:<2d}" if v in row else f"{'-':>26s}" for v in variants))
+    print(f"{key[0]:10s} {key[1]:5d} {key[2]:5d} {key[3]:5.3f} {key[4]:3d} " + " ".join(
+        f"{row[v]:13.1f}" if v in row else f"{'-':>13s}" for v in variants))
 PY
   cp "$work/attention_ab.csv" "$out/" 2>/dev/null
 }
