@@ -89,25 +89,26 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     uint32_t valid_bits = 0;
     if (issue_c0 < c_end) {
       uint16_t* k_stage = smem + stage * 2 * STAGE;
+      // Every slot's chunk entry is read before the first copy is issued: a copy is a compiler
+      // memory barrier, so reads between copies would each wait a full latency.
+      int64_t offset[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int c = issue_c0 + slot_chunk[u];
-        const uint16_t* k_src = a.k_cache;
-        const uint16_t* v_src = a.v_cache;
-        bool valid = false;
+        offset[u] = -1;
         if (slot_used[u] && c < c_end) {
           const ChunkEntry e = a.chunks[c];
           const int t = ChunkBegin(e) + issue_sub * L + slot_token[u];
-          if (t < ChunkEnd(e)) {
-            valid = true;
-            const int64_t offset = e.block * block_stride + head_offset + int64_t{t} * HD;
-            k_src += offset;
-            v_src += offset;
-          }
+          if (t < ChunkEnd(e)) offset[u] = e.block * block_stride + head_offset + int64_t{t} * HD;
         }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const bool valid = offset[u] >= 0;
+        const int64_t src = valid ? offset[u] : 0;
         const int slot = (u * NG + group) * HD + lane * 8;
-        CopyAsync16(k_stage + slot, k_src, valid, a.l2_prefetch_bytes);
-        CopyAsync16(k_stage + STAGE + slot, v_src, valid, a.l2_prefetch_bytes);
+        CopyAsync16(k_stage + slot, a.k_cache + src, valid, a.l2_prefetch_bytes);
+        CopyAsync16(k_stage + STAGE + slot, a.v_cache + src, valid, a.l2_prefetch_bytes);
         valid_bits |= uint32_t{valid} << u;
       }
       ++passes;

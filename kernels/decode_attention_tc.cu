@@ -148,18 +148,21 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     if (issue_c0 < c_end) {
       uint16_t* k_tile = smem + (stage * kDecodeWarps + warp) * 2 * TILE;
       uint16_t* v_tile = k_tile + TILE;
+      // Every slot's chunk entry is read before the first copy is issued: a copy is a compiler
+      // memory barrier, so reads between copies would each wait a full latency.
+      int64_t offset[COPIES];
 #pragma unroll
-      for (int i = 0; i < COPIES; ++i) {
-        const int flat = i * 32 + lane, t = flat / PIECES, piece = flat % PIECES;
-        const int64_t offset = token_offset(issue_c0, issue_sub, copy_slot[i]);
-        const int64_t src = offset < 0 ? 0 : offset + piece * 8;
-        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, offset >= 0,
-                    a.l2_prefetch_bytes);
-        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, offset >= 0,
-                    a.l2_prefetch_bytes);
-      }
+      for (int i = 0; i < COPIES; ++i) offset[i] = token_offset(issue_c0, issue_sub, copy_slot[i]);
       valid_bits = uint32_t{token_offset(issue_c0, issue_sub, row_slot[0]) >= 0} |
                    uint32_t{token_offset(issue_c0, issue_sub, row_slot[1]) >= 0} << 1;
+#pragma unroll
+      for (int i = 0; i < COPIES; ++i) {
+        const int piece = (i * 32 + lane) % PIECES, t = (i * 32 + lane) / PIECES;
+        const bool valid = offset[i] >= 0;
+        const int64_t src = valid ? offset[i] + piece * 8 : 0;
+        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, valid, a.l2_prefetch_bytes);
+        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, valid, a.l2_prefetch_bytes);
+      }
       ++passes;
       geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
     }
