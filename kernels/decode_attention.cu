@@ -107,8 +107,8 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
         const bool valid = offset[u] >= 0;
         const int64_t src = valid ? offset[u] : 0;
         const int slot = (u * NG + group) * HD + lane * 8;
-        CopyAsync16(k_stage + slot, a.k_cache + src, valid, a.l2_prefetch_bytes);
-        CopyAsync16(k_stage + STAGE + slot, a.v_cache + src, valid, a.l2_prefetch_bytes);
+        CopyAsync16(k_stage + slot, a.k_cache + src, valid);
+        CopyAsync16(k_stage + STAGE + slot, a.v_cache + src, valid);
         valid_bits |= uint32_t{valid} << u;
       }
       ++passes;
@@ -235,8 +235,7 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& a, cudaStream_t str
   if (a.num_rows == 0) return cudaSuccess;
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0 ||
       !AttentionSupports(a.head_dim, a.num_heads / a.num_kv_heads) || a.num_splits < 1 ||
-      a.num_splits > kMaxSplits || a.block_size < 1 || a.block_size > 256 || a.num_rows > 65535 ||
-      (a.l2_prefetch_bytes != 0 && a.l2_prefetch_bytes != 128 && a.l2_prefetch_bytes != 256)) {
+      a.num_splits > kMaxSplits || a.block_size < 1 || a.block_size > 256 || a.num_rows > 65535) {
     return cudaErrorInvalidValue;
   }
   const DecodeKernel kernel = ResolveDecodeKernel(a.kernel, a.num_heads / a.num_kv_heads);

@@ -21,21 +21,13 @@ __device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range 
 __device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
 
 // 16 bytes global -> shared, bypassing L1; zero-filled when !valid (nothing is read then).
-// prefetch_l2: DecodeAttentionArgs::l2_prefetch_bytes (warp-uniform), the L2 fetch size hint.
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid,
-                                            int prefetch_l2) {
+// The L2 fetches 256 bytes a miss: 1-2% faster at the memory roof for both kernels than no
+// hint or 128 (measured side by side, bench/results/cuda/2026-11-23/session4).
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;
-  if (prefetch_l2 == 256) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-                 "r"(bytes) : "memory");
-  } else if (prefetch_l2 == 128) {
-    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-                 "r"(bytes) : "memory");
-  } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-                 "r"(bytes) : "memory");
-  }
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
 }
 __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>

@@ -148,20 +148,40 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     if (issue_c0 < c_end) {
       uint16_t* k_tile = smem + (stage * kDecodeWarps + warp) * 2 * TILE;
       uint16_t* v_tile = k_tile + TILE;
-      // Every slot's chunk entry is read before the first copy is issued: a copy is a compiler
-      // memory barrier, so reads between copies would each wait a full latency.
-      int64_t offset[COPIES];
+      int64_t offset[COPIES];  // of each copy's token in the cache, -1 where it has none
+      if (L == kTileTokens) {
+        // Blocks of 16 tokens or more: this warp's tile is one piece, chunk c0 + warp, one
+        // entry read (ncu: the general walk below made the loop issue-bound, 0.33 of a
+        // scheduler's slots against cuDNN's 0.12).
+        const int c = issue_c0 + warp;
+        int count = 0;
+        int64_t base = 0;
+        if (c < c_end) {
+          const ChunkEntry e = a.chunks[c];
+          count = ChunkEnd(e) - ChunkBegin(e);
+          base = e.block * block_stride + head_offset + int64_t{ChunkBegin(e)} * HD;
+        }
 #pragma unroll
-      for (int i = 0; i < COPIES; ++i) offset[i] = token_offset(issue_c0, issue_sub, copy_slot[i]);
-      valid_bits = uint32_t{token_offset(issue_c0, issue_sub, row_slot[0]) >= 0} |
-                   uint32_t{token_offset(issue_c0, issue_sub, row_slot[1]) >= 0} << 1;
+        for (int i = 0; i < COPIES; ++i) {
+          const int t = (i * 32 + lane) / PIECES;
+          offset[i] = t < count ? base + t * HD : -1;
+        }
+        valid_bits = uint32_t{quad < count} | uint32_t{quad + 8 < count} << 1;
+      } else {
+        // Every slot's chunk entry is read before the first copy is issued: a copy is a
+        // compiler memory barrier, so reads between copies would each wait a full latency.
+#pragma unroll
+        for (int i = 0; i < COPIES; ++i) offset[i] = token_offset(issue_c0, issue_sub, copy_slot[i]);
+        valid_bits = uint32_t{token_offset(issue_c0, issue_sub, row_slot[0]) >= 0} |
+                     uint32_t{token_offset(issue_c0, issue_sub, row_slot[1]) >= 0} << 1;
+      }
 #pragma unroll
       for (int i = 0; i < COPIES; ++i) {
         const int piece = (i * 32 + lane) % PIECES, t = (i * 32 + lane) / PIECES;
         const bool valid = offset[i] >= 0;
         const int64_t src = valid ? offset[i] + piece * 8 : 0;
-        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, valid, a.l2_prefetch_bytes);
-        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, valid, a.l2_prefetch_bytes);
+        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, valid);
+        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, valid);
       }
       ++passes;
       geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);

@@ -70,9 +70,6 @@ struct DecodeAttentionArgs {
   uint16_t* out;              // bf16 [*][num_heads][head_dim], indexed by q_row
   int32_t* split_counters = nullptr;  // [num_rows][num_kv_heads], zeros; null: a merge kernel
   DecodeKernel kernel = DecodeKernel::kAuto;
-  // The copies' L2 fetch size hint: 0 (none), 128 or 256 (256: 1-2% faster at the memory
-  // roof for both kernels, measured side by side; bench/results/cuda/2026-11-23/session4).
-  int32_t l2_prefetch_bytes = 256;
 };
 cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream);
 

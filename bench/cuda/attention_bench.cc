@@ -43,19 +43,17 @@ struct Config {
   int32_t splits = 0;  // 0: the backend's choice (gpu::SplitsFor)
   gpu::DecodeKernel kernel = gpu::DecodeKernel::kAuto;
   bool fused_merge = true;  // splits merged by the last CTA (the backend's way), or a second kernel
-  int32_t l2_prefetch = gpu::DecodeAttentionArgs{}.l2_prefetch_bytes;
 
   // The kernel as run, and the merge: "tensor_cores/fused".
   std::string Variant() const {
     const gpu::DecodeKernel k = gpu::ResolveDecodeKernel(kernel, shape.heads / shape.kv_heads);
     return std::string(k == gpu::DecodeKernel::kTensorCores ? "tensor_cores" : "cuda_cores") +
-           (fused_merge ? "/fused" : "/merge_kernel") + "/l2pf" + std::to_string(l2_prefetch);
+           (fused_merge ? "/fused" : "/merge_kernel");
   }
   // Whether this is what the backend runs (kAuto's kernel, fused merge).
   bool IsBackendChoice() const {
     const int32_t group = shape.heads / shape.kv_heads;
-    return fused_merge && l2_prefetch == gpu::DecodeAttentionArgs{}.l2_prefetch_bytes &&
-           gpu::ResolveDecodeKernel(kernel, group) ==
+    return fused_merge && gpu::ResolveDecodeKernel(kernel, group) ==
                               gpu::ResolveDecodeKernel(gpu::DecodeKernel::kAuto, group);
   }
 };
@@ -220,7 +218,7 @@ class Bench {
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
-                   c.fused_merge ? counters_ : nullptr, c.kernel, c.l2_prefetch};
+                   c.fused_merge ? counters_ : nullptr, c.kernel};
     }
     if (ok) {
       result->us = MedianLaunchUs([&](int set) { gpu::LaunchDecodeAttention(args[set], nullptr); }, sets);
@@ -262,7 +260,6 @@ int Main(int argc, char** argv) {
   std::vector<int32_t> splits = {0};
   std::vector<std::string> shape_names = {"llama7b", "llama3_8b"};
   std::vector<std::string> kernel_names = {"auto"}, merge_names = {"fused"};
-  std::vector<int32_t> l2_prefetches = {gpu::DecodeAttentionArgs{}.l2_prefetch_bytes};
   int32_t min_split_tokens = gpu::PlanOptions{}.min_split_tokens;
   app.add_option("--csv", csv_path, "where the results go");
   app.add_option("--batches", batches);
@@ -276,8 +273,6 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cuda_cores", "tensor_cores"}));
   app.add_option("--merges", merge_names, "fused (the last CTA merges the splits), kernel")
       ->check(CLI::IsMember({"fused", "kernel"}));
-  app.add_option("--l2-prefetch", l2_prefetches, "the copies' L2 fetch size hints: 0, 128, 256")
-      ->check(CLI::IsMember({0, 128, 256}));
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Shape> shapes;
@@ -313,13 +308,12 @@ int Main(int argc, char** argv) {
           for (int32_t split_count : splits)
             for (const std::string& kernel : kernel_names)
               for (const std::string& merge : merge_names)
-                for (int32_t prefetch : l2_prefetches)
-                  for (double fraction : fractions)
-                    configs.push_back({shape, batch, context, B, fraction, split_count,
-                                       kernel == "cuda_cores"     ? gpu::DecodeKernel::kCudaCores
-                                       : kernel == "tensor_cores" ? gpu::DecodeKernel::kTensorCores
-                                                                  : gpu::DecodeKernel::kAuto,
-                                       merge == "fused", prefetch});
+                for (double fraction : fractions)
+                  configs.push_back({shape, batch, context, B, fraction, split_count,
+                                     kernel == "cuda_cores"     ? gpu::DecodeKernel::kCudaCores
+                                     : kernel == "tensor_cores" ? gpu::DecodeKernel::kTensorCores
+                                                                : gpu::DecodeKernel::kAuto,
+                                     merge == "fused"});
   for (const Config& c : configs) {
     Result r;
     if (!bench.Run(c, &r)) return 1;

@@ -83,12 +83,12 @@ splits() {
   grep -h ' splits ' "$work/attention_splits.log" "$work/attention_splits_7b.log" | tail -60
   cp "$work/attention_splits.csv" "$out/" 2>/dev/null
 }
-# The decode kernels (CUDA cores, tensor cores), the split merges (a second kernel, the last
-# CTA) and the copies' L2 fetch hints side by side in one run, dense and at fraction 0.125,
+# The decode kernels (CUDA cores, tensor cores) and the split merges (a second kernel, the last
+# CTA) side by side in one run, dense and at fraction 0.125,
 # block 16; then the tensor-core kernel at each split count for LLaMA-3-8B: what kAuto, the
-# merge, the hint and SplitsFor are chosen from.
+# merge and SplitsFor are chosen from.
 ab() {
-  local grid=(--blocks 16 --fractions 1 0.125 --merges fused kernel --l2-prefetch 0 128 256)
+  local grid=(--blocks 16 --fractions 1 0.125 --merges fused kernel)
   "$pack/bin/cuda_attention_bench" --csv "$work/attention_ab.csv" --shapes llama7b "${grid[@]}" \
     --kernels cuda_cores tensor_cores >"$work/attention_ab.log" 2>&1 || status=1
   "$pack/bin/cuda_attention_bench" --csv "$work/attention_ab_gqa.csv" --shapes llama3_8b \

@@ -101,8 +101,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
     }
   }
   // Both kernels; splits merged by a second kernel and by the last CTA (twice: the counters
-  // must be back at zero for the next launch, as a graph replay needs; the second time with
-  // the copies' L2 fetch hint).
+  // must be back at zero for the next launch, as a graph replay needs).
   for (const gpu::DecodeKernel kernel : {gpu::DecodeKernel::kCudaCores, gpu::DecodeKernel::kTensorCores}) {
     for (const int merge : {0, 1, 2}) {
       if (S == 1 && merge > 0) continue;
@@ -113,8 +112,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                                           q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
                                           rows, S, H, c.kv_heads, hd, B, scale,
                                           partial_o.get(), partial_lse.get(), out.get(),
-                                          merge > 0 ? counters.get() : nullptr, kernel,
-                                          merge == 2 ? 256 : 0};
+                                          merge > 0 ? counters.get() : nullptr, kernel};
       SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
       const std::vector<float> got = ToFloats(out.Download());
       const char* name = kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores";
