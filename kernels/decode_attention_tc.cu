@@ -210,14 +210,18 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     const uint16_t* k_tile = smem + ((p % kStages) * kDecodeWarps + warp) * 2 * TILE;
     const uint16_t* v_tile = k_tile + TILE;
 
-    // S^T = K Q^T: rows tokens quad and quad + 8, columns heads 2 pair and + 1.
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    // S^T = K Q^T: rows tokens quad and quad + 8, columns heads 2 pair and + 1. Even and odd
+    // k steps accumulate apart: two chains of dependent MMAs, each half as long (the loop is
+    // latency-bound with 2 warps a scheduler).
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int k = 0; k < KSTEPS; ++k) {
       uint32_t kf[4];
       LoadMatrixX4(kf, k_tile + TileOffset<HD>(k_token, 2 * k + k_piece));
-      Mma16816(s, kf, q_frag[k][0], q_frag[k][1]);
+      Mma16816(k % 2 ? s_odd : s, kf, q_frag[k][0], q_frag[k][1]);
     }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[e] += s_odd[e];
     const bool valid_lo = valid_bits & 1, valid_hi = valid_bits & 2;
     s[0] = valid_lo ? s[0] * q_scale : kNegInf;
     s[1] = valid_lo ? s[1] * q_scale : kNegInf;
