@@ -36,8 +36,8 @@ __device__ __forceinline__ void CopyAsyncWait() {
 }
 
 // sum_s weight(s) * o[s * stride .. + 4) over s < S, kMergeBatch loads in flight; splits of
-// weight 0 are not read (an empty split's o was never written). weight(s) is called by every
-// lane of the warp for the same s (it may shuffle).
+// weight 0 (empty ones) are not read. weight(s) is called by every lane of the warp for the
+// same s (it may shuffle).
 template <typename WeightOf>
 __device__ __forceinline__ float4 SumSplits(const float* o, int64_t stride, int S, bool has_dims,
                                             WeightOf weight) {
