@@ -12,7 +12,8 @@
 #                                       command)
 # GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
 # CHECK_TIMEOUT and E2E_TIMEOUT (seconds) stop a test binary or the e2e benchmark where the lent
-# time is short.
+# time is short; ATTN_ARGS adds options to the kernels phase's benchmark (e.g. --copies cp_async
+# bulk: both side by side; PyTorch is compared with the backend's choice).
 # Results go to $OUT (at most 8 files: the main CSV/JSON, and logs.tar.gz with everything);
 # a short table comes last in the output.
 set -uo pipefail
@@ -54,7 +55,7 @@ check() {
   done
 }
 kernels() {
-  "$pack/bin/cuda_attention_bench" --csv "$work/attention.csv" >"$work/attention.log" 2>&1 || status=1
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention.csv" ${ATTN_ARGS:-} >"$work/attention.log" 2>&1 || status=1
   tail -26 "$work/attention.log"
   cp "$work/attention.csv" "$out/" 2>/dev/null
   PYTHONUNBUFFERED=1 python3 bench/cuda/torch_attention_bench.py --out "$work/torch_attention.csv" \

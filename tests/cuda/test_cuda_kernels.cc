@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <numeric>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -27,14 +28,39 @@ constexpr double kTolerance = 1e-2;  // relative, outputs in bf16
 struct Caches {
   KvLayout layout;
   std::vector<float> k, v;
+  std::vector<uint16_t> k_bits, v_bits;
   DeviceArray<uint16_t> k_dev, v_dev;
 
   Caches(std::mt19937& rng, const KvLayout& l, int32_t num_blocks)
       : layout(l),
-        k_dev(size_t(num_blocks) * l.block_elems()),
-        v_dev(size_t(num_blocks) * l.block_elems()) {
-    k_dev.Upload(RandomBf16(rng, k_dev.size(), 1.0f, &k));
-    v_dev.Upload(RandomBf16(rng, v_dev.size(), 1.0f, &v));
+        k_bits(RandomBf16(rng, size_t(num_blocks) * l.block_elems(), 1.0f, &k)),
+        v_bits(RandomBf16(rng, size_t(num_blocks) * l.block_elems(), 1.0f, &v)),
+        k_dev(k_bits),
+        v_dev(v_bits) {}
+
+  // NaN in K and V of every token no chunk names, as a cache's unwritten slots may hold: a
+  // kernel that reads them (or lets 0 x NaN into a sum) fails.
+  void PoisonUnattended(const std::vector<std::vector<KvChunk>>& row_chunks) {
+    const int64_t blocks = static_cast<int64_t>(k_bits.size()) / layout.block_elems();
+    std::vector<bool> attended(blocks * layout.block_size, false);
+    for (const std::vector<KvChunk>& chunks : row_chunks) {
+      for (const KvChunk& c : chunks) {
+        for (int32_t t = c.begin; t < c.end; ++t) attended[int64_t{c.block} * layout.block_size + t] = true;
+      }
+    }
+    constexpr uint16_t kNanBits = 0x7fc0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int32_t t = 0; t < layout.block_size; ++t) {
+        if (attended[b * layout.block_size + t]) continue;
+        for (int32_t h = 0; h < layout.num_kv_heads; ++h) {
+          const int64_t row = layout.TileOffset(static_cast<int32_t>(b), h) + int64_t{t} * layout.head_dim;
+          std::fill_n(k_bits.begin() + row, layout.head_dim, kNanBits);
+          std::fill_n(v_bits.begin() + row, layout.head_dim, kNanBits);
+        }
+      }
+    }
+    k_dev.Upload(k_bits);
+    v_dev.Upload(v_bits);
   }
 };
 
@@ -85,6 +111,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                      &bounds[size_t(r) * (S + 1)]);
     for (const KvChunk& k : pieces) entries.push_back({k.block, k.begin | (k.end << 16)});
   }
+  caches.PoisonUnattended(row_chunks);
   DeviceArray<int32_t> q_row_dev(q_row), bounds_dev(bounds);
   DeviceArray<ChunkEntry> chunks_dev(entries);
   DeviceArray<float> partial_o(size_t(rows) * S * H * hd), partial_lse(size_t(rows) * S * H);
@@ -100,40 +127,44 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       want[r].insert(want[r].end(), ref.begin(), ref.end());
     }
   }
-  // Both kernels; splits merged by a second kernel and by the last CTA (twice: the counters
-  // must be back at zero for the next launch, as a graph replay needs).
+  // Both kernels, both copy paths; splits merged by a second kernel and by the last CTA
+  // (twice: the counters must be back at zero for the next launch, as a graph replay needs).
   for (const gpu::DecodeKernel kernel : {gpu::DecodeKernel::kCudaCores, gpu::DecodeKernel::kTensorCores}) {
-    for (const int merge : {0, 1, 2}) {
-      if (S == 1 && merge > 0) continue;
-      partial_o.Poison();
-      partial_lse.Poison();
-      out.Poison();
-      const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
-                                          q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
-                                          rows, S, H, c.kv_heads, hd, B, scale,
-                                          partial_o.get(), partial_lse.get(), out.get(),
-                                          merge > 0 ? counters.get() : nullptr, kernel};
-      SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
-      const std::vector<float> got = ToFloats(out.Download());
-      const char* name = kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores";
-      const char* merged = merge == 0 ? "merge kernel" : "merged in the last CTA";
-      std::vector<bool> addressed(q_rows, false);
-      for (int32_t r = 0; r < rows; ++r) {
-        const int32_t qr = q_row[r];
-        addressed[qr] = true;
-        const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
-        EXPECT_LT(MaxRelErr(row_out, want[r]), kTolerance)
-            << name << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
-            << " B " << B << " splits " << S << " chunks " << row_chunks[r].size();
-      }
-      for (int32_t qr = 0; qr < q_rows; ++qr) {
-        if (addressed[qr]) continue;
-        for (int32_t i = 0; i < H * hd; ++i) {
-          ASSERT_TRUE(std::isnan(got[size_t(qr) * H * hd + i]))
-              << name << ": q row " << qr << " was written";
+    for (const gpu::DecodeCopy copy : {gpu::DecodeCopy::kCpAsync, gpu::DecodeCopy::kBulk}) {
+      for (const int merge : {0, 1, 2}) {
+        if (S == 1 && merge > 0) continue;
+        partial_o.Poison();
+        partial_lse.Poison();
+        out.Poison();
+        const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
+                                            q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
+                                            rows, S, H, c.kv_heads, hd, B, scale,
+                                            partial_o.get(), partial_lse.get(), out.get(),
+                                            merge > 0 ? counters.get() : nullptr, kernel, copy};
+        SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
+        const std::vector<float> got = ToFloats(out.Download());
+        const std::string name =
+            std::string(kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores") +
+            (copy == gpu::DecodeCopy::kBulk ? "/bulk" : "/cp.async");
+        const char* merged = merge == 0 ? "merge kernel" : "merged in the last CTA";
+        std::vector<bool> addressed(q_rows, false);
+        for (int32_t r = 0; r < rows; ++r) {
+          const int32_t qr = q_row[r];
+          addressed[qr] = true;
+          const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
+          EXPECT_LT(MaxRelErr(row_out, want[r]), kTolerance)
+              << name << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
+              << " B " << B << " splits " << S << " chunks " << row_chunks[r].size();
         }
+        for (int32_t qr = 0; qr < q_rows; ++qr) {
+          if (addressed[qr]) continue;
+          for (int32_t i = 0; i < H * hd; ++i) {
+            ASSERT_TRUE(std::isnan(got[size_t(qr) * H * hd + i]))
+                << name << ": q row " << qr << " was written";
+          }
+        }
+        for (const int32_t count : counters.Download()) ASSERT_EQ(count, 0) << name << ", " << merged;
       }
-      for (const int32_t count : counters.Download()) ASSERT_EQ(count, 0) << name << ", " << merged;
     }
   }
 }
