@@ -7,10 +7,9 @@
 // groups of head_dim / 8 threads; a thread holds 8 dimensions (one 16-byte piece) of a K or V
 // row. A pass covers T = NG * U token slots over one chunk, or over T / block_size chunks when
 // blocks are small (decode_geometry.h); slots outside a chunk's [begin, end) are neither read
-// nor counted. The pass's K and V go into shared memory kStages - 1 passes ahead of the one
-// computed, copied by the token group that reads them: with cp.async, each thread its own 16
-// bytes, or with bulk copies, one whole row a lane (completed on the warp's mbarrier for the
-// stage). The loop needs no CTA barrier, and the bytes in flight do not depend on registers. Each
+// nor counted. Each thread copies its slots' K and V pieces into shared memory with cp.async,
+// kStages - 1 passes ahead of the one it computes, and reads back only what it copied itself:
+// the loop needs no CTA barrier, and the bytes in flight do not depend on registers. Each
 // group keeps its own online softmax (fp32, log2 domain); the groups merge through shared
 // memory at the end (FinishDecodeCta).
 #include "kernels/decode_attention_common.cuh"
@@ -24,15 +23,11 @@ constexpr int kStages = 3;   // passes in shared memory: one computed, two in fl
 constexpr int kUnroll = 4;   // token slots per token group and pass
 
 // Shared memory of a decode CTA: kStages x (K, V) x T x head_dim bf16, where T x head_dim =
-// threads x 8 x kUnroll for every head dim: 48 KiB, reused by the final merge of the groups;
-// then, for bulk copies, an mbarrier per stage and warp.
-constexpr int kDecodeStagesBytes = kStages * 2 * kDecodeThreads * 8 * kUnroll * sizeof(uint16_t);
-static_assert(kDecodeStagesBytes == 48 * 1024);
-constexpr int DecodeSmemBytes(bool bulk) {
-  return kDecodeStagesBytes + (bulk ? kStages * kDecodeWarps * 8 : 0);
-}
+// threads x 8 x kUnroll for every head dim: 48 KiB, reused by the final merge of the groups.
+constexpr int kDecodeSmemBytes = kStages * 2 * kDecodeThreads * 8 * kUnroll * sizeof(uint16_t);
+static_assert(kDecodeSmemBytes == 48 * 1024);
 
-template <int HD, int G, bool kBulk>
+template <int HD, int G>
 __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::kCudaCores, HD, G))
     DecodeAttentionKernel(const DecodeAttentionArgs a) {
   constexpr int U = kUnroll;
@@ -44,17 +39,6 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
 
   const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
   const int lane = threadIdx.x % LANES, group = threadIdx.x / LANES;
-  const int warp_lane = threadIdx.x % 32;
-  // Bulk copies: the warp's mbarrier of stage s is bars[s * kDecodeWarps], one arrival a phase.
-  uint64_t* const bars = reinterpret_cast<uint64_t*>(reinterpret_cast<char*>(smem) +
-                                                     kDecodeStagesBytes) + threadIdx.x / 32;
-  if constexpr (kBulk) {
-    if (warp_lane == 0) {
-      for (int s = 0; s < kStages; ++s) BarrierInit(bars + s * kDecodeWarps, 1);
-      BarrierInitFence();
-    }
-    __syncwarp();
-  }
   const int32_t* bounds = a.split_bounds + int64_t{row} * (a.num_splits + 1);
   const int c_begin = bounds[split], c_end = bounds[split + 1];
   const int64_t q_row = a.q_row[row];
@@ -90,28 +74,18 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     slot_token[u] = geometry.SlotToken(j);
     slot_used[u] = geometry.SlotUsed(j);
   }
-  const int64_t head_offset = int64_t{kv_head} * B * HD;
+  const int64_t head_offset = int64_t{kv_head} * B * HD + lane * 8;
   const int64_t block_stride = int64_t{a.num_kv_heads} * B * HD;
   auto sub_passes = [&](int c) {
     const ChunkEntry e = a.chunks[c];
     return geometry.SubPasses(ChunkBegin(e), ChunkEnd(e));
   };
 
-  // Each issue copies the pass at the issue cursor into `stage` and moves the cursor on: one
-  // commit group (cp.async) or one phase of the stage's mbarrier (bulk) a call, past the end
-  // too. It returns the pass's valid slots of this thread's group as bits.
+  // Copies the pass at the issue cursor into `stage` and moves the cursor on; one commit group
+  // per call (empty past the end). Returns the pass's valid slots as bits.
   int issue_c0 = c_begin, issue_sub = -1, passes = 0;
   geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
-  // Offset in the cache of slot u's token row in the pass at the cursor, -1 where it has none.
-  auto slot_row = [&](int u) -> int64_t {
-    const int c = issue_c0 + slot_chunk[u];
-    if (!slot_used[u] || c >= c_end) return -1;
-    const ChunkEntry e = a.chunks[c];
-    const int t = ChunkBegin(e) + issue_sub * L + slot_token[u];
-    if (t >= ChunkEnd(e)) return -1;
-    return e.block * block_stride + head_offset + int64_t{t} * HD;
-  };
-  auto issue_cp_async = [&](int stage) -> uint32_t {
+  auto issue = [&](int stage) {
     uint32_t valid_bits = 0;
     if (issue_c0 < c_end) {
       uint16_t* k_stage = smem + stage * 2 * STAGE;
@@ -119,11 +93,19 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
       // memory barrier, so reads between copies would each wait a full latency.
       int64_t offset[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u) offset[u] = slot_row(u);
+      for (int u = 0; u < U; ++u) {
+        const int c = issue_c0 + slot_chunk[u];
+        offset[u] = -1;
+        if (slot_used[u] && c < c_end) {
+          const ChunkEntry e = a.chunks[c];
+          const int t = ChunkBegin(e) + issue_sub * L + slot_token[u];
+          if (t < ChunkEnd(e)) offset[u] = e.block * block_stride + head_offset + int64_t{t} * HD;
+        }
+      }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const bool valid = offset[u] >= 0;
-        const int64_t src = valid ? offset[u] + lane * 8 : 0;
+        const int64_t src = valid ? offset[u] : 0;
         const int slot = (u * NG + group) * HD + lane * 8;
         CopyAsync16(k_stage + slot, a.k_cache + src, valid);
         CopyAsync16(k_stage + STAGE + slot, a.v_cache + src, valid);
@@ -135,49 +117,16 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     CopyAsyncCommit();
     return valid_bits;
   };
-  // Bulk: lane u < U of a group copies the K row of its slot u, lane U + u the V row.
-  auto issue_bulk = [&](int stage) -> uint32_t {
-    uint64_t* bar = bars + stage * kDecodeWarps;
-    uint32_t valid_bits = 0;
-    if (issue_c0 < c_end) {
-      const bool copier = lane < 2 * U;
-      const int u = lane % U;
-      const int64_t offset = copier ? slot_row(u) : -1;
-      const uint32_t copies = __ballot_sync(0xffffffffu, offset >= 0);
-      valid_bits = copies >> (threadIdx.x % 32 / LANES * LANES) & ((1u << U) - 1);
-      if (warp_lane == 0) BarrierArriveExpect(bar, __popc(copies) * HD * sizeof(uint16_t));
-      FenceBeforeBulkCopies();
-      if (offset >= 0) {
-        const bool is_v = lane >= U;
-        CopyBulk(smem + stage * 2 * STAGE + (is_v ? STAGE : 0) + (u * NG + group) * HD,
-                 (is_v ? a.v_cache : a.k_cache) + offset, HD * sizeof(uint16_t), bar);
-      }
-      ++passes;
-      geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
-    } else if (warp_lane == 0) {
-      BarrierArriveExpect(bar, 0);  // nothing copied: the phase ends
-    }
-    return valid_bits;
-  };
-  auto issue = [&](int stage) {
-    if constexpr (kBulk) return issue_bulk(stage);
-    else return issue_cp_async(stage);
-  };
 
   uint32_t in_flight[kStages - 1];
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) in_flight[s] = issue(s);
   for (int p = 0; p < passes; ++p) {
-    if constexpr (kBulk) __syncwarp();  // the group has read the stage the next issue overwrites
     const uint32_t valid_bits = in_flight[0];
 #pragma unroll
     for (int s = 0; s + 1 < kStages - 1; ++s) in_flight[s] = in_flight[s + 1];
     in_flight[kStages - 2] = issue((p + kStages - 1) % kStages);  // the stage computed last pass
-    if constexpr (kBulk) {
-      BarrierWait(bars + (p % kStages) * kDecodeWarps, (p / kStages) & 1);  // pass p has landed
-    } else {
-      CopyAsyncWait<kStages - 1>();  // this thread's copies of pass p have landed
-    }
+    CopyAsyncWait<kStages - 1>();                                 // pass p has landed
     const uint16_t* k_stage = smem + (p % kStages) * 2 * STAGE;
     const uint16_t* v_stage = k_stage + STAGE;
 
@@ -221,7 +170,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
       }
     }
   }
-  if constexpr (!kBulk) CopyAsyncWait<0>();
+  CopyAsyncWait<0>();
 
   // Merge the token groups, in the shared memory the stages used.
   __syncthreads();
@@ -262,32 +211,17 @@ __global__ void __launch_bounds__(kMergeWarps * 32) MergeSplitsKernel(const Deco
   StoreBf16x4(a.out + (int64_t{a.q_row[row]} * H + head) * HD + lane * 4, o, inv);
 }
 
-template <int HD, int G, bool kBulk>
-cudaError_t LaunchCudaCores(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  constexpr int kSmem = DecodeSmemBytes(kBulk);
-  static const cudaError_t configured = cudaFuncSetAttribute(
-      DecodeAttentionKernel<HD, G, kBulk>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (configured != cudaSuccess) return configured;
-  const dim3 grid(a.num_splits, a.num_kv_heads, a.num_rows);
-  DecodeAttentionKernel<HD, G, kBulk><<<grid, kDecodeThreads, kSmem, stream>>>(a);
-  return cudaGetLastError();
-}
-
-template <int HD, int G>
-cudaError_t LaunchCudaCoresForCopy(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  return ResolveDecodeCopy(a.copy) == DecodeCopy::kCpAsync ? LaunchCudaCores<HD, G, false>(a, stream)
-                                        : LaunchCudaCores<HD, G, true>(a, stream);
-}
-
 template <int HD>
 cudaError_t LaunchForHeadDim(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  const dim3 grid(a.num_splits, a.num_kv_heads, a.num_rows);
   switch (a.num_heads / a.num_kv_heads) {
-    case 1: return LaunchCudaCoresForCopy<HD, 1>(a, stream);
-    case 2: return LaunchCudaCoresForCopy<HD, 2>(a, stream);
-    case 4: return LaunchCudaCoresForCopy<HD, 4>(a, stream);
-    case 8: return LaunchCudaCoresForCopy<HD, 8>(a, stream);
+    case 1: DecodeAttentionKernel<HD, 1><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
+    case 2: DecodeAttentionKernel<HD, 2><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
+    case 4: DecodeAttentionKernel<HD, 4><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
+    case 8: DecodeAttentionKernel<HD, 8><<<grid, kDecodeThreads, kDecodeSmemBytes, stream>>>(a); break;
     default: return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
 }
 
 }  // namespace

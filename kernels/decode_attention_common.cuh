@@ -35,54 +35,6 @@ __device__ __forceinline__ void CopyAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-// Bulk copies (sm_90): one instruction moves a whole K or V row, and completes on an mbarrier
-// in shared memory that counts the bytes landed (the copy engine, not the warp, issues the
-// 16-byte requests; decode_attention_tc.cu times them against cp.async).
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void BarrierInit(uint64_t* bar, int arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SharedAddress(bar)), "r"(arrivals)
-               : "memory");
-}
-// Makes this thread's barrier inits visible to the copy engine.
-__device__ __forceinline__ void BarrierInitFence() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// One arrival that also expects `bytes` more to land before the phase completes.
-__device__ __forceinline__ void BarrierArriveExpect(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SharedAddress(bar)),
-               "r"(bytes)
-               : "memory");
-}
-// Waits until the phase of parity `parity` has completed.
-__device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
-  const uint32_t address = SharedAddress(bar);
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n .reg .pred complete;\n"
-        " mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, complete;\n}\n"
-        : "=r"(done)
-        : "r"(address), "r"(parity)
-        : "memory");
-  }
-}
-// Orders this thread's earlier shared-memory accesses before later bulk copies into the same
-// bytes (the copies write through the async proxy).
-__device__ __forceinline__ void FenceBeforeBulkCopies() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> shared, counted on `bar`.
-__device__ __forceinline__ void CopyBulk(void* smem, const void* gmem, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(SharedAddress(smem)),
-      "l"(gmem), "r"(bytes), "r"(SharedAddress(bar))
-      : "memory");
-}
-
 // sum_s weight(s) * o[s * stride .. + 4) over s < S, kMergeBatch loads in flight; splits of
 // weight 0 (empty ones) are not read. weight(s) is called by every lane of the warp for the
 // same s (it may shuffle).

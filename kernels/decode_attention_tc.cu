@@ -6,11 +6,9 @@
 // pieces), and keeps its own online softmax; the warps combine at the end (FinishDecodeCta).
 // Tokens are the MMA's M: S^T = K Q^T, [16 tokens] x [8 heads], with the group's heads padded
 // to 8 (Q^T stays in registers as the B operand), then O^T += V^T P^T, [head dim] x [8 heads],
-// with P^T moved into the B operand's layout by movmatrix. A warp copies its own tiles,
-// kStages - 1 passes ahead, so that the loop needs no CTA barrier, only __syncwarp: with
-// cp.async into rows swizzled so that ldmatrix reads 8 rows from 8 different bank groups, or
-// with one bulk copy a lane (16 rows of K and 16 of V) into rows padded by 16 bytes (the same
-// effect), completed on the warp's mbarrier for the stage.
+// with P^T moved into the B operand's layout by movmatrix. A warp copies its own tiles with
+// cp.async, kStages - 1 passes ahead, into shared memory swizzled so that ldmatrix reads 8
+// rows from 8 different bank groups; it needs no CTA barrier in the loop, only __syncwarp.
 #include "kernels/decode_attention_common.cuh"
 #include "kernels/decode_geometry.h"
 
@@ -21,20 +19,13 @@ constexpr int kStages = 3;      // passes in shared memory: one computed, two in
 constexpr int kTileTokens = 16; // tokens of a warp's tile: the MMA's M
 constexpr int kHeadsPadded = 8; // the MMA's N
 
-// bf16 elements from one token row of a tile to the next: bulk copies write whole rows, so
-// the rows are padded by one 16-byte piece instead of swizzled.
-template <int HD, bool kBulk>
-constexpr int RowElems() {
-  return kBulk ? HD + 8 : HD;
-}
-// Shared memory: the stages' tiles, then (bulk copies) one mbarrier per stage and warp.
-template <int HD, bool kBulk>
-constexpr int TcStagesBytes() {
-  return kStages * kDecodeWarps * 2 * kTileTokens * RowElems<HD, kBulk>() * int{sizeof(uint16_t)};
-}
-template <int HD, bool kBulk>
+template <int HD>
 constexpr int TcSmemBytes() {
-  return TcStagesBytes<HD, kBulk>() + (kBulk ? kStages * kDecodeWarps * 8 : 0);
+  return kStages * kDecodeWarps * 2 * kTileTokens * HD * int{sizeof(uint16_t)};
+}
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
 // Four 8x8 bf16 matrices from shared memory, row addresses from lanes 8i..8i+7 for matrix i.
@@ -70,16 +61,15 @@ __device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
   return uint32_t{FloatToBf16Bits(lo)} | uint32_t{FloatToBf16Bits(hi)} << 16;
 }
 
-// Element offset of 16-byte piece `piece` of token row `token` in a tile: the 8 rows an
-// ldmatrix reads at one piece column sit in 8 different 16-byte bank groups, by the padding
-// (bulk copies) or by pieces XOR-swizzled by the row's low 3 bits (cp.async).
-template <int HD, bool kBulk>
+// Element offset of 16-byte piece `piece` of token row `token` in a [16][HD] tile: pieces are
+// XOR-swizzled by the row's low 3 bits, so the 8 rows an ldmatrix reads at one piece column
+// sit in 8 different 16-byte bank groups.
+template <int HD>
 __device__ __forceinline__ int TileOffset(int token, int piece) {
-  if constexpr (kBulk) return token * RowElems<HD, kBulk>() + piece * 8;
   return token * HD + ((piece ^ (token & 7)) * 8);
 }
 
-template <int HD, int G, bool kBulk>
+template <int HD, int G>
 __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::kTensorCores, HD, G))
     DecodeAttentionTcKernel(const DecodeAttentionArgs a) {
   static_assert(G <= kHeadsPadded);
@@ -87,22 +77,12 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   constexpr int PIECES = HD / 8;                 // 16-byte pieces per token row
   constexpr int KSTEPS = HD / 16;                // MMA k steps over the head dim (and d tiles)
   constexpr int COPIES = kTileTokens * PIECES / 32;  // pieces a lane copies per tile, K and V each
-  constexpr int TILE = kTileTokens * RowElems<HD, kBulk>();  // bf16 elements of a K (or V) tile
-  extern __shared__ __align__(128) uint16_t smem[];  // [kStages][warps][K, V][16][row]
+  constexpr int TILE = kTileTokens * HD;         // bf16 elements of one K (or V) tile
+  extern __shared__ __align__(128) uint16_t smem[];  // [kStages][warps][K, V][16][HD], swizzled
 
   const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int quad = lane / 4, pair = lane % 4;  // MMA fragment coordinates
-  // Bulk copies: the warp's mbarrier of stage s is bars[s * kDecodeWarps], one arrival a phase.
-  uint64_t* const bars = reinterpret_cast<uint64_t*>(reinterpret_cast<char*>(smem) +
-                                                     TcStagesBytes<HD, kBulk>()) + warp;
-  if constexpr (kBulk) {
-    if (lane == 0) {
-      for (int s = 0; s < kStages; ++s) BarrierInit(bars + s * kDecodeWarps, 1);
-      BarrierInitFence();
-    }
-    __syncwarp();
-  }
   const int32_t* bounds = a.split_bounds + int64_t{row} * (a.num_splits + 1);
   const int c_begin = bounds[split], c_end = bounds[split + 1];
   const int64_t q_row = a.q_row[row];
@@ -158,94 +138,56 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     return e.block * block_stride + head_offset + int64_t{token} * HD;
   };
 
-  // Each issue copies this warp's tile of the pass at the issue cursor into a stage and moves
-  // the cursor on: one commit group (cp.async) or one phase of the stage's mbarrier (bulk) a
-  // call, past the end too. It returns the tile's rows that hold a token, as bits: all 16
-  // (bulk), or this lane's S^T rows, tokens quad and quad + 8 (cp.async).
+  // Copies this warp's tile of the pass at the issue cursor into `stage`, moves the cursor on;
+  // one commit group per call (empty past the end). Returns which of this lane's S^T rows
+  // (tokens quad and quad + 8) hold a token, as bits.
   int issue_c0 = c_begin, issue_sub = -1, passes = 0;
   geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
-  // Blocks of 16 tokens or more make a warp's tile one piece, chunk c0 + warp: one entry read
-  // (ncu: the general slot walk made the loop issue-bound, 0.33 of a scheduler's slots against
-  // cuDNN's 0.12). Returns the piece's token count, its first token's offset in *base.
-  auto warp_piece = [&](int64_t* base) -> int {
-    const int c = issue_c0 + warp;
-    if (c >= c_end) return 0;
-    const ChunkEntry e = a.chunks[c];
-    *base = e.block * block_stride + head_offset + int64_t{ChunkBegin(e)} * HD;
-    return ChunkEnd(e) - ChunkBegin(e);
-  };
-  auto issue_cp_async = [&](int stage) -> uint32_t {
-    uint32_t rows = 0;
+  auto issue = [&](int stage) {
+    uint32_t valid_bits = 0;
     if (issue_c0 < c_end) {
       uint16_t* k_tile = smem + (stage * kDecodeWarps + warp) * 2 * TILE;
       uint16_t* v_tile = k_tile + TILE;
       int64_t offset[COPIES];  // of each copy's token in the cache, -1 where it has none
       if (L == kTileTokens) {
+        // Blocks of 16 tokens or more: this warp's tile is one piece, chunk c0 + warp, one
+        // entry read (ncu: the general walk below made the loop issue-bound, 0.33 of a
+        // scheduler's slots against cuDNN's 0.12).
+        const int c = issue_c0 + warp;
+        int count = 0;
         int64_t base = 0;
-        const int count = warp_piece(&base);
+        if (c < c_end) {
+          const ChunkEntry e = a.chunks[c];
+          count = ChunkEnd(e) - ChunkBegin(e);
+          base = e.block * block_stride + head_offset + int64_t{ChunkBegin(e)} * HD;
+        }
 #pragma unroll
         for (int i = 0; i < COPIES; ++i) {
           const int t = (i * 32 + lane) / PIECES;
           offset[i] = t < count ? base + t * HD : -1;
         }
-        rows = uint32_t{quad < count} << quad | uint32_t{quad + 8 < count} << (quad + 8);
+        valid_bits = uint32_t{quad < count} | uint32_t{quad + 8 < count} << 1;
       } else {
         // Every slot's chunk entry is read before the first copy is issued: a copy is a
         // compiler memory barrier, so reads between copies would each wait a full latency.
 #pragma unroll
         for (int i = 0; i < COPIES; ++i) offset[i] = token_offset(issue_c0, issue_sub, copy_slot[i]);
-        rows = uint32_t{token_offset(issue_c0, issue_sub, row_slot[0]) >= 0} << quad |
-               uint32_t{token_offset(issue_c0, issue_sub, row_slot[1]) >= 0} << (quad + 8);
+        valid_bits = uint32_t{token_offset(issue_c0, issue_sub, row_slot[0]) >= 0} |
+                     uint32_t{token_offset(issue_c0, issue_sub, row_slot[1]) >= 0} << 1;
       }
 #pragma unroll
       for (int i = 0; i < COPIES; ++i) {
         const int piece = (i * 32 + lane) % PIECES, t = (i * 32 + lane) / PIECES;
         const bool valid = offset[i] >= 0;
         const int64_t src = valid ? offset[i] + piece * 8 : 0;
-        CopyAsync16(k_tile + TileOffset<HD, kBulk>(t, piece), a.k_cache + src, valid);
-        CopyAsync16(v_tile + TileOffset<HD, kBulk>(t, piece), a.v_cache + src, valid);
+        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, valid);
+        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, valid);
       }
       ++passes;
       geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
     }
     CopyAsyncCommit();
-    return rows;
-  };
-  // Bulk: lane i copies row i % 16 of K (lanes 0-15) or V (16-31).
-  const Slot lane_slot = slot_of(lane % kTileTokens);
-  auto issue_bulk = [&](int stage) -> uint32_t {
-    uint64_t* bar = bars + stage * kDecodeWarps;
-    uint32_t rows = 0;
-    if (issue_c0 < c_end) {
-      const int t = lane % kTileTokens;
-      int64_t offset;  // of row t's token in the cache, -1 where it has none
-      if (L == kTileTokens) {
-        int64_t base = 0;
-        offset = t < warp_piece(&base) ? base + int64_t{t} * HD : -1;
-      } else {
-        offset = token_offset(issue_c0, issue_sub, lane_slot);
-      }
-      rows = __ballot_sync(0xffffffffu, offset >= 0) & 0xffffu;
-      if (rows != 0) {
-        // A row without a token copies the first row that has one: the MMAs read all 16 rows,
-        // and a V row of weight 0 must still be finite (0 x NaN is NaN).
-        const int64_t first = __shfl_sync(0xffffffffu, offset, __ffs(rows) - 1);
-        if (lane == 0) BarrierArriveExpect(bar, 2 * kTileTokens * HD * sizeof(uint16_t));
-        FenceBeforeBulkCopies();
-        uint16_t* tile = smem + ((stage * kDecodeWarps + warp) * 2 + lane / kTileTokens) * TILE;
-        const uint16_t* cache = lane < kTileTokens ? a.k_cache : a.v_cache;
-        CopyBulk(tile + TileOffset<HD, kBulk>(t, 0), cache + (offset >= 0 ? offset : first),
-                 HD * sizeof(uint16_t), bar);
-      }
-      ++passes;
-      geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
-    }
-    if (rows == 0 && lane == 0) BarrierArriveExpect(bar, 0);  // nothing copied: the phase ends
-    return rows;
-  };
-  auto issue = [&](int stage) {
-    if constexpr (kBulk) return issue_bulk(stage);
-    else return issue_cp_async(stage);
+    return valid_bits;
   };
 
   // ldmatrix row addresses: K as the A operand (lanes 8-15 and 24-31: tokens 8-15; lanes
@@ -259,17 +201,12 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   for (int s = 0; s < kStages - 1; ++s) in_flight[s] = issue(s);
   for (int p = 0; p < passes; ++p) {
     __syncwarp();  // every lane has read the stage that the next issue overwrites
-    const uint32_t rows = in_flight[0];
+    const uint32_t valid_bits = in_flight[0];
 #pragma unroll
     for (int s = 0; s + 1 < kStages - 1; ++s) in_flight[s] = in_flight[s + 1];
     in_flight[kStages - 2] = issue((p + kStages - 1) % kStages);
-    if constexpr (kBulk) {
-      BarrierWait(bars + (p % kStages) * kDecodeWarps, (p / kStages) & 1);  // pass p has landed
-      if (rows == 0) continue;  // the warp's tile holds no token: nothing was copied
-    } else {
-      CopyAsyncWait<kStages - 1>();  // this lane's copies of pass p have landed
-      __syncwarp();                  // and every lane's
-    }
+    CopyAsyncWait<kStages - 1>();  // this lane's copies of pass p have landed
+    __syncwarp();                  // and every lane's
     const uint16_t* k_tile = smem + ((p % kStages) * kDecodeWarps + warp) * 2 * TILE;
     const uint16_t* v_tile = k_tile + TILE;
 
@@ -280,12 +217,12 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
 #pragma unroll
     for (int k = 0; k < KSTEPS; ++k) {
       uint32_t kf[4];
-      LoadMatrixX4(kf, k_tile + TileOffset<HD, kBulk>(k_token, 2 * k + k_piece));
+      LoadMatrixX4(kf, k_tile + TileOffset<HD>(k_token, 2 * k + k_piece));
       Mma16816(k % 2 ? s_odd : s, kf, q_frag[k][0], q_frag[k][1]);
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[e] += s_odd[e];
-    const bool valid_lo = rows >> quad & 1, valid_hi = rows >> (quad + 8) & 1;
+    const bool valid_lo = valid_bits & 1, valid_hi = valid_bits & 2;
     s[0] = valid_lo ? s[0] * q_scale : kNegInf;
     s[1] = valid_lo ? s[1] * q_scale : kNegInf;
     s[2] = valid_hi ? s[2] * q_scale : kNegInf;
@@ -324,11 +261,11 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
 #pragma unroll
     for (int d = 0; d < KSTEPS; ++d) {
       uint32_t vf[4];
-      LoadMatrixX4Trans(vf, v_tile + TileOffset<HD, kBulk>(v_token, 2 * d + v_piece));
+      LoadMatrixX4Trans(vf, v_tile + TileOffset<HD>(v_token, 2 * d + v_piece));
       Mma16816(o[d], vf, p_lo, p_hi);
     }
   }
-  if constexpr (!kBulk) CopyAsyncWait<0>();
+  CopyAsyncWait<0>();
 
   // Each head's sum over the warp's tokens (m is already the same across a pair's lanes).
 #pragma unroll
@@ -361,16 +298,16 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   FinishDecodeCta<HD, G, kDecodeWarps>(a, sm_acc, row, kv_head, split, q_row);
 }
 
-template <int HD, int G, bool kBulk>
+template <int HD, int G>
 cudaError_t LaunchTc(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  constexpr int kSmem = TcSmemBytes<HD, kBulk>();
+  constexpr int kSmem = TcSmemBytes<HD>();
   static_assert(kSmem >= (kDecodeWarps * G * HD + 2 * kDecodeWarps * G) * 4,
                 "the warps combine in the stages' shared memory");
   static const cudaError_t configured = [] {
-    cudaError_t e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G, kBulk>,
+    cudaError_t e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (e == cudaSuccess) {
-      e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G, kBulk>,
+      e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G>,
                                cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
     }
@@ -378,23 +315,17 @@ cudaError_t LaunchTc(const DecodeAttentionArgs& a, cudaStream_t stream) {
   }();
   if (configured != cudaSuccess) return configured;
   const dim3 grid(a.num_splits, a.num_kv_heads, a.num_rows);
-  DecodeAttentionTcKernel<HD, G, kBulk><<<grid, kDecodeThreads, kSmem, stream>>>(a);
+  DecodeAttentionTcKernel<HD, G><<<grid, kDecodeThreads, kSmem, stream>>>(a);
   return cudaGetLastError();
-}
-
-template <int HD, int G>
-cudaError_t LaunchTcForCopy(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  return ResolveDecodeCopy(a.copy) == DecodeCopy::kCpAsync ? LaunchTc<HD, G, false>(a, stream)
-                                        : LaunchTc<HD, G, true>(a, stream);
 }
 
 template <int HD>
 cudaError_t LaunchTcForHeadDim(const DecodeAttentionArgs& a, cudaStream_t stream) {
   switch (a.num_heads / a.num_kv_heads) {
-    case 1: return LaunchTcForCopy<HD, 1>(a, stream);
-    case 2: return LaunchTcForCopy<HD, 2>(a, stream);
-    case 4: return LaunchTcForCopy<HD, 4>(a, stream);
-    case 8: return LaunchTcForCopy<HD, 8>(a, stream);
+    case 1: return LaunchTc<HD, 1>(a, stream);
+    case 2: return LaunchTc<HD, 2>(a, stream);
+    case 4: return LaunchTc<HD, 4>(a, stream);
+    case 8: return LaunchTc<HD, 8>(a, stream);
     default: return cudaErrorInvalidValue;
   }
 }

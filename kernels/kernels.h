@@ -48,13 +48,6 @@ cudaError_t LaunchRopeWriteKv(const RopeKvArgs& args, cudaStream_t stream);
 cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uint16_t* out,
                           cudaStream_t stream);
 
-// How the decode kernels move K and V into shared memory: cp.async, 16 bytes a thread, or bulk
-// copies, a whole row an instruction (sm_90). kAuto is the faster, measured side by side.
-enum class DecodeCopy : int32_t { kAuto, kCpAsync, kBulk };
-constexpr DecodeCopy ResolveDecodeCopy(DecodeCopy copy) {
-  return copy == DecodeCopy::kAuto ? DecodeCopy::kBulk : copy;
-}
-
 // Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows): a
 // CTA takes the group of query heads of one KV head for one row and the chunks
 // [split_bounds[row][split], split_bounds[row][split + 1]), each at most PieceTokens(block_size)
@@ -77,7 +70,6 @@ struct DecodeAttentionArgs {
   uint16_t* out;              // bf16 [*][num_heads][head_dim], indexed by q_row
   int32_t* split_counters = nullptr;  // [num_rows][num_kv_heads], zeros; null: a merge kernel
   DecodeKernel kernel = DecodeKernel::kAuto;
-  DecodeCopy copy = DecodeCopy::kAuto;
 };
 cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream);
 

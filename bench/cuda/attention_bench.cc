@@ -43,22 +43,18 @@ struct Config {
   int32_t splits = 0;  // 0: the backend's choice (gpu::SplitsFor)
   gpu::DecodeKernel kernel = gpu::DecodeKernel::kAuto;
   bool fused_merge = true;  // splits merged by the last CTA (the backend's way), or a second kernel
-  gpu::DecodeCopy copy = gpu::DecodeCopy::kAuto;
 
-  // The kernel as run, the merge and the copies: "tensor_cores/fused/bulk".
+  // The kernel as run, and the merge: "tensor_cores/fused".
   std::string Variant() const {
     const gpu::DecodeKernel k = gpu::ResolveDecodeKernel(kernel, shape.heads / shape.kv_heads);
     return std::string(k == gpu::DecodeKernel::kTensorCores ? "tensor_cores" : "cuda_cores") +
-           (fused_merge ? "/fused" : "/merge_kernel") +
-           (gpu::ResolveDecodeCopy(copy) == gpu::DecodeCopy::kBulk ? "/bulk" : "/cp_async");
+           (fused_merge ? "/fused" : "/merge_kernel");
   }
-  // Whether this is what the backend runs (kAuto's kernel and copies, fused merge).
+  // Whether this is what the backend runs (kAuto's kernel, fused merge).
   bool IsBackendChoice() const {
     const int32_t group = shape.heads / shape.kv_heads;
-    return fused_merge &&
-           gpu::ResolveDecodeKernel(kernel, group) ==
-               gpu::ResolveDecodeKernel(gpu::DecodeKernel::kAuto, group) &&
-           gpu::ResolveDecodeCopy(copy) == gpu::ResolveDecodeCopy(gpu::DecodeCopy::kAuto);
+    return fused_merge && gpu::ResolveDecodeKernel(kernel, group) ==
+                              gpu::ResolveDecodeKernel(gpu::DecodeKernel::kAuto, group);
   }
 };
 
@@ -222,7 +218,7 @@ class Bench {
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
-                   c.fused_merge ? counters_ : nullptr, c.kernel, c.copy};
+                   c.fused_merge ? counters_ : nullptr, c.kernel};
     }
     if (ok) {
       result->us = MedianLaunchUs([&](int set) { gpu::LaunchDecodeAttention(args[set], nullptr); }, sets);
@@ -263,7 +259,7 @@ int Main(int argc, char** argv) {
   std::vector<double> fractions = {1.0, 0.5, 0.25, 0.125};
   std::vector<int32_t> splits = {0};
   std::vector<std::string> shape_names = {"llama7b", "llama3_8b"};
-  std::vector<std::string> kernel_names = {"auto"}, merge_names = {"fused"}, copy_names = {"auto"};
+  std::vector<std::string> kernel_names = {"auto"}, merge_names = {"fused"};
   int32_t min_split_tokens = gpu::PlanOptions{}.min_split_tokens;
   app.add_option("--csv", csv_path, "where the results go");
   app.add_option("--batches", batches);
@@ -277,8 +273,6 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cuda_cores", "tensor_cores"}));
   app.add_option("--merges", merge_names, "fused (the last CTA merges the splits), kernel")
       ->check(CLI::IsMember({"fused", "kernel"}));
-  app.add_option("--copies", copy_names, "auto (the backend's choice), cp_async, bulk")
-      ->check(CLI::IsMember({"auto", "cp_async", "bulk"}));
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Shape> shapes;
@@ -314,16 +308,12 @@ int Main(int argc, char** argv) {
           for (int32_t split_count : splits)
             for (const std::string& kernel : kernel_names)
               for (const std::string& merge : merge_names)
-                for (const std::string& copy : copy_names)
-                  for (double fraction : fractions)
-                    configs.push_back({shape, batch, context, B, fraction, split_count,
-                                       kernel == "cuda_cores"     ? gpu::DecodeKernel::kCudaCores
-                                       : kernel == "tensor_cores" ? gpu::DecodeKernel::kTensorCores
-                                                                  : gpu::DecodeKernel::kAuto,
-                                       merge == "fused",
-                                       copy == "cp_async" ? gpu::DecodeCopy::kCpAsync
-                                       : copy == "bulk"   ? gpu::DecodeCopy::kBulk
-                                                          : gpu::DecodeCopy::kAuto});
+                for (double fraction : fractions)
+                  configs.push_back({shape, batch, context, B, fraction, split_count,
+                                     kernel == "cuda_cores"     ? gpu::DecodeKernel::kCudaCores
+                                     : kernel == "tensor_cores" ? gpu::DecodeKernel::kTensorCores
+                                                                : gpu::DecodeKernel::kAuto,
+                                     merge == "fused"});
   for (const Config& c : configs) {
     Result r;
     if (!bench.Run(c, &r)) return 1;

@@ -6,7 +6,6 @@
 #include <cmath>
 #include <map>
 #include <numeric>
-#include <string>
 #include <random>
 #include <vector>
 
@@ -127,44 +126,40 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       want[r].insert(want[r].end(), ref.begin(), ref.end());
     }
   }
-  // Both kernels, both copy paths; splits merged by a second kernel and by the last CTA
-  // (twice: the counters must be back at zero for the next launch, as a graph replay needs).
+  // Both kernels; splits merged by a second kernel and by the last CTA (twice: the counters
+  // must be back at zero for the next launch, as a graph replay needs).
   for (const gpu::DecodeKernel kernel : {gpu::DecodeKernel::kCudaCores, gpu::DecodeKernel::kTensorCores}) {
-    for (const gpu::DecodeCopy copy : {gpu::DecodeCopy::kCpAsync, gpu::DecodeCopy::kBulk}) {
-      for (const int merge : {0, 1, 2}) {
-        if (S == 1 && merge > 0) continue;
-        partial_o.Poison();
-        partial_lse.Poison();
-        out.Poison();
-        const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
-                                            q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
-                                            rows, S, H, c.kv_heads, hd, B, scale,
-                                            partial_o.get(), partial_lse.get(), out.get(),
-                                            merge > 0 ? counters.get() : nullptr, kernel, copy};
-        SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
-        const std::vector<float> got = ToFloats(out.Download());
-        const std::string name =
-            std::string(kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores") +
-            (copy == gpu::DecodeCopy::kBulk ? "/bulk" : "/cp.async");
-        const char* merged = merge == 0 ? "merge kernel" : "merged in the last CTA";
-        std::vector<bool> addressed(q_rows, false);
-        for (int32_t r = 0; r < rows; ++r) {
-          const int32_t qr = q_row[r];
-          addressed[qr] = true;
-          const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
-          EXPECT_LT(MaxRelErr(row_out, want[r]), kTolerance)
-              << name << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
-              << " B " << B << " splits " << S << " chunks " << row_chunks[r].size();
-        }
-        for (int32_t qr = 0; qr < q_rows; ++qr) {
-          if (addressed[qr]) continue;
-          for (int32_t i = 0; i < H * hd; ++i) {
-            ASSERT_TRUE(std::isnan(got[size_t(qr) * H * hd + i]))
-                << name << ": q row " << qr << " was written";
-          }
-        }
-        for (const int32_t count : counters.Download()) ASSERT_EQ(count, 0) << name << ", " << merged;
+    for (const int merge : {0, 1, 2}) {
+      if (S == 1 && merge > 0) continue;
+      partial_o.Poison();
+      partial_lse.Poison();
+      out.Poison();
+      const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
+                                          q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
+                                          rows, S, H, c.kv_heads, hd, B, scale,
+                                          partial_o.get(), partial_lse.get(), out.get(),
+                                          merge > 0 ? counters.get() : nullptr, kernel};
+      SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
+      const std::vector<float> got = ToFloats(out.Download());
+      const char* name = kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores";
+      const char* merged = merge == 0 ? "merge kernel" : "merged in the last CTA";
+      std::vector<bool> addressed(q_rows, false);
+      for (int32_t r = 0; r < rows; ++r) {
+        const int32_t qr = q_row[r];
+        addressed[qr] = true;
+        const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
+        EXPECT_LT(MaxRelErr(row_out, want[r]), kTolerance)
+            << name << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
+            << " B " << B << " splits " << S << " chunks " << row_chunks[r].size();
       }
+      for (int32_t qr = 0; qr < q_rows; ++qr) {
+        if (addressed[qr]) continue;
+        for (int32_t i = 0; i < H * hd; ++i) {
+          ASSERT_TRUE(std::isnan(got[size_t(qr) * H * hd + i]))
+              << name << ": q row " << qr << " was written";
+        }
+      }
+      for (const int32_t count : counters.Download()) ASSERT_EQ(count, 0) << name << ", " << merged;
     }
   }
 }
