@@ -15,13 +15,17 @@
 namespace spanserve::gpu {
 namespace {
 
-constexpr int kStages = 3;      // passes in shared memory: one computed, two in flight
 constexpr int kTileTokens = 16; // tokens of a warp's tile: the MMA's M
 constexpr int kHeadsPadded = 8; // the MMA's N
 
-template <int HD>
+template <int HD, int kStages>
 constexpr int TcSmemBytes() {
   return kStages * kDecodeWarps * 2 * kTileTokens * HD * int{sizeof(uint16_t)};
+}
+// EXPERIMENT: CTAs a SM of a variant (2 stages: 3 CTAs of 64 KB at head dim 128).
+template <int HD, int G, int kStages>
+constexpr int TcCtasPerSm() {
+  return kStages == 2 && HD == 128 ? 3 : DecodeCtasPerSm(DecodeKernel::kTensorCores, HD, G);
 }
 
 __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
@@ -69,8 +73,8 @@ __device__ __forceinline__ int TileOffset(int token, int piece) {
   return token * HD + ((piece ^ (token & 7)) * 8);
 }
 
-template <int HD, int G>
-__global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::kTensorCores, HD, G))
+template <int HD, int G, int kStages, bool kSkipRescale>
+__global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
     DecodeAttentionTcKernel(const DecodeAttentionArgs a) {
   static_assert(G <= kHeadsPadded);
   constexpr int T = kDecodeWarps * kTileTokens;  // token slots per pass
@@ -244,10 +248,12 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
       const float correction = exp2f(m[h] - mx);
       m[h] = mx;
       l[h] *= correction;
+      if (!kSkipRescale || __any_sync(0xffffffffu, correction != 1.0f)) {
 #pragma unroll
-      for (int d = 0; d < KSTEPS; ++d) {
-        o[d][h] *= correction;
-        o[d][h + 2] *= correction;
+        for (int d = 0; d < KSTEPS; ++d) {
+          o[d][h] *= correction;
+          o[d][h + 2] *= correction;
+        }
       }
       p_tile[h] = exp2f(s[h] - mx);
       p_tile[h + 2] = exp2f(s[h + 2] - mx);
@@ -298,34 +304,45 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   FinishDecodeCta<HD, G, kDecodeWarps>(a, sm_acc, row, kv_head, split, q_row);
 }
 
-template <int HD, int G>
+template <int HD, int G, int kStages, bool kSkipRescale>
 cudaError_t LaunchTc(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  constexpr int kSmem = TcSmemBytes<HD>();
+  constexpr int kSmem = TcSmemBytes<HD, kStages>();
   static_assert(kSmem >= (kDecodeWarps * G * HD + 2 * kDecodeWarps * G) * 4,
                 "the warps combine in the stages' shared memory");
-  static const cudaError_t configured = [] {
-    cudaError_t e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  auto* kernel = DecodeAttentionTcKernel<HD, G, kStages, kSkipRescale>;
+  static const cudaError_t configured = [kernel] {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (e == cudaSuccess) {
-      e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G>,
-                               cudaFuncAttributePreferredSharedMemoryCarveout,
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
     }
     return e;
   }();
   if (configured != cudaSuccess) return configured;
   const dim3 grid(a.num_splits, a.num_kv_heads, a.num_rows);
-  DecodeAttentionTcKernel<HD, G><<<grid, kDecodeThreads, kSmem, stream>>>(a);
+  kernel<<<grid, kDecodeThreads, kSmem, stream>>>(a);
   return cudaGetLastError();
+}
+
+// EXPERIMENT: a.tc_variant bit 0: 2 stages (3 CTAs a SM at head dim 128); bit 1: the output
+// rescale skipped when no lane's max moved.
+template <int HD, int G>
+cudaError_t LaunchTcVariant(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  switch (a.tc_variant) {
+    case 1: return LaunchTc<HD, G, 2, false>(a, stream);
+    case 2: return LaunchTc<HD, G, 3, true>(a, stream);
+    case 3: return LaunchTc<HD, G, 2, true>(a, stream);
+    default: return LaunchTc<HD, G, 3, false>(a, stream);
+  }
 }
 
 template <int HD>
 cudaError_t LaunchTcForHeadDim(const DecodeAttentionArgs& a, cudaStream_t stream) {
   switch (a.num_heads / a.num_kv_heads) {
-    case 1: return LaunchTc<HD, 1>(a, stream);
-    case 2: return LaunchTc<HD, 2>(a, stream);
-    case 4: return LaunchTc<HD, 4>(a, stream);
-    case 8: return LaunchTc<HD, 8>(a, stream);
+    case 1: return LaunchTcVariant<HD, 1>(a, stream);
+    case 2: return LaunchTcVariant<HD, 2>(a, stream);
+    case 4: return LaunchTcVariant<HD, 4>(a, stream);
+    case 8: return LaunchTcVariant<HD, 8>(a, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -8,6 +8,10 @@
 #   scripts/device/gpu_run.sh e2e       SELF_SELECTED against DENSE on a LLaMA-7B-shaped model
 #   scripts/device/gpu_run.sh splits    decode attention at each split count, LLaMA-3-8B shapes
 #   scripts/device/gpu_run.sh ab        both decode kernels x both split merges, side by side
+#   scripts/device/gpu_run.sh bench     the decode attention benchmark with BENCH_ARGS
+#   scripts/device/gpu_run.sh profile   ncu (full set, SASS source page) on one launch of the
+#                                       benchmark with BENCH_ARGS, and on cuDNN's SDPA at
+#                                       SDPA_SHAPE ("batch heads kv_heads context head_dim")
 #   scripts/device/gpu_run.sh all       check, kernels, e2e in turn (longer than one 10-minute
 #                                       command)
 # GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
@@ -121,14 +125,43 @@ e2e() {
   grep -v '^dummy weights\|^cuda: weights' "$work/e2e.log" | tail -12
   cp "$work/e2e.json" "$out/" 2>/dev/null
 }
+bench() {
+  "$pack/bin/cuda_attention_bench" --csv "$work/attention_bench.csv" ${BENCH_ARGS:-} \
+    >"$work/attention_bench.log" 2>&1 || status=1
+  grep ' us ' "$work/attention_bench.log" | tail -80
+  cp "$work/attention_bench.csv" "$out/" 2>/dev/null
+}
+profile() {
+  local ncu_args=(--clock-control none --set full --import-source no --launch-skip 4 --launch-count 1)
+  ncu "${ncu_args[@]}" -k regex:DecodeAttention -o "$work/ours" \
+    "$pack/bin/cuda_attention_bench" --csv "$work/profiled.csv" ${BENCH_ARGS:-} \
+    >"$work/profile_ours.log" 2>&1 || status=1
+  read -r b h kvh ctx hd <<<"${SDPA_SHAPE:-16 32 8 8192 128}"
+  ncu "${ncu_args[@]}" -k regex:sdpa\|flash\|fmha -o "$work/sdpa" python3 -c "
+import torch, torch.nn.functional as F
+q = torch.randn($b, $h, 1, $hd, device='cuda', dtype=torch.bfloat16)
+k, v = (torch.randn($b, $kvh, $ctx, $hd, device='cuda', dtype=torch.bfloat16) for _ in range(2))
+for _ in range(8): F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+torch.cuda.synchronize()" >"$work/profile_sdpa.log" 2>&1 || status=1
+  local r
+  for r in ours sdpa; do
+    [[ -f $work/$r.ncu-rep ]] || continue
+    ncu -i "$work/$r.ncu-rep" --page details >"$out/ncu_$r.txt" 2>&1
+    ncu -i "$work/$r.ncu-rep" --page source --csv --print-source sass >"$out/ncu_${r}_sass.csv" 2>&1
+    grep -E "Duration|DRAM Throughput|Issued Warp|Warp Cycles Per Issued|Grid Size|Registers Per|Dynamic Shared|Executed Ipc A" \
+      "$out/ncu_$r.txt" | head -12
+  done
+}
 case $phase in
   check) check ;;
   kernels) kernels ;;
   e2e) e2e ;;
   splits) splits ;;
   ab) ab ;;
+  bench) bench ;;
+  profile) profile ;;
   all) check; kernels; e2e ;;
-  *) echo "usage: $0 check|kernels|e2e|splits|ab|all"; exit 2 ;;
+  *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|profile|all"; exit 2 ;;
 esac
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .
 exit $status
