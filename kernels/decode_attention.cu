@@ -81,6 +81,11 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     return geometry.SubPasses(ChunkBegin(e), ChunkEnd(e));
   };
 
+  // Blocks of 16 tokens or more: pass p reads chunk entries c_begin + p * P + slot chunk (P =
+  // chunks_per_pass divides 32), prefetched.
+  const bool whole_pieces = L == kMaxPieceTokens;
+  ChunkPrefetch prefetch(a.chunks, c_begin, 1, c_end);
+
   // Copies the pass at the issue cursor into `stage` and moves the cursor on; one commit group
   // per call (empty past the end). Returns the pass's valid slots as bits.
   int issue_c0 = c_begin, issue_sub = -1, passes = 0;
@@ -95,12 +100,13 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int c = issue_c0 + slot_chunk[u];
-        offset[u] = -1;
-        if (slot_used[u] && c < c_end) {
-          const ChunkEntry e = a.chunks[c];
-          const int t = ChunkBegin(e) + issue_sub * L + slot_token[u];
-          if (t < ChunkEnd(e)) offset[u] = e.block * block_stride + head_offset + int64_t{t} * HD;
-        }
+        const ChunkEntry e = whole_pieces ? prefetch.Get(c - c_begin)
+                             : slot_used[u] && c < c_end ? a.chunks[c]
+                                                         : ChunkEntry{0, 0};
+        const int t = ChunkBegin(e) + issue_sub * L + slot_token[u];
+        offset[u] = slot_used[u] && c < c_end && t < ChunkEnd(e)
+                        ? e.block * block_stride + head_offset + int64_t{t} * HD
+                        : -1;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {

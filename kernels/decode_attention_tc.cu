@@ -142,6 +142,10 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
     return e.block * block_stride + head_offset + int64_t{token} * HD;
   };
 
+  // Blocks of 16 tokens or more: this warp's tile of pass p is one piece, chunk entry
+  // c_begin + p * kDecodeWarps + warp (4 pieces a pass), prefetched.
+  ChunkPrefetch prefetch(a.chunks, c_begin + warp, kDecodeWarps, c_end);
+
   // Copies this warp's tile of the pass at the issue cursor into `stage`, moves the cursor on;
   // one commit group per call (empty past the end). Returns which of this lane's S^T rows
   // (tokens quad and quad + 8) hold a token, as bits.
@@ -154,17 +158,11 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
       uint16_t* v_tile = k_tile + TILE;
       int64_t offset[COPIES];  // of each copy's token in the cache, -1 where it has none
       if (L == kTileTokens) {
-        // Blocks of 16 tokens or more: this warp's tile is one piece, chunk c0 + warp, one
-        // entry read (ncu: the general walk below made the loop issue-bound, 0.33 of a
-        // scheduler's slots against cuDNN's 0.12).
-        const int c = issue_c0 + warp;
-        int count = 0;
-        int64_t base = 0;
-        if (c < c_end) {
-          const ChunkEntry e = a.chunks[c];
-          count = ChunkEnd(e) - ChunkBegin(e);
-          base = e.block * block_stride + head_offset + int64_t{ChunkBegin(e)} * HD;
-        }
+        // One entry, prefetched (ncu: the general walk below made the loop issue-bound, 0.33
+        // of a scheduler's slots against cuDNN's 0.12); past c_end it is empty.
+        const ChunkEntry e = prefetch.Get(passes);
+        const int count = ChunkEnd(e) - ChunkBegin(e);
+        const int64_t base = e.block * block_stride + head_offset + int64_t{ChunkBegin(e)} * HD;
 #pragma unroll
         for (int i = 0; i < COPIES; ++i) {
           const int t = (i * 32 + lane) / PIECES;
