@@ -60,6 +60,10 @@ __device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool v
                "r"(valid ? 16 : 0)
                : "memory");
 }
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
 __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>
 __device__ __forceinline__ void CopyAsyncWait() {

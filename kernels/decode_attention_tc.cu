@@ -15,17 +15,13 @@
 namespace spanserve::gpu {
 namespace {
 
+constexpr int kStages = 3;      // passes in shared memory: one computed, two in flight
 constexpr int kTileTokens = 16; // tokens of a warp's tile: the MMA's M
 constexpr int kHeadsPadded = 8; // the MMA's N
 
-template <int HD, int kStages>
+template <int HD>
 constexpr int TcSmemBytes() {
   return kStages * kDecodeWarps * 2 * kTileTokens * HD * int{sizeof(uint16_t)};
-}
-// EXPERIMENT: CTAs a SM of a variant (2 stages: 3 CTAs of 64 KB at head dim 128).
-template <int HD, int G, int kStages>
-constexpr int TcCtasPerSm() {
-  return kStages == 2 && HD == 128 ? 3 : DecodeCtasPerSm(DecodeKernel::kTensorCores, HD, G);
 }
 
 __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
@@ -73,8 +69,8 @@ __device__ __forceinline__ int TileOffset(int token, int piece) {
   return token * HD + ((piece ^ (token & 7)) * 8);
 }
 
-template <int HD, int G, int kStages, bool kSkipRescale>
-__global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
+template <int HD, int G>
+__global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::kTensorCores, HD, G))
     DecodeAttentionTcKernel(const DecodeAttentionArgs a) {
   static_assert(G <= kHeadsPadded);
   constexpr int T = kDecodeWarps * kTileTokens;  // token slots per pass
@@ -130,7 +126,7 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
   };
   Slot copy_slot[COPIES];
 #pragma unroll
-  for (int i = 0; i < COPIES; ++i) copy_slot[i] = slot_of((i * 32 + lane) / PIECES);
+  for (int i = 0; i < COPIES; ++i) copy_slot[i] = slot_of(i * (32 / PIECES) + lane / PIECES);
   const Slot row_slot[2] = {slot_of(quad), slot_of(quad + 8)};
   // Offset in the cache of a slot's token in the pass at (c0, sub), or -1 where it has none.
   auto token_offset = [&](int c0, int sub, const Slot& slot) -> int64_t {
@@ -145,6 +141,9 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
   // Blocks of 16 tokens or more: this warp's tile of pass p is one piece, chunk entry
   // c_begin + p * kDecodeWarps + warp (4 pieces a pass), prefetched.
   ChunkPrefetch prefetch(a.chunks, c_begin + warp, kDecodeWarps, c_end);
+  // Where this lane's copies go: copy i takes piece `piece` of tile row ROWS * i + row0.
+  constexpr int ROWS = 32 / PIECES;  // tile rows a copy instruction covers
+  const int piece = lane % PIECES, row0 = lane / PIECES;
 
   // Copies this warp's tile of the pass at the issue cursor into `stage`, moves the cursor on;
   // one commit group per call (empty past the end). Returns which of this lane's S^T rows
@@ -156,34 +155,48 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
     if (issue_c0 < c_end) {
       uint16_t* k_tile = smem + (stage * kDecodeWarps + warp) * 2 * TILE;
       uint16_t* v_tile = k_tile + TILE;
-      int64_t offset[COPIES];  // of each copy's token in the cache, -1 where it has none
       if (L == kTileTokens) {
-        // One entry, prefetched (ncu: the general walk below made the loop issue-bound, 0.33
-        // of a scheduler's slots against cuDNN's 0.12); past c_end it is empty.
+        // One entry, prefetched; past c_end it is empty. A whole tile (the common case) takes
+        // 16-byte copies at fixed offsets from one address: no per-copy selects.
         const ChunkEntry e = prefetch.Get(passes);
         const int count = ChunkEnd(e) - ChunkBegin(e);
-        const int64_t base = e.block * block_stride + head_offset + int64_t{ChunkBegin(e)} * HD;
+        const int64_t first = e.block * block_stride + head_offset +
+                              int64_t{ChunkBegin(e) + row0} * HD + piece * 8;
+        const uint16_t* k_src = a.k_cache + first;
+        const uint16_t* v_src = a.v_cache + first;
+        if (count == kTileTokens) {
 #pragma unroll
-        for (int i = 0; i < COPIES; ++i) {
-          const int t = (i * 32 + lane) / PIECES;
-          offset[i] = t < count ? base + t * HD : -1;
+          for (int i = 0; i < COPIES; ++i) {
+            const int dst = TileOffset<HD>(ROWS * i + row0, piece);
+            CopyAsync16(k_tile + dst, k_src + ROWS * i * HD);
+            CopyAsync16(v_tile + dst, v_src + ROWS * i * HD);
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < COPIES; ++i) {
+            const int dst = TileOffset<HD>(ROWS * i + row0, piece);
+            const bool valid = ROWS * i + row0 < count;  // else zeros, nothing read
+            CopyAsync16(k_tile + dst, valid ? k_src + ROWS * i * HD : a.k_cache, valid);
+            CopyAsync16(v_tile + dst, valid ? v_src + ROWS * i * HD : a.v_cache, valid);
+          }
         }
         valid_bits = uint32_t{quad < count} | uint32_t{quad + 8 < count} << 1;
       } else {
         // Every slot's chunk entry is read before the first copy is issued: a copy is a
         // compiler memory barrier, so reads between copies would each wait a full latency.
+        int64_t offset[COPIES];  // of each copy's token in the cache, -1 where it has none
 #pragma unroll
         for (int i = 0; i < COPIES; ++i) offset[i] = token_offset(issue_c0, issue_sub, copy_slot[i]);
         valid_bits = uint32_t{token_offset(issue_c0, issue_sub, row_slot[0]) >= 0} |
                      uint32_t{token_offset(issue_c0, issue_sub, row_slot[1]) >= 0} << 1;
-      }
 #pragma unroll
-      for (int i = 0; i < COPIES; ++i) {
-        const int piece = (i * 32 + lane) % PIECES, t = (i * 32 + lane) / PIECES;
-        const bool valid = offset[i] >= 0;
-        const int64_t src = valid ? offset[i] + piece * 8 : 0;
-        CopyAsync16(k_tile + TileOffset<HD>(t, piece), a.k_cache + src, valid);
-        CopyAsync16(v_tile + TileOffset<HD>(t, piece), a.v_cache + src, valid);
+        for (int i = 0; i < COPIES; ++i) {
+          const int dst = TileOffset<HD>(ROWS * i + row0, piece);
+          const bool valid = offset[i] >= 0;
+          const int64_t src = valid ? offset[i] + piece * 8 : 0;
+          CopyAsync16(k_tile + dst, a.k_cache + src, valid);
+          CopyAsync16(v_tile + dst, a.v_cache + src, valid);
+        }
       }
       ++passes;
       geometry.NextPass(c_end, sub_passes, &issue_c0, &issue_sub);
@@ -201,15 +214,15 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
   uint32_t in_flight[kStages - 1];
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) in_flight[s] = issue(s);
-  for (int p = 0; p < passes; ++p) {
+  for (int p = 0, stage = 0; p < passes; ++p, stage = stage + 1 < kStages ? stage + 1 : 0) {
     __syncwarp();  // every lane has read the stage that the next issue overwrites
     const uint32_t valid_bits = in_flight[0];
 #pragma unroll
     for (int s = 0; s + 1 < kStages - 1; ++s) in_flight[s] = in_flight[s + 1];
-    in_flight[kStages - 2] = issue((p + kStages - 1) % kStages);
+    in_flight[kStages - 2] = issue(stage > 0 ? stage - 1 : kStages - 1);  // computed last pass
     CopyAsyncWait<kStages - 1>();  // this lane's copies of pass p have landed
     __syncwarp();                  // and every lane's
-    const uint16_t* k_tile = smem + ((p % kStages) * kDecodeWarps + warp) * 2 * TILE;
+    const uint16_t* k_tile = smem + (stage * kDecodeWarps + warp) * 2 * TILE;
     const uint16_t* v_tile = k_tile + TILE;
 
     // S^T = K Q^T: rows tokens quad and quad + 8, columns heads 2 pair and + 1. Even and odd
@@ -246,12 +259,10 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
       const float correction = exp2f(m[h] - mx);
       m[h] = mx;
       l[h] *= correction;
-      if (!kSkipRescale || __any_sync(0xffffffffu, correction != 1.0f)) {
 #pragma unroll
-        for (int d = 0; d < KSTEPS; ++d) {
-          o[d][h] *= correction;
-          o[d][h + 2] *= correction;
-        }
+      for (int d = 0; d < KSTEPS; ++d) {
+        o[d][h] *= correction;
+        o[d][h + 2] *= correction;
       }
       p_tile[h] = exp2f(s[h] - mx);
       p_tile[h + 2] = exp2f(s[h + 2] - mx);
@@ -302,45 +313,34 @@ __global__ void __launch_bounds__(kDecodeThreads, TcCtasPerSm<HD, G, kStages>())
   FinishDecodeCta<HD, G, kDecodeWarps>(a, sm_acc, row, kv_head, split, q_row);
 }
 
-template <int HD, int G, int kStages, bool kSkipRescale>
+template <int HD, int G>
 cudaError_t LaunchTc(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  constexpr int kSmem = TcSmemBytes<HD, kStages>();
+  constexpr int kSmem = TcSmemBytes<HD>();
   static_assert(kSmem >= (kDecodeWarps * G * HD + 2 * kDecodeWarps * G) * 4,
                 "the warps combine in the stages' shared memory");
-  auto* kernel = DecodeAttentionTcKernel<HD, G, kStages, kSkipRescale>;
-  static const cudaError_t configured = [kernel] {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  static const cudaError_t configured = [] {
+    cudaError_t e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (e == cudaSuccess) {
-      e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+      e = cudaFuncSetAttribute(DecodeAttentionTcKernel<HD, G>,
+                               cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
     }
     return e;
   }();
   if (configured != cudaSuccess) return configured;
   const dim3 grid(a.num_splits, a.num_kv_heads, a.num_rows);
-  kernel<<<grid, kDecodeThreads, kSmem, stream>>>(a);
+  DecodeAttentionTcKernel<HD, G><<<grid, kDecodeThreads, kSmem, stream>>>(a);
   return cudaGetLastError();
-}
-
-// EXPERIMENT: a.tc_variant bit 0: 2 stages (3 CTAs a SM at head dim 128); bit 1: the output
-// rescale skipped when no lane's max moved.
-template <int HD, int G>
-cudaError_t LaunchTcVariant(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  switch (a.tc_variant) {
-    case 1: return LaunchTc<HD, G, 2, false>(a, stream);
-    case 2: return LaunchTc<HD, G, 3, true>(a, stream);
-    case 3: return LaunchTc<HD, G, 2, true>(a, stream);
-    default: return LaunchTc<HD, G, 3, false>(a, stream);
-  }
 }
 
 template <int HD>
 cudaError_t LaunchTcForHeadDim(const DecodeAttentionArgs& a, cudaStream_t stream) {
   switch (a.num_heads / a.num_kv_heads) {
-    case 1: return LaunchTcVariant<HD, 1>(a, stream);
-    case 2: return LaunchTcVariant<HD, 2>(a, stream);
-    case 4: return LaunchTcVariant<HD, 4>(a, stream);
-    case 8: return LaunchTcVariant<HD, 8>(a, stream);
+    case 1: return LaunchTc<HD, 1>(a, stream);
+    case 2: return LaunchTc<HD, 2>(a, stream);
+    case 4: return LaunchTc<HD, 4>(a, stream);
+    case 8: return LaunchTc<HD, 8>(a, stream);
     default: return cudaErrorInvalidValue;
   }
 }

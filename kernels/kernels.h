@@ -70,7 +70,6 @@ struct DecodeAttentionArgs {
   uint16_t* out;              // bf16 [*][num_heads][head_dim], indexed by q_row
   int32_t* split_counters = nullptr;  // [num_rows][num_kv_heads], zeros; null: a merge kernel
   DecodeKernel kernel = DecodeKernel::kAuto;
-  int32_t tc_variant = 0;  // EXPERIMENT (decode_attention_tc.cu)
 };
 cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream);
 

@@ -43,18 +43,17 @@ struct Config {
   int32_t splits = 0;  // 0: the backend's choice (gpu::SplitsFor)
   gpu::DecodeKernel kernel = gpu::DecodeKernel::kAuto;
   bool fused_merge = true;  // splits merged by the last CTA (the backend's way), or a second kernel
-  int32_t tc_variant = 0;   // EXPERIMENT
 
   // The kernel as run, and the merge: "tensor_cores/fused".
   std::string Variant() const {
     const gpu::DecodeKernel k = gpu::ResolveDecodeKernel(kernel, shape.heads / shape.kv_heads);
     return std::string(k == gpu::DecodeKernel::kTensorCores ? "tensor_cores" : "cuda_cores") +
-           (fused_merge ? "/fused" : "/merge_kernel") + "/v" + std::to_string(tc_variant);
+           (fused_merge ? "/fused" : "/merge_kernel");
   }
   // Whether this is what the backend runs (kAuto's kernel, fused merge).
   bool IsBackendChoice() const {
     const int32_t group = shape.heads / shape.kv_heads;
-    return fused_merge && tc_variant == 0 && gpu::ResolveDecodeKernel(kernel, group) ==
+    return fused_merge && gpu::ResolveDecodeKernel(kernel, group) ==
                               gpu::ResolveDecodeKernel(gpu::DecodeKernel::kAuto, group);
   }
 };
@@ -219,7 +218,7 @@ class Bench {
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
-                   c.fused_merge ? counters_ : nullptr, c.kernel, c.tc_variant};
+                   c.fused_merge ? counters_ : nullptr, c.kernel};
     }
     if (ok) {
       result->us = MedianLaunchUs([&](int set) { gpu::LaunchDecodeAttention(args[set], nullptr); }, sets);
@@ -258,7 +257,7 @@ int Main(int argc, char** argv) {
   std::string csv_path = "attention.csv";
   std::vector<int32_t> batches = {1, 16, 64}, contexts = {2048, 8192, 32768}, blocks = {16, 64, 128};
   std::vector<double> fractions = {1.0, 0.5, 0.25, 0.125};
-  std::vector<int32_t> splits = {0}, tc_variants = {0};
+  std::vector<int32_t> splits = {0};
   std::vector<std::string> shape_names = {"llama7b", "llama3_8b"};
   std::vector<std::string> kernel_names = {"auto"}, merge_names = {"fused"};
   int32_t min_split_tokens = gpu::PlanOptions{}.min_split_tokens;
@@ -274,7 +273,6 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cuda_cores", "tensor_cores"}));
   app.add_option("--merges", merge_names, "fused (the last CTA merges the splits), kernel")
       ->check(CLI::IsMember({"fused", "kernel"}));
-  app.add_option("--tc-variants", tc_variants, "EXPERIMENT");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Shape> shapes;
@@ -310,13 +308,12 @@ int Main(int argc, char** argv) {
           for (int32_t split_count : splits)
             for (const std::string& kernel : kernel_names)
               for (const std::string& merge : merge_names)
-                for (int32_t tv : tc_variants)
                 for (double fraction : fractions)
                   configs.push_back({shape, batch, context, B, fraction, split_count,
                                      kernel == "cuda_cores"     ? gpu::DecodeKernel::kCudaCores
                                      : kernel == "tensor_cores" ? gpu::DecodeKernel::kTensorCores
                                                                 : gpu::DecodeKernel::kAuto,
-                                     merge == "fused", tv});
+                                     merge == "fused"});
   for (const Config& c : configs) {
     Result r;
     if (!bench.Run(c, &r)) return 1;

@@ -129,8 +129,6 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
   // Both kernels; splits merged by a second kernel and by the last CTA (twice: the counters
   // must be back at zero for the next launch, as a graph replay needs).
   for (const gpu::DecodeKernel kernel : {gpu::DecodeKernel::kCudaCores, gpu::DecodeKernel::kTensorCores}) {
-    for (const int tc_variant : {0, 1, 2, 3}) {  // EXPERIMENT
-    if (kernel == gpu::DecodeKernel::kCudaCores && tc_variant > 0) continue;
     for (const int merge : {0, 1, 2}) {
       if (S == 1 && merge > 0) continue;
       partial_o.Poison();
@@ -140,7 +138,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                                           q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
                                           rows, S, H, c.kv_heads, hd, B, scale,
                                           partial_o.get(), partial_lse.get(), out.get(),
-                                          merge > 0 ? counters.get() : nullptr, kernel, tc_variant};
+                                          merge > 0 ? counters.get() : nullptr, kernel};
       SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
       const std::vector<float> got = ToFloats(out.Download());
       const char* name = kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores";
@@ -151,7 +149,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
         addressed[qr] = true;
         const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
         EXPECT_LT(MaxRelErr(row_out, want[r]), kTolerance)
-            << name << " v" << tc_variant << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
+            << name << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
             << " B " << B << " splits " << S << " chunks " << row_chunks[r].size();
       }
       for (int32_t qr = 0; qr < q_rows; ++qr) {
@@ -162,7 +160,6 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
         }
       }
       for (const int32_t count : counters.Download()) ASSERT_EQ(count, 0) << name << ", " << merged;
-    }
     }
   }
 }
