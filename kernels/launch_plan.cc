@@ -128,7 +128,7 @@ int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
                   int32_t num_sms, DecodeKernel kernel) {
   const int64_t ctas = int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
   const int64_t target =
-      int64_t{DecodeCtasPerSm(kernel, head_dim, group_size)} * std::max(num_sms, 1);
+      int64_t{DecodeCtasToFill(kernel, head_dim, group_size)} * std::max(num_sms, 1);
   return static_cast<int32_t>(std::clamp<int64_t>(target / ctas, 1, kMaxSplits));
 }
 

@@ -124,9 +124,20 @@ constexpr int32_t DecodeCtasPerSm(DecodeKernel kernel, int32_t head_dim, int32_t
   return group_size <= 4 ? 4 : 2;
 }
 
-// Splits per decode row: the most with which rows x kv heads x splits CTAs are all resident at
-// once (one wave). A second wave only partly filled runs CTAs as long as the first with the GPU
-// mostly idle: 5 splits took 1.27x the time of 4 at batch 16, LLaMA-3-8B (kernels/NOTES.md).
+// CTAs a SM that split rows aim for: enough stages in flight to keep the SM's share of the
+// memory bandwidth busy, about 96 KiB of copies: one tensor-core CTA at head dim 128, two of
+// 48 KiB. More (all CTA slots, as before) only adds splits to merge and CTA starts: LLaMA-3-8B
+// batch 16, 8k: 1 split 178 us, 2: 180, 4: 185; batch 1: 16 splits 19.8 us, 33: 21.1 (H100,
+// kernels/NOTES.md, fifth run).
+constexpr int32_t DecodeCtasToFill(DecodeKernel kernel, int32_t head_dim, int32_t group_size) {
+  return ResolveDecodeKernel(kernel, group_size) == DecodeKernel::kTensorCores && head_dim > 64 ? 1
+                                                                                                : 2;
+}
+
+// Splits per decode row: the most with which rows x kv heads x splits CTAs stay within
+// DecodeCtasToFill a SM (so within one wave of resident CTAs). A second wave only partly filled
+// runs CTAs as long as the first with the GPU mostly idle: 5 splits took 1.27x the time of 4 at
+// batch 16, LLaMA-3-8B (kernels/NOTES.md).
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
                   int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
 

@@ -69,31 +69,32 @@ TEST(SplitChunks, EmptyRowHasEmptySplits) {
   for (int32_t b : bounds) EXPECT_EQ(b, 3);
 }
 
-TEST(SplitsFor, MostSplitsThatFitOneWave) {
+TEST(SplitsFor, MostSplitsThatFillTheSmsOnce) {
   for (DecodeKernel kernel : {DecodeKernel::kAuto, DecodeKernel::kCudaCores, DecodeKernel::kTensorCores}) {
     for (int32_t hd : {64, 128}) {
       for (int32_t group : {1, 2, 4, 8}) {
-        const int64_t slots = int64_t{DecodeCtasPerSm(kernel, hd, group)} * 132;
+        const int64_t fill = int64_t{DecodeCtasToFill(kernel, hd, group)} * 132;
+        ASSERT_LE(DecodeCtasToFill(kernel, hd, group), DecodeCtasPerSm(kernel, hd, group));
         for (int32_t rows : {1, 2, 16, 64, 256, 2048}) {
           for (int32_t kv : {1, 8, 32}) {
             const int32_t s = SplitsFor(rows, kv, group, hd, 132, kernel);
             ASSERT_GE(s, 1);
             ASSERT_LE(s, kMaxSplits);
-            if (s > 1) EXPECT_LE(int64_t{rows} * kv * s, slots);
-            if (s < kMaxSplits) EXPECT_GT(int64_t{rows} * kv * (s + 1), slots);
+            if (s > 1) EXPECT_LE(int64_t{rows} * kv * s, fill);
+            if (s < kMaxSplits) EXPECT_GT(int64_t{rows} * kv * (s + 1), fill);
           }
         }
       }
     }
   }
-  // CUDA cores, 4 CTAs a SM: LLaMA-3-8B batch 16 takes 512 of 528 slots, not 640.
-  EXPECT_EQ(SplitsFor(16, 8, 4, 128, 132, DecodeKernel::kCudaCores), 4);
-  EXPECT_EQ(SplitsFor(1, 8, 4, 128, 132, DecodeKernel::kCudaCores), kMaxSplits);
-  // Tensor cores (kAuto's choice for groups of 4), 2 CTAs a SM at head dim 128.
-  EXPECT_EQ(SplitsFor(16, 8, 4, 128, 132), 2);
-  EXPECT_EQ(SplitsFor(1, 8, 4, 128, 132), 33);
-  EXPECT_EQ(SplitsFor(64, 8, 4, 128, 132), 1);   // batch 64: 512 CTAs already
-  EXPECT_EQ(SplitsFor(1, 32, 1, 128, 132), 16);  // LLaMA-7B, batch 1: CUDA cores
+  // Tensor cores (kAuto's choice for groups of 4), one CTA a SM at head dim 128: LLaMA-3-8B.
+  EXPECT_EQ(SplitsFor(16, 8, 4, 128, 132), 1);   // 128 CTAs on 132 SMs
+  EXPECT_EQ(SplitsFor(1, 8, 4, 128, 132), 16);
+  EXPECT_EQ(SplitsFor(64, 8, 4, 128, 132), 1);
+  // CUDA cores, two CTAs a SM.
+  EXPECT_EQ(SplitsFor(16, 8, 4, 128, 132, DecodeKernel::kCudaCores), 2);
+  EXPECT_EQ(SplitsFor(1, 32, 1, 128, 132), 8);   // LLaMA-7B, batch 1
+  EXPECT_EQ(SplitsFor(1, 1, 1, 64, 132), kMaxSplits);
 }
 
 TEST(GraphBucket, CoversEachSizeWithFewBuckets) {
