@@ -476,9 +476,10 @@ absl::Status CudaBackend::Init() {
   cap.logit_rows = std::max(options_.max_graph_rows, 256);
   cap.table_entries = 1 << 16;
   cap.chunks = 1 << 17;
-  // SplitsFor keeps rows x splits within the rows (1 split) or the CTA slots over KV heads.
+  // SplitsFor keeps rows x splits within the rows (1 split) or the CTAs that fill the SMs
+  // over KV heads.
   cap.row_splits =
-      cap.rows + gpu::DecodeCtasPerSm(gpu::DecodeKernel::kAuto, c_.head_dim, group()) * num_sms_;
+      cap.rows + gpu::DecodeCtasToFill(gpu::DecodeKernel::kAuto, c_.head_dim, group()) * num_sms_;
   cap.prefill_jobs = cap.rows;
   const size_t fixed = weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
   size_t free = 0, total = 0;

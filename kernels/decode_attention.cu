@@ -82,9 +82,9 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   };
 
   // Blocks of 16 tokens or more: pass p reads chunk entries c_begin + p * P + slot chunk (P =
-  // chunks_per_pass divides 32), prefetched.
+  // chunks_per_pass divides 32), prefetched (smaller blocks read theirs in the pass).
   const bool whole_pieces = L == kMaxPieceTokens;
-  ChunkPrefetch prefetch(a.chunks, c_begin, 1, c_end);
+  ChunkPrefetch prefetch(a.chunks, c_begin, 1, whole_pieces ? c_end : c_begin);
 
   // Copies the pass at the issue cursor into `stage` and moves the cursor on; one commit group
   // per call (empty past the end). Returns the pass's valid slots as bits.

@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     const ChunkEntry e = a.chunks[c];
     return geometry.SubPasses(ChunkBegin(e), ChunkEnd(e));
   };
-  // Where the tokens this lane copies (t = (32 i + lane) / PIECES) and its two S^T rows (quad,
+  // Where the tokens this lane copies (rows ROWS i + row0) and its two S^T rows (quad,
   // quad + 8) fall in a pass, worked out once: the mapping's divisions are by a run-time length.
   struct Slot {
     int chunk, token;
@@ -124,9 +124,12 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     const int j = warp * kTileTokens + t;
     return Slot{geometry.SlotChunk(j), geometry.SlotToken(j), geometry.SlotUsed(j)};
   };
+  // Where this lane's copies go: copy i takes piece `piece` of tile row ROWS * i + row0.
+  constexpr int ROWS = 32 / PIECES;  // tile rows a copy instruction covers
+  const int piece = lane % PIECES, row0 = lane / PIECES;
   Slot copy_slot[COPIES];
 #pragma unroll
-  for (int i = 0; i < COPIES; ++i) copy_slot[i] = slot_of(i * (32 / PIECES) + lane / PIECES);
+  for (int i = 0; i < COPIES; ++i) copy_slot[i] = slot_of(ROWS * i + row0);
   const Slot row_slot[2] = {slot_of(quad), slot_of(quad + 8)};
   // Offset in the cache of a slot's token in the pass at (c0, sub), or -1 where it has none.
   auto token_offset = [&](int c0, int sub, const Slot& slot) -> int64_t {
@@ -139,11 +142,10 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   };
 
   // Blocks of 16 tokens or more: this warp's tile of pass p is one piece, chunk entry
-  // c_begin + p * kDecodeWarps + warp (4 pieces a pass), prefetched.
-  ChunkPrefetch prefetch(a.chunks, c_begin + warp, kDecodeWarps, c_end);
-  // Where this lane's copies go: copy i takes piece `piece` of tile row ROWS * i + row0.
-  constexpr int ROWS = 32 / PIECES;  // tile rows a copy instruction covers
-  const int piece = lane % PIECES, row0 = lane / PIECES;
+  // c_begin + p * kDecodeWarps + warp (4 pieces a pass), prefetched (smaller blocks read their
+  // entries in the pass: an empty range, nothing prefetched).
+  ChunkPrefetch prefetch(a.chunks, c_begin + warp, kDecodeWarps,
+                         L == kTileTokens ? c_end : c_begin);
 
   // Copies this warp's tile of the pass at the issue cursor into `stage`, moves the cursor on;
   // one commit group per call (empty past the end). Returns which of this lane's S^T rows
