@@ -527,7 +527,7 @@ absl::Status CudaBackend::UploadPlan(const gpu::StepPlan& plan) {
       {layout_.kv_block, rows},
       {layout_.kv_offset, rows},
       {layout_.decode_q_row, plan.decode_rows * sizeof(int32_t)},
-      {layout_.split_bounds, size_t(plan.decode_rows) * (plan.num_splits + 1) * sizeof(int32_t)},
+      {layout_.split_heads, size_t(plan.decode_rows) * plan.num_splits * sizeof(gpu::SplitHead)},
       {layout_.prefill_jobs, plan.prefill_jobs * sizeof(gpu::PrefillJob)},
       {layout_.logit_rows, plan.logit_rows * sizeof(int32_t)},
       {layout_.samples, plan.logit_rows * sizeof(gpu::SampleEntry)},
@@ -582,7 +582,7 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
     check(gpu::LaunchPrefillAttention(prefill, stream_), "prefill attention");
     gpu::DecodeAttentionArgs decode{q_.as<uint16_t>(), KCache(l), VCache(l),
                                     Plan<int32_t>(layout_.decode_q_row),
-                                    Plan<int32_t>(layout_.split_bounds),
+                                    Plan<gpu::SplitHead>(layout_.split_heads),
                                     Plan<gpu::ChunkEntry>(layout_.chunks), s.decode_rows,
                                     s.num_splits, c_.num_heads, c_.num_kv_heads, c_.head_dim,
                                     block_size_, scale, partial_o_.as<float>(),

@@ -39,8 +39,8 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
 
   const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
   const int lane = threadIdx.x % LANES, group = threadIdx.x / LANES;
-  const int32_t* bounds = a.split_bounds + int64_t{row} * (a.num_splits + 1);
-  const int c_begin = bounds[split], c_end = bounds[split + 1];
+  const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;
+  const int c_begin = head->chunk_begin, c_end = head->chunk_end;
   const int64_t q_row = a.q_row[row];
 
   float q[G][8];
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   // Blocks of 16 tokens or more: pass p reads chunk entries c_begin + p * P + slot chunk (P =
   // chunks_per_pass divides 32), prefetched (smaller blocks read theirs in the pass).
   const bool whole_pieces = L == kMaxPieceTokens;
-  ChunkPrefetch prefetch(a.chunks, c_begin, 1, whole_pieces ? c_end : c_begin);
+  ChunkPrefetch prefetch(a.chunks, head, c_begin, c_end, 0, 1, whole_pieces);
 
   // Copies the pass at the issue cursor into `stage` and moves the cursor on; one commit group
   // per call (empty past the end). Returns the pass's valid slots as bits.

@@ -20,35 +20,49 @@ static_assert(kMaxSplits <= 64, "a warp reads the splits' lse two a lane");
 __device__ __forceinline__ int ChunkBegin(const ChunkEntry& e) { return e.range & 0xffff; }
 __device__ __forceinline__ int ChunkEnd(const ChunkEntry& e) { return e.range >> 16; }
 
-// A warp's chunk entries first + stride * i, i = 0, 1, ..., read 32 at a time (one a lane) a
-// batch ahead of their use: a pass that read its own entries waited a full memory latency
-// before it could issue its copies (ncu, tensor cores at LLaMA-3-8B batch 16: 60% of the loop's
-// stall samples). Get(i) is called by every lane of the warp, with i / 32 the same across the
-// warp and never decreasing; entries at or past `end` read as empty.
+// A warp's chunk entries c_begin + offset + stride * i, i = 0, 1, ..., of one split, read 32
+// at a time (one a lane) a batch ahead of their use: a pass that read its own entries waited a
+// full memory latency before it could issue its copies (ncu, tensor cores at LLaMA-3-8B batch
+// 16: 60% of the loop's stall samples). The first ones come from the split's head, which the
+// CTA reads at its start with c_begin and c_end: the first copies wait one latency, not two.
+// Get(i) is called by every lane of the warp, with i / 32 the same across the warp and never
+// decreasing; entries at or past c_end read as empty. Not `enabled`: nothing is read.
 class ChunkPrefetch {
  public:
-  __device__ ChunkPrefetch(const ChunkEntry* chunks, int first, int stride, int end)
-      : chunks_(chunks), first_(first), stride_(stride), end_(end), current_(Load(0)), next_(Load(1)) {}
+  __device__ ChunkPrefetch(const ChunkEntry* chunks, const SplitHead* head, int c_begin, int c_end,
+                           int offset, int stride, bool enabled)
+      : chunks_(chunks), first_(c_begin + offset), stride_(stride), end_(enabled ? c_end : 0),
+        head_count_(enabled ? HeadCount(offset, stride) : 0),
+        head_(Lane() < head_count_ ? head->first[offset + stride * Lane()] : ChunkEntry{0, 0}),
+        current_(Load(0)), next_(Load(1)) {}
 
   __device__ __forceinline__ ChunkEntry Get(int i) {
+    if (i < head_count_) return Shuffle(head_, i);
     while (i / 32 > batch_) {
       current_ = next_;
       ++batch_;
       next_ = Load(batch_ + 1);
     }
-    const int lane = i % 32;
-    return {__shfl_sync(0xffffffffu, current_.block, lane), __shfl_sync(0xffffffffu, current_.range, lane)};
+    return Shuffle(current_, i % 32);
   }
 
  private:
+  // Leading entries i that the head holds (offset + stride * i < kSplitHeadEntries).
+  static __device__ __forceinline__ int HeadCount(int offset, int stride) {
+    return offset < kSplitHeadEntries ? min(32, (kSplitHeadEntries - offset + stride - 1) / stride) : 0;
+  }
+  static __device__ __forceinline__ int Lane() { return static_cast<int>(threadIdx.x % 32); }
+  static __device__ __forceinline__ ChunkEntry Shuffle(const ChunkEntry& e, int lane) {
+    return {__shfl_sync(0xffffffffu, e.block, lane), __shfl_sync(0xffffffffu, e.range, lane)};
+  }
   __device__ __forceinline__ ChunkEntry Load(int batch) const {
-    const int c = first_ + stride_ * (32 * batch + static_cast<int>(threadIdx.x % 32));
+    const int c = first_ + stride_ * (32 * batch + Lane());
     return c < end_ ? chunks_[c] : ChunkEntry{0, 0};
   }
 
   const ChunkEntry* chunks_;
-  int first_, stride_, end_, batch_ = 0;
-  ChunkEntry current_, next_;
+  int first_, stride_, end_, head_count_, batch_ = 0;
+  ChunkEntry head_, current_, next_;
 };
 
 // 16 bytes global -> shared, bypassing L1; zero-filled when !valid (nothing is read then).

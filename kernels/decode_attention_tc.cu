@@ -83,8 +83,8 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int quad = lane / 4, pair = lane % 4;  // MMA fragment coordinates
-  const int32_t* bounds = a.split_bounds + int64_t{row} * (a.num_splits + 1);
-  const int c_begin = bounds[split], c_end = bounds[split + 1];
+  const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;
+  const int c_begin = head->chunk_begin, c_end = head->chunk_end;
   const int64_t q_row = a.q_row[row];
 
   // Q^T as the B operand: head `quad`, dims 16k + 2 pair (+1) and + 8; heads past G are zero.
@@ -143,9 +143,8 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
 
   // Blocks of 16 tokens or more: this warp's tile of pass p is one piece, chunk entry
   // c_begin + p * kDecodeWarps + warp (4 pieces a pass), prefetched (smaller blocks read their
-  // entries in the pass: an empty range, nothing prefetched).
-  ChunkPrefetch prefetch(a.chunks, c_begin + warp, kDecodeWarps,
-                         L == kTileTokens ? c_end : c_begin);
+  // entries in the pass).
+  ChunkPrefetch prefetch(a.chunks, head, c_begin, c_end, warp, kDecodeWarps, L == kTileTokens);
 
   // Copies this warp's tile of the pass at the issue cursor into `stage`, moves the cursor on;
   // one commit group per call (empty past the end). Returns which of this lane's S^T rows

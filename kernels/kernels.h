@@ -49,8 +49,8 @@ cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uin
                           cudaStream_t stream);
 
 // Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows): a
-// CTA takes the group of query heads of one KV head for one row and the chunks
-// [split_bounds[row][split], split_bounds[row][split + 1]), each at most PieceTokens(block_size)
+// CTA takes the group of query heads of one KV head for one row and the chunks of
+// split_heads[row][split] (launch_plan.h's SplitHead), each at most PieceTokens(block_size)
 // tokens long (CutIntoPieces). With one split it writes `out` directly; otherwise each CTA
 // writes its (o, lse) partials, and the splits are merged into `out`: by the last CTA of each
 // (row, KV head) to finish, counted in split_counters, or, without counters, by a second kernel.
@@ -61,7 +61,7 @@ struct DecodeAttentionArgs {
   const uint16_t* k_cache;
   const uint16_t* v_cache;
   const int32_t* q_row;       // [num_rows]
-  const int32_t* split_bounds;  // [num_rows][num_splits + 1]
+  const SplitHead* split_heads;  // [num_rows][num_splits]
   const ChunkEntry* chunks;
   int32_t num_rows, num_splits, num_heads, num_kv_heads, head_dim, block_size;
   float scale;                // softmax scale (1 / sqrt(head_dim))

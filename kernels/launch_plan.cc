@@ -86,8 +86,7 @@ PlanLayout PlanLayout::For(const PlanCapacity& cap) {
   take(&layout.kv_block, rows * sizeof(int32_t));
   take(&layout.kv_offset, rows * sizeof(int32_t));
   take(&layout.decode_q_row, rows * sizeof(int32_t));
-  // Decode rows x (splits + 1) <= row_splits + rows.
-  take(&layout.split_bounds, (size_t{1} + cap.row_splits + rows) * sizeof(int32_t));
+  take(&layout.split_heads, (size_t{1} + cap.row_splits) * sizeof(SplitHead));
   take(&layout.prefill_jobs, (size_t{1} + cap.prefill_jobs) * sizeof(PrefillJob));
   take(&layout.logit_rows, (size_t{1} + cap.logit_rows) * sizeof(int32_t));
   take(&layout.samples, (size_t{1} + cap.logit_rows) * sizeof(SampleEntry));
@@ -216,9 +215,10 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
   // Decode rows: each non-causal row's chunks, cut into pieces, copied in row order and
   // grouped into splits.
   int32_t* q_row = At<int32_t>(blob, layout.decode_q_row);
-  int32_t* bounds = At<int32_t>(blob, layout.split_bounds);
+  SplitHead* heads = At<SplitHead>(blob, layout.split_heads);
   ChunkEntry* chunks = At<ChunkEntry>(blob, layout.chunks);
   std::vector<KvChunk> pieces;
+  std::vector<int32_t> bounds(S + 1);
   for (int32_t r = 0; r < plan.rows; ++r) {
     const bool real = r < n;
     if (real && batch.rows[r].causal) continue;
@@ -230,9 +230,17 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
                     B, &pieces);
     }
     q_row[plan.decode_rows] = r;
-    SplitChunks(pieces, S, options.min_split_tokens, plan.chunks,
-                bounds + int64_t{plan.decode_rows} * (S + 1));
+    SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data());
     for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
+    for (int32_t s = 0; s < S; ++s) {
+      SplitHead& head = heads[int64_t{plan.decode_rows} * S + s];
+      head.chunk_begin = bounds[s];
+      head.chunk_end = bounds[s + 1];
+      for (int32_t i = 0; i < kSplitHeadEntries; ++i) {
+        const int32_t c = bounds[s] + i;
+        head.first[i] = c < bounds[s + 1] ? chunks[c] : ChunkEntry{0, 0};
+      }
+    }
     ++plan.decode_rows;
   }
 

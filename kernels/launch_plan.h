@@ -25,6 +25,15 @@ struct ChunkEntry {
   int32_t range;
 };
 
+// Where one split of a decode row starts: its chunk range and its first chunk entries, at an
+// address the CTA knows from its grid position, so that it issues its first copies one memory
+// latency after it starts (reading a bound, then the entries at it, took two).
+inline constexpr int32_t kSplitHeadEntries = 8;
+struct SplitHead {
+  int32_t chunk_begin, chunk_end;       // [chunk_begin, chunk_end) of the step's chunks
+  ChunkEntry first[kSplitHeadEntries];  // chunks chunk_begin + i; {0, 0} (empty) past the end
+};
+
 // A tile of consecutive causal rows of one sequence, for the prefill kernel.
 struct PrefillJob {
   int32_t row_begin;
@@ -60,7 +69,7 @@ struct PlanCapacity {
 struct PlanLayout {
   size_t token_ids = 0, positions = 0, kv_block = 0, kv_offset = 0;  // int32 [rows]
   size_t decode_q_row = 0;   // int32 [rows]: the row each decode-kernel row reads and writes
-  size_t split_bounds = 0;   // int32 [decode rows][splits + 1]: chunk index where each split starts
+  size_t split_heads = 0;    // SplitHead [decode rows][splits]
   size_t prefill_jobs = 0;   // PrefillJob [prefill_jobs]
   size_t logit_rows = 0;     // int32 [logit_rows]: the row whose logits each logits row holds
   size_t samples = 0;        // SampleEntry [logit_rows]

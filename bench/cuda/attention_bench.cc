@@ -8,6 +8,7 @@
 // K and V bytes of the attended tokens, against the measured device copy bandwidth.
 //
 // Run: cuda_attention_bench --csv attention.csv   (one CSV row per configuration, summary last)
+//      cuda_attention_bench --serve                 (configurations from stdin, times to stdout)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -132,6 +133,15 @@ class Bench {
  public:
   Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens)
       : max_batch_(max_batch), max_context_(max_context), min_split_tokens_(min_split_tokens) {}
+  ~Bench() {
+    for (void* p : {static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(q_),
+                    static_cast<void*>(out_), static_cast<void*>(partial_o_),
+                    static_cast<void*>(partial_lse_), static_cast<void*>(counters_)}) {
+      cudaFree(p);
+    }
+  }
+  Bench(const Bench&) = delete;
+  Bench& operator=(const Bench&) = delete;
 
   bool Init(const std::vector<Shape>& shapes) {
     cudaDeviceProp props{};
@@ -214,7 +224,7 @@ class Bench {
            Check(cudaMemcpy(blobs[set], blob.data(), layout.total, cudaMemcpyHostToDevice), "metadata");
       auto at = [&](size_t offset) { return static_cast<uint8_t*>(blobs[set]) + offset; };
       args[set] = {q_, k_, v_, reinterpret_cast<const int32_t*>(at(layout.decode_q_row)),
-                   reinterpret_cast<const int32_t*>(at(layout.split_bounds)),
+                   reinterpret_cast<const gpu::SplitHead*>(at(layout.split_heads)),
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
@@ -252,6 +262,44 @@ class Bench {
   std::map<std::pair<int32_t, int64_t>, std::vector<int32_t>> orders_;
 };
 
+const std::vector<Shape>& KnownShapes() {
+  static const std::vector<Shape> shapes = {Shape{"llama7b", 32, 32, 128},
+                                            Shape{"llama3_8b", 32, 8, 128}};
+  return shapes;
+}
+
+// --serve: one configuration a line on stdin, "shape batch context block fraction splits"
+// (splits 0: the backend's choice), answered on stdout with "time_us gbps splits" or
+// "error ...". Each request allocates its own pools and frees them, so that another process
+// (torch_attention_bench.py --interleave) can time its own kernels between requests.
+int Serve(int32_t min_split_tokens) {
+  char name[64];
+  int32_t batch, context, block, splits;
+  double fraction;
+  while (std::scanf("%63s %d %d %d %lf %d", name, &batch, &context, &block, &fraction, &splits) == 6) {
+    const auto& shapes = KnownShapes();
+    const auto shape = std::find_if(shapes.begin(), shapes.end(),
+                                    [&](const Shape& s) { return s.name == name; });
+    Result r;
+    bool ok = false;
+    if (shape != shapes.end() && batch > 0 && context >= block && block > 0) {
+      // Room for the disjoint block sets Run rotates over (about 1 GB), as in the grid.
+      const double dense_bytes = 4.0 * batch * context * shape->kv_heads * shape->head_dim;
+      const int32_t sets = static_cast<int32_t>(std::clamp(std::ceil(1e9 / dense_bytes), 1.0, 64.0));
+      Bench bench(batch, context * sets, min_split_tokens);
+      ok = bench.Init({*shape}) &&
+           bench.Run(Config{*shape, batch, context, block, fraction, splits}, &r);
+    }
+    if (ok) {
+      std::printf("%.3f %.1f %d\n", r.us, r.gbps, r.splits);
+    } else {
+      std::printf("error %s %d %d %d\n", name, batch, context, block);
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"Block-sparse paged decode attention benchmark"};
   std::string csv_path = "attention.csv";
@@ -273,10 +321,13 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cuda_cores", "tensor_cores"}));
   app.add_option("--merges", merge_names, "fused (the last CTA merges the splits), kernel")
       ->check(CLI::IsMember({"fused", "kernel"}));
+  bool serve = false;
+  app.add_flag("--serve", serve, "time configurations read from stdin, one a line (see Serve)");
   CLI11_PARSE(app, argc, argv);
+  if (serve) return Serve(min_split_tokens);
 
   std::vector<Shape> shapes;
-  for (const Shape& s : {Shape{"llama7b", 32, 32, 128}, Shape{"llama3_8b", 32, 8, 128}}) {
+  for (const Shape& s : KnownShapes()) {
     if (std::find(shape_names.begin(), shape_names.end(), s.name) != shape_names.end()) {
       shapes.push_back(s);
     }

@@ -12,8 +12,11 @@
 #   scripts/device/gpu_run.sh profile   ncu (full set, SASS source page) on one launch of the
 #                                       benchmark with BENCH_ARGS, and on cuDNN's SDPA at
 #                                       SDPA_SHAPE ("batch heads kv_heads context head_dim")
+#   scripts/device/gpu_run.sh interleave  the dense shapes again, ours and SDPA alternating
+#                                       (INTERLEAVE_ARGS: e.g. --rounds 5 --cases llama3_8b:16:2048)
 #   scripts/device/gpu_run.sh all       check, kernels, e2e in turn (longer than one 10-minute
 #                                       command)
+# Several phases may be named in one call: gpu_run.sh check kernels interleave.
 # GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
 # CHECK_TIMEOUT and E2E_TIMEOUT (seconds) stop a test binary or the e2e benchmark where the lent
 # time is short; ATTN_ARGS adds options to the kernels phase's benchmark (e.g. --copies cp_async
@@ -21,7 +24,8 @@
 # Results go to $OUT (at most 8 files: the main CSV/JSON, and logs.tar.gz with everything);
 # a short table comes last in the output.
 set -uo pipefail
-phase=${1:-all}
+phases=("${@:-all}")
+phase=$(IFS=_; echo "${phases[*]}")
 root=$PWD
 pack=$root/.pack/cuda
 if [[ ! -d $pack ]]; then
@@ -131,6 +135,13 @@ bench() {
   grep ' us ' "$work/attention_bench.log" | tail -80
   cp "$work/attention_bench.csv" "$out/" 2>/dev/null
 }
+interleave() {
+  PYTHONUNBUFFERED=1 python3 bench/cuda/torch_attention_bench.py \
+    --interleave "$pack/bin/cuda_attention_bench" --interleave-out "$work/attention_interleaved.csv" \
+    ${INTERLEAVE_ARGS:-} >"$work/interleave.log" 2>&1 || status=1
+  sed -n '/^shape /,$p' "$work/interleave.log" | tail -30
+  cp "$work/attention_interleaved.csv" "$out/" 2>/dev/null
+}
 profile() {
   local ncu_args=(--clock-control none --set full --import-source no --launch-skip 4 --launch-count 1)
   ncu "${ncu_args[@]}" -k regex:DecodeAttention -o "$work/ours" \
@@ -152,16 +163,12 @@ torch.cuda.synchronize()" >"$work/profile_sdpa.log" 2>&1 || status=1
       "$out/ncu_$r.txt" | head -12
   done
 }
-case $phase in
-  check) check ;;
-  kernels) kernels ;;
-  e2e) e2e ;;
-  splits) splits ;;
-  ab) ab ;;
-  bench) bench ;;
-  profile) profile ;;
-  all) check; kernels; e2e ;;
-  *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|profile|all"; exit 2 ;;
-esac
+for p in "${phases[@]}"; do
+  case $p in
+    check|kernels|e2e|splits|ab|bench|interleave|profile) $p ;;
+    all) check; kernels; e2e ;;
+    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|all ..."; exit 2 ;;
+  esac
+done
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .
 exit $status

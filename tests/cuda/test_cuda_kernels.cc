@@ -234,7 +234,7 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
     const gpu::DecodeAttentionArgs decode{
         q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
         reinterpret_cast<const int32_t*>(at(layout.decode_q_row)),
-        reinterpret_cast<const int32_t*>(at(layout.split_bounds)),
+        reinterpret_cast<const gpu::SplitHead*>(at(layout.split_heads)),
         reinterpret_cast<const ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
         plan.num_splits, H, kvh, hd, spec.block_size, scale, partial_o.get(), partial_lse.get(),
         out.get(), counters.get()};

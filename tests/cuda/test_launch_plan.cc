@@ -251,16 +251,25 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
     for (int32_t i = 0; i < plan.decode_rows; ++i) {
       const int32_t r = At<int32_t>(blob, layout.decode_q_row)[i];
       ASSERT_EQ(r, expected_rows[i]);
-      const int32_t* bounds = At<int32_t>(blob, layout.split_bounds) + int64_t{i} * (S + 1);
+      const SplitHead* heads = At<SplitHead>(blob, layout.split_heads) + int64_t{i} * S;
       std::vector<KvChunk> got;
       for (int32_t s = 0; s < S; ++s) {
-        ASSERT_LE(bounds[s], bounds[s + 1]);
-        for (int32_t c = bounds[s]; c < bounds[s + 1]; ++c) {
+        const SplitHead& head = heads[s];
+        ASSERT_LE(head.chunk_begin, head.chunk_end);
+        if (s > 0) ASSERT_EQ(head.chunk_begin, heads[s - 1].chunk_end);
+        for (int32_t c = head.chunk_begin; c < head.chunk_end; ++c) {
           got.push_back({chunks[c].block, chunks[c].range & 0xffff, chunks[c].range >> 16});
         }
+        // The head's copies of the split's first entries, empty past its end.
+        for (int32_t k = 0; k < kSplitHeadEntries; ++k) {
+          const int32_t c = head.chunk_begin + k;
+          const ChunkEntry want = c < head.chunk_end ? chunks[c] : ChunkEntry{0, 0};
+          ASSERT_EQ(head.first[k].block, want.block) << "row " << r << " split " << s << " entry " << k;
+          ASSERT_EQ(head.first[k].range, want.range) << "row " << r << " split " << s << " entry " << k;
+        }
       }
-      ASSERT_GE(bounds[0], 0);
-      ASSERT_LE(bounds[S], plan.chunks);
+      ASSERT_GE(heads[0].chunk_begin, 0);
+      ASSERT_LE(heads[S - 1].chunk_end, plan.chunks);
       std::vector<KvChunk> want;
       if (r < n) {
         CutIntoPieces({batch.chunks.data() + batch.rows[r].chunk_begin,
@@ -331,7 +340,7 @@ TEST(PlanLayout, ArraysAreAlignedAndApart) {
   const PlanLayout l = PlanLayout::For(cap);
   const std::vector<std::pair<size_t, size_t>> arrays = {
       {l.token_ids, 100 * 4}, {l.positions, 100 * 4}, {l.kv_block, 100 * 4},
-      {l.kv_offset, 100 * 4}, {l.decode_q_row, 100 * 4}, {l.split_bounds, (250 + 100) * 4},
+      {l.kv_offset, 100 * 4}, {l.decode_q_row, 100 * 4}, {l.split_heads, 250 * sizeof(SplitHead)},
       {l.prefill_jobs, 12 * sizeof(PrefillJob)}, {l.logit_rows, 7 * 4},
       {l.samples, 7 * sizeof(SampleEntry)}, {l.block_tables, 33 * 4},
       {l.chunks, 1000 * sizeof(ChunkEntry)}};
