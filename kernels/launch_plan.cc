@@ -166,6 +166,19 @@ void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t mi
   for (int32_t s = used; s <= max_splits; ++s) bounds[s] = base + n;
 }
 
+void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
+                    SplitHead* heads) {
+  for (int32_t s = 0; s < num_splits; ++s) {
+    SplitHead& head = heads[s];
+    head.chunk_begin = bounds[s];
+    head.chunk_end = bounds[s + 1];
+    for (int32_t i = 0; i < kSplitHeadEntries; ++i) {
+      const int32_t c = bounds[s] + i;
+      head.first[i] = c < bounds[s + 1] ? chunks[c] : ChunkEntry{0, 0};
+    }
+  }
+}
+
 PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options) {
   PlanCapacity need;
   const bool padded = options.pad_rows > 0;
@@ -232,15 +245,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
     q_row[plan.decode_rows] = r;
     SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data());
     for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
-    for (int32_t s = 0; s < S; ++s) {
-      SplitHead& head = heads[int64_t{plan.decode_rows} * S + s];
-      head.chunk_begin = bounds[s];
-      head.chunk_end = bounds[s + 1];
-      for (int32_t i = 0; i < kSplitHeadEntries; ++i) {
-        const int32_t c = bounds[s] + i;
-        head.first[i] = c < bounds[s + 1] ? chunks[c] : ChunkEntry{0, 0};
-      }
-    }
+    FillSplitHeads(bounds.data(), S, chunks, heads + int64_t{plan.decode_rows} * S);
     ++plan.decode_rows;
   }
 

@@ -161,6 +161,11 @@ void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
 void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,
                  int32_t base, int32_t* bounds);
 
+// The heads of one row's num_splits splits, from the num_splits + 1 bounds SplitChunks wrote and
+// the step's chunk entries (those of the row already in place).
+void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
+                    SplitHead* heads);
+
 // The capacity a batch needs under these options.
 PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options);
 

@@ -255,8 +255,8 @@ def interleave(args):
               + " ".join(f"{med[f'b{b}']:9.1f}" for b in BLOCKS)
               + f" {med['sdpa']:9.1f}  {'yes' if faster else 'NO ':3s}     {won}/{args.rounds}",
               flush=True)
+        write_csv(args.interleave_out, rows)  # after each shape: a cut-off run keeps what it has
     ours.close()
-    write_csv(args.interleave_out, rows)
     print(f"dense shapes where ours' median was not below SDPA's at every block size: "
           f"{sum(not r['faster_than_sdpa'] for r in rows)} of {len(rows)}")
 

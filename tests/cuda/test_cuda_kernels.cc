@@ -110,8 +110,13 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                      &bounds[size_t(r) * (S + 1)]);
     for (const KvChunk& k : pieces) entries.push_back({k.block, k.begin | (k.end << 16)});
   }
+  std::vector<gpu::SplitHead> heads(size_t(rows) * S);
+  for (int32_t r = 0; r < rows; ++r) {
+    gpu::FillSplitHeads(&bounds[size_t(r) * (S + 1)], S, entries.data(), &heads[size_t(r) * S]);
+  }
   caches.PoisonUnattended(row_chunks);
-  DeviceArray<int32_t> q_row_dev(q_row), bounds_dev(bounds);
+  DeviceArray<int32_t> q_row_dev(q_row);
+  DeviceArray<gpu::SplitHead> heads_dev(heads);
   DeviceArray<ChunkEntry> chunks_dev(entries);
   DeviceArray<float> partial_o(size_t(rows) * S * H * hd), partial_lse(size_t(rows) * S * H);
   DeviceArray<uint16_t> out(size_t(q_rows) * H * hd);
@@ -135,7 +140,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       partial_lse.Poison();
       out.Poison();
       const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
-                                          q_row_dev.get(), bounds_dev.get(), chunks_dev.get(),
+                                          q_row_dev.get(), heads_dev.get(), chunks_dev.get(),
                                           rows, S, H, c.kv_heads, hd, B, scale,
                                           partial_o.get(), partial_lse.get(), out.get(),
                                           merge > 0 ? counters.get() : nullptr, kernel};
