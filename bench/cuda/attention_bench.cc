@@ -2,8 +2,9 @@
 // with the metadata the backend builds), dense and sparse, for LLaMA-7B attention shapes (32
 // heads of 128) and LLaMA-3-8B shapes (32 query heads over 8 KV heads): batch 1, 16 and 64,
 // context 2k, 8k and 32k, attended fraction 1, 0.5, 0.25 and 0.125, KV block size 16, 64 and
-// 128, over a shuffled block pool. A sparse row attends a sink, referenced ranges with edges
-// inside blocks, and its own tail, like a span row. Time is the median of groups of launches
+// 128, over a shuffled block pool (--pool-order address: in address order). A sparse row
+// attends a sink, referenced ranges with edges inside blocks, and its own tail, like a span
+// row. Time is the median of groups of launches
 // that rotate over disjoint block sets (so no configuration runs from L2); bandwidth counts the
 // K and V bytes of the attended tokens, against the measured device copy bandwidth.
 //
@@ -131,8 +132,11 @@ double MedianLaunchUs(const std::function<void(int)>& launch, int sets) {
 
 class Bench {
  public:
-  Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens)
-      : max_batch_(max_batch), max_context_(max_context), min_split_tokens_(min_split_tokens) {}
+  // shuffled_pool: rows take blocks in a shuffled order of the pool, as in a server that has run
+  // a while; else in address order, as in a fresh one.
+  Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens, bool shuffled_pool)
+      : max_batch_(max_batch), max_context_(max_context), min_split_tokens_(min_split_tokens),
+        shuffled_pool_(shuffled_pool) {}
   ~Bench() {
     for (void* p : {static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(q_),
                     static_cast<void*>(out_), static_cast<void*>(partial_o_),
@@ -248,12 +252,13 @@ class Bench {
     if (order.empty()) {
       order.resize(pool_blocks);
       std::iota(order.begin(), order.end(), 0);
-      std::shuffle(order.begin(), order.end(), std::mt19937(block_size));
+      if (shuffled_pool_) std::shuffle(order.begin(), order.end(), std::mt19937(block_size));
     }
     return order;
   }
 
   int32_t max_batch_, max_context_, min_split_tokens_;
+  bool shuffled_pool_;
   int32_t num_sms_ = 0;
   int64_t pool_elems_ = 0;
   uint16_t *k_ = nullptr, *v_ = nullptr, *q_ = nullptr, *out_ = nullptr;
@@ -272,7 +277,7 @@ const std::vector<Shape>& KnownShapes() {
 // (splits 0: the backend's choice), answered on stdout with "time_us gbps splits" or
 // "error ...". Each request allocates its own pools and frees them, so that another process
 // (torch_attention_bench.py --interleave) can time its own kernels between requests.
-int Serve(int32_t min_split_tokens) {
+int Serve(int32_t min_split_tokens, bool shuffled_pool) {
   char name[64];
   int32_t batch, context, block, splits;
   double fraction;
@@ -286,7 +291,7 @@ int Serve(int32_t min_split_tokens) {
       // Room for the disjoint block sets Run rotates over (about 1 GB), as in the grid.
       const double dense_bytes = 4.0 * batch * context * shape->kv_heads * shape->head_dim;
       const int32_t sets = static_cast<int32_t>(std::clamp(std::ceil(1e9 / dense_bytes), 1.0, 64.0));
-      Bench bench(batch, context * sets, min_split_tokens);
+      Bench bench(batch, context * sets, min_split_tokens, shuffled_pool);
       ok = bench.Init({*shape}) &&
            bench.Run(Config{*shape, batch, context, block, fraction, splits}, &r);
     }
@@ -323,8 +328,12 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"fused", "kernel"}));
   bool serve = false;
   app.add_flag("--serve", serve, "time configurations read from stdin, one a line (see Serve)");
+  std::string pool_order = "shuffled";
+  app.add_option("--pool-order", pool_order, "the order rows take the pool's blocks in")
+      ->check(CLI::IsMember({"shuffled", "address"}));
   CLI11_PARSE(app, argc, argv);
-  if (serve) return Serve(min_split_tokens);
+  const bool shuffled_pool = pool_order == "shuffled";
+  if (serve) return Serve(min_split_tokens, shuffled_pool);
 
   std::vector<Shape> shapes;
   for (const Shape& s : KnownShapes()) {
@@ -337,7 +346,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Bench bench(*std::max_element(batches.begin(), batches.end()),
-              *std::max_element(contexts.begin(), contexts.end()), min_split_tokens);
+              *std::max_element(contexts.begin(), contexts.end()), min_split_tokens, shuffled_pool);
   if (!bench.Init(shapes)) return 1;
   const double copy_gbps = CopyBandwidthGBps(size_t{2} << 30, 10);
   std::printf("device copy bandwidth %.0f GB/s (read + write), %d SMs\n", copy_gbps, bench.num_sms());

@@ -197,8 +197,8 @@ def compare(ours_path, torch_rows, out_path):
 class OursServer:
     """cuda_attention_bench --serve as a child: one configuration in, its time out."""
 
-    def __init__(self, path):
-        self.proc = subprocess.Popen([path, "--serve"], stdin=subprocess.PIPE,
+    def __init__(self, path, extra_args=()):
+        self.proc = subprocess.Popen([path, "--serve", *extra_args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def time_us(self, shape, batch, context, block, fraction=1.0, splits=0):
@@ -221,7 +221,7 @@ def interleave(args):
         cases = [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2])) for c in args.cases]
     else:
         cases = [(s[0], b, c) for s, b, c in order_of_work()]
-    ours = OursServer(args.interleave)
+    ours = OursServer(args.interleave, args.ours_args.split())
     rows = []
     print(f"\n{'shape':10s} {'batch':>5s} {'ctx':>6s} {'ours B16':>9s} {'B64':>9s} {'B128':>9s} "
           f"{'sdpa':>9s}  faster  rounds won (every block)")
@@ -273,6 +273,8 @@ def main():
     parser.add_argument("--interleave-out", default="attention_interleaved.csv")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cases", nargs="*", help="shape:batch:context (default: every dense)")
+    parser.add_argument("--ours-args", default="",
+                        help="options for cuda_attention_bench --serve, e.g. --pool-order address")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device visible")
