@@ -476,10 +476,8 @@ absl::Status CudaBackend::Init() {
   cap.logit_rows = std::max(options_.max_graph_rows, 256);
   cap.table_entries = 1 << 16;
   cap.chunks = 1 << 17;
-  // SplitsFor keeps rows x splits within the rows (1 split) or the CTAs that fill the SMs
-  // over KV heads.
-  cap.row_splits =
-      cap.rows + gpu::DecodeCtasToFill(gpu::DecodeKernel::kAuto, c_.head_dim, group()) * num_sms_;
+  cap.row_splits = static_cast<int32_t>(
+      gpu::MaxRowSplits(cap.rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_));
   cap.prefill_jobs = cap.rows;
   const size_t fixed = weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
   size_t free = 0, total = 0;
@@ -696,9 +694,11 @@ absl::Status CudaBackend::Step(const StepBatch& batch, StepOutput* out) {
   gpu::PlanOptions plan_options;
   plan_options.block_size = block_size_;
   plan_options.pad_rows = graph ? gpu::GraphBucket(n) : 0;
+  const int32_t decode_rows = gpu::DecodeRows(batch, plan_options.pad_rows);
   plan_options.num_splits =
-      gpu::SplitsFor(gpu::DecodeRows(batch, plan_options.pad_rows), c_.num_kv_heads, group(),
-                    c_.head_dim, num_sms_);
+      gpu::SplitsFor(decode_rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_);
+  plan_options.min_split_tokens =
+      gpu::MinSplitTokensFor(decode_rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_);
   plan_options.prefill_tile_rows = gpu::PrefillTileRows(group());
   plan_options.scratch_block = num_blocks_;
   if (absl::Status s = EnsureCapacity(gpu::NeededCapacity(batch, plan_options)); !s.ok()) return s;

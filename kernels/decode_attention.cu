@@ -40,8 +40,9 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
   const int lane = threadIdx.x % LANES, group = threadIdx.x / LANES;
   const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;
-  const int c_begin = head->chunk_begin, c_end = head->chunk_end;
-  const int64_t q_row = a.q_row[row];
+  const int c_begin = head->chunk_begin, c_end = head->chunk_end, row_splits = head->row_splits;
+  const int64_t q_row = head->q_row;
+  if (split >= max(row_splits, 1)) return;  // empty: the row's tokens are in its other splits
 
   float q[G][8];
   const float q_scale = a.scale * kLog2e;  // scores in the log2 domain, for exp2f
@@ -194,7 +195,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
   }
   __syncthreads();
-  FinishDecodeCta<HD, G, NG>(a, sm_acc, row, kv_head, split, q_row);
+  FinishDecodeCta<HD, G, NG>(a, sm_acc, row, kv_head, split, row_splits, q_row);
 }
 
 // The split merge as a second kernel, for launches without split counters:
@@ -205,11 +206,13 @@ __global__ void __launch_bounds__(kMergeWarps * 32) MergeSplitsKernel(const Deco
   const int item = blockIdx.x * kMergeWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (item >= a.num_rows * H) return;  // whole warps leave
   const int row = item / H, head = item % H;
+  const int used = a.split_heads[int64_t{row} * S].row_splits;
+  if (used <= 1) return;  // the decode kernel wrote this row's output
   float w_lo, w_hi, sum;
-  SplitWeights(a.partial_lse + int64_t{row} * S * H + head, H, S, lane, &w_lo, &w_hi, &sum);
+  SplitWeights(a.partial_lse + int64_t{row} * S * H + head, H, used, lane, &w_lo, &w_hi, &sum);
   const bool has_dims = lane * 4 < HD;
   const float* o_split = a.partial_o + (int64_t{row} * S * H + head) * HD + lane * 4;
-  const float4 o = SumSplits(o_split, int64_t{H} * HD, S, has_dims, [&](int s) {
+  const float4 o = SumSplits(o_split, int64_t{H} * HD, used, has_dims, [&](int s) {
     return __shfl_sync(0xffffffffu, s < 32 ? w_lo : w_hi, s % 32);
   });
   if (!has_dims) return;

@@ -140,15 +140,15 @@ __device__ __forceinline__ void SplitWeights(const float* lse, int64_t stride, i
 // smem: at least G x (kMaxSplits + 1) floats.
 template <int HD, int G>
 __device__ void MergeSplitsInCta(const DecodeAttentionArgs& a, float* smem, int row, int kv_head,
-                                 int64_t q_row) {
+                                 int row_splits, int64_t q_row) {
   const int S = a.num_splits, H = a.num_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* sm_w = smem;                       // [G][kMaxSplits]
   float* sm_inv = smem + G * kMaxSplits;    // [G]
   for (int g = warp; g < G; g += kDecodeWarps) {
     float w_lo, w_hi, sum;
-    SplitWeights(a.partial_lse + int64_t{row} * S * H + kv_head * G + g, H, S, lane, &w_lo, &w_hi,
-                 &sum);
+    SplitWeights(a.partial_lse + int64_t{row} * S * H + kv_head * G + g, H, row_splits, lane,
+                 &w_lo, &w_hi, &sum);
     sm_w[g * kMaxSplits + lane] = w_lo;
     sm_w[g * kMaxSplits + lane + 32] = w_hi;
     if (lane == 0) sm_inv[g] = sum > 0.0f ? 1.0f / sum : 0.0f;  // no token: zeros
@@ -158,7 +158,7 @@ __device__ void MergeSplitsInCta(const DecodeAttentionArgs& a, float* smem, int 
   for (int i = threadIdx.x; i < G * kQuads; i += kDecodeThreads) {
     const int g = i / kQuads, d = (i % kQuads) * 4, head = kv_head * G + g;
     const float* o = a.partial_o + (int64_t{row} * S * H + head) * HD + d;
-    const float4 sum = SumSplits(o, int64_t{H} * HD, S, true,
+    const float4 sum = SumSplits(o, int64_t{H} * HD, row_splits, true,
                                  [&](int s) { return sm_w[g * kMaxSplits + s]; });
     StoreBf16x4(a.out + (q_row * H + head) * HD + d, sum, sm_inv[g]);
   }
@@ -166,11 +166,12 @@ __device__ void MergeSplitsInCta(const DecodeAttentionArgs& a, float* smem, int 
 
 // The end of a decode CTA: NG partial softmaxes of its G heads, in shared memory as
 // sm_acc [NG][G][HD], sm_m [NG][G], sm_l [NG][G] (log2 domain), combined into the CTA's result.
-// One split: written to `out`. Several: written as the split's partials; with counters, the
-// last CTA of the (row, KV head) to finish merges the splits.
+// A row of one split (row_splits <= 1): written to `out`. Several: written as the split's
+// partials; with counters, the last of the row_splits CTAs of the (row, KV head) to finish
+// merges them.
 template <int HD, int G, int NG>
 __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int row, int kv_head,
-                                int split, int64_t q_row) {
+                                int split, int row_splits, int64_t q_row) {
   const float* sm_acc = smem;
   const float* sm_m = sm_acc + NG * G * HD;
   const float* sm_l = sm_m + NG * G;
@@ -190,7 +191,7 @@ __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int r
     }
     const float value = sum > 0.0f ? o / sum : 0.0f;  // no token: zeros, like the CPU backend
     const int head = kv_head * G + g;
-    if (a.num_splits == 1) {
+    if (row_splits <= 1) {
       a.out[(q_row * a.num_heads + head) * HD + d] = FloatToBf16Bits(value);
     } else {
       const int64_t part = (int64_t{row} * a.num_splits + split) * a.num_heads + head;
@@ -198,7 +199,7 @@ __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int r
       if (d == 0) a.partial_lse[part] = sum > 0.0f ? mx + log2f(sum) : kNegInf;
     }
   }
-  if (a.num_splits == 1 || a.split_counters == nullptr) return;
+  if (row_splits <= 1 || a.split_counters == nullptr) return;
   // Count this split in; the partials are visible device-wide before the count is. The flag
   // sits past what MergeSplitsInCta uses of the dynamic shared memory (a static __shared__
   // would add to the 48 KiB the CUDA-core kernel takes, over the default limit).
@@ -207,13 +208,13 @@ __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int r
   __syncthreads();
   if (threadIdx.x == 0) {
     int32_t* counter = a.split_counters + int64_t{row} * a.num_kv_heads + kv_head;
-    *is_last = atomicAdd(counter, 1) == a.num_splits - 1;
+    *is_last = atomicAdd(counter, 1) == row_splits - 1;
     if (*is_last) *counter = 0;  // every split has counted: ready for the next launch
   }
   __syncthreads();
   if (!*is_last) return;
   __threadfence();
-  MergeSplitsInCta<HD, G>(a, smem, row, kv_head, q_row);
+  MergeSplitsInCta<HD, G>(a, smem, row, kv_head, row_splits, q_row);
 }
 
 // The tensor-core kernel's launcher (decode_attention_tc.cu), for groups of 1 to 8.

@@ -84,8 +84,9 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int quad = lane / 4, pair = lane % 4;  // MMA fragment coordinates
   const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;
-  const int c_begin = head->chunk_begin, c_end = head->chunk_end;
-  const int64_t q_row = a.q_row[row];
+  const int c_begin = head->chunk_begin, c_end = head->chunk_end, row_splits = head->row_splits;
+  const int64_t q_row = head->q_row;
+  if (split >= max(row_splits, 1)) return;  // empty: the row's tokens are in its other splits
 
   // Q^T as the B operand: head `quad`, dims 16k + 2 pair (+1) and + 8; heads past G are zero.
   uint32_t q_frag[KSTEPS][2];
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     }
   }
   __syncthreads();
-  FinishDecodeCta<HD, G, kDecodeWarps>(a, sm_acc, row, kv_head, split, q_row);
+  FinishDecodeCta<HD, G, kDecodeWarps>(a, sm_acc, row, kv_head, split, row_splits, q_row);
 }
 
 template <int HD, int G>

@@ -51,16 +51,17 @@ cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uin
 // Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows): a
 // CTA takes the group of query heads of one KV head for one row and the chunks of
 // split_heads[row][split] (launch_plan.h's SplitHead), each at most PieceTokens(block_size)
-// tokens long (CutIntoPieces). With one split it writes `out` directly; otherwise each CTA
-// writes its (o, lse) partials, and the splits are merged into `out`: by the last CTA of each
-// (row, KV head) to finish, counted in split_counters, or, without counters, by a second kernel.
+// tokens long (CutIntoPieces). CTAs of the row's empty splits (past its row_splits) leave at
+// once. A row of one split writes `out` directly; otherwise each CTA writes its (o, lse)
+// partials, and the splits are merged into `out`: by the last CTA of each (row, KV head) to
+// finish, counted in split_counters, or, without counters, by a second kernel.
 // The counters start at zero and the merging CTA zeroes them again, so that a captured graph
 // replays; launches sharing counters must not overlap (one stream).
 struct DecodeAttentionArgs {
   const uint16_t* q;          // bf16 [*][num_heads][head_dim], indexed by q_row
   const uint16_t* k_cache;
   const uint16_t* v_cache;
-  const int32_t* q_row;       // [num_rows]
+  const int32_t* q_row;       // [num_rows] (the kernels read it from the split heads)
   const SplitHead* split_heads;  // [num_rows][num_splits]
   const ChunkEntry* chunks;
   int32_t num_rows, num_splits, num_heads, num_kv_heads, head_dim, block_size;

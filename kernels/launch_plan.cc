@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 
 #include "kernels/decode_geometry.h"
 
@@ -123,12 +124,47 @@ int32_t DecodeRows(const StepBatch& batch, int32_t pad_rows) {
   return std::max(n, pad_rows);
 }
 
+namespace {
+
+// Resident CTA slots of the decode kernel on the whole GPU.
+int64_t DecodeSlots(int32_t group_size, int32_t head_dim, int32_t num_sms, DecodeKernel kernel) {
+  return int64_t{DecodeCtasPerSm(kernel, head_dim, group_size)} * std::max(num_sms, 1);
+}
+
+}  // namespace
+
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
                   int32_t num_sms, DecodeKernel kernel) {
   const int64_t ctas = int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
-  const int64_t target =
-      int64_t{DecodeCtasToFill(kernel, head_dim, group_size)} * std::max(num_sms, 1);
-  return static_cast<int32_t>(std::clamp<int64_t>(target / ctas, 1, kMaxSplits));
+  const int64_t slots = DecodeSlots(group_size, head_dim, num_sms, kernel);
+  if (ctas <= slots) {
+    const int64_t target =
+        int64_t{DecodeCtasToFill(kernel, head_dim, group_size)} * std::max(num_sms, 1);
+    return static_cast<int32_t>(std::clamp<int64_t>(target / ctas, 1, kMaxSplits));
+  }
+  constexpr int32_t kWaveSplits[] = {1, 2, 4, 8};
+  for (const int32_t s : kWaveSplits) {
+    const int64_t waves = (ctas * s + slots - 1) / slots;
+    if (10 * ctas * s >= 9 * waves * slots) return s;  // the last wave at least 90% full
+  }
+  return kWaveSplits[std::size(kWaveSplits) - 1];
+}
+
+int32_t MinSplitTokensFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
+                          int32_t head_dim, int32_t num_sms, DecodeKernel kernel) {
+  const int64_t ctas = int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
+  return ctas <= DecodeSlots(group_size, head_dim, num_sms, kernel) ? kMinSplitTokens
+                                                                    : kMinWaveSplitTokens;
+}
+
+int64_t MaxRowSplits(int32_t max_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
+                     int32_t num_sms, DecodeKernel kernel) {
+  int64_t most = 0;
+  for (int32_t rows = 1; rows <= std::max(max_rows, 1); ++rows) {
+    most = std::max<int64_t>(
+        most, int64_t{rows} * SplitsFor(rows, num_kv_heads, group_size, head_dim, num_sms, kernel));
+  }
+  return most;
 }
 
 void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
@@ -167,14 +203,20 @@ void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t mi
 }
 
 void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
-                    SplitHead* heads) {
+                    int32_t q_row, SplitHead* heads) {
+  int32_t used = 0;
+  for (int32_t s = 0; s < num_splits; ++s) {
+    if (bounds[s] < bounds[s + 1]) heads[used++] = {bounds[s], bounds[s + 1], 0, q_row, {}};
+  }
+  for (int32_t s = used; s < num_splits; ++s) {
+    heads[s] = {bounds[num_splits], bounds[num_splits], 0, q_row, {}};
+  }
   for (int32_t s = 0; s < num_splits; ++s) {
     SplitHead& head = heads[s];
-    head.chunk_begin = bounds[s];
-    head.chunk_end = bounds[s + 1];
+    head.row_splits = used;
     for (int32_t i = 0; i < kSplitHeadEntries; ++i) {
-      const int32_t c = bounds[s] + i;
-      head.first[i] = c < bounds[s + 1] ? chunks[c] : ChunkEntry{0, 0};
+      const int32_t c = head.chunk_begin + i;
+      head.first[i] = c < head.chunk_end ? chunks[c] : ChunkEntry{0, 0};
     }
   }
 }
@@ -245,7 +287,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
     q_row[plan.decode_rows] = r;
     SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data());
     for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
-    FillSplitHeads(bounds.data(), S, chunks, heads + int64_t{plan.decode_rows} * S);
+    FillSplitHeads(bounds.data(), S, chunks, r, heads + int64_t{plan.decode_rows} * S);
     ++plan.decode_rows;
   }
 

@@ -15,6 +15,9 @@
 namespace spanserve::gpu {
 
 inline constexpr int32_t kMaxSplits = 64;
+// The shortest split within one wave of decode CTAs, and over several (MinSplitTokensFor).
+inline constexpr int32_t kMinSplitTokens = 128;
+inline constexpr int32_t kMinWaveSplitTokens = 4096;
 // Per-chunk overhead, in tokens, when splits are balanced: a chunk costs a descriptor read and a
 // partly idle pass.
 inline constexpr int32_t kChunkCost = 4;
@@ -28,9 +31,13 @@ struct ChunkEntry {
 // Where one split of a decode row starts: its chunk range and its first chunk entries, at an
 // address the CTA knows from its grid position, so that it issues its first copies one memory
 // latency after it starts (reading a bound, then the entries at it, took two).
+// A row's splits that hold chunks come first, and row_splits counts them: a CTA of a later
+// split leaves at once, and a row of one split writes its output without a merge.
 inline constexpr int32_t kSplitHeadEntries = 8;
 struct SplitHead {
   int32_t chunk_begin, chunk_end;       // [chunk_begin, chunk_end) of the step's chunks
+  int32_t row_splits;                   // the row's splits that hold chunks (0 to num_splits)
+  int32_t q_row;                        // the row of q and out (the plan's decode_q_row)
   ChunkEntry first[kSplitHeadEntries];  // chunks chunk_begin + i; {0, 0} (empty) past the end
 };
 
@@ -84,7 +91,7 @@ struct PlanOptions {
   int32_t block_size = 16;
   int32_t pad_rows = 0;           // a CUDA graph bucket: pad a decode step to this many rows
   int32_t num_splits = 1;         // decode kernel splits per row (its grid's x)
-  int32_t min_split_tokens = 128; // a row uses at most ceil(its tokens / this) splits
+  int32_t min_split_tokens = kMinSplitTokens;  // a row uses at most ceil(its tokens / this) splits
   int32_t prefill_tile_rows = 16; // rows per prefill job
   int32_t scratch_block = 0;      // the block padding rows write their K and V into
 };
@@ -143,12 +150,26 @@ constexpr int32_t DecodeCtasToFill(DecodeKernel kernel, int32_t head_dim, int32_
                                                                                                 : 2;
 }
 
-// Splits per decode row: the most with which rows x kv heads x splits CTAs stay within
-// DecodeCtasToFill a SM (so within one wave of resident CTAs). A second wave only partly filled
-// runs CTAs as long as the first with the GPU mostly idle: 5 splits took 1.27x the time of 4 at
-// batch 16, LLaMA-3-8B (kernels/NOTES.md).
+// Splits per decode row. Where rows x kv heads CTAs fit in one wave of resident CTAs: the most
+// with which rows x kv heads x splits stay within DecodeCtasToFill a SM. A second wave only
+// partly filled runs CTAs as long as the first with the GPU mostly idle: 5 splits took 1.27x the
+// time of 4 at batch 16, LLaMA-3-8B. Where they take several waves: the fewest of 1, 2, 4, 8
+// whose last wave is at least 90% full (LLaMA-3-8B batch 40, 1.2 waves: 4 splits 7-9% faster at
+// 8k-32k; batch 64, 1.94 waves: 1 split best; kernels/NOTES.md, sixth run).
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
                   int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
+
+// The shortest split SplitChunks makes (PlanOptions::min_split_tokens) for the launch SplitsFor
+// sizes: 128 tokens within one wave; 4096 over several, where splits only even out the last
+// wave, so that rows of a few thousand tokens (short, or sparse) keep one split and write their
+// output without a merge (at 2k tokens, 2 splits cost LLaMA-3-8B batch 48 4-26%).
+int32_t MinSplitTokensFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
+                          int32_t head_dim, int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
+
+// The most row x split slots SplitsFor asks for at up to max_rows decode rows: what the partial
+// results of split-KV are allocated for.
+int64_t MaxRowSplits(int32_t max_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
+                     int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
 
 // Appends `chunks` to `pieces`, each cut into pieces of at most PieceTokens(block_size) tokens,
 // in order: the chunk list the decode kernel takes.
@@ -162,9 +183,10 @@ void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t mi
                  int32_t base, int32_t* bounds);
 
 // The heads of one row's num_splits splits, from the num_splits + 1 bounds SplitChunks wrote and
-// the step's chunk entries (those of the row already in place).
+// the step's chunk entries (those of the row already in place): the splits that hold chunks
+// first, in order, then the empty ones.
 void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
-                    SplitHead* heads);
+                    int32_t q_row, SplitHead* heads);
 
 // The capacity a batch needs under these options.
 PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options);

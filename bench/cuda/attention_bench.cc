@@ -62,7 +62,7 @@ struct Config {
 
 struct Result {
   Config config;
-  int32_t splits = 0;
+  int32_t splits = 0, min_split_tokens = 0;
   int64_t attended_tokens = 0, blocks_read = 0, dense_blocks = 0;
   double us = 0, gbps = 0;
 };
@@ -186,7 +186,11 @@ class Bench {
     options.num_splits = c.splits > 0 ? c.splits
                                       : gpu::SplitsFor(c.batch, s.kv_heads, s.heads / s.kv_heads,
                                                        s.head_dim, num_sms_, c.kernel);
-    options.min_split_tokens = min_split_tokens_;
+    options.min_split_tokens =
+        min_split_tokens_ > 0 ? min_split_tokens_
+                              : gpu::MinSplitTokensFor(c.batch, s.kv_heads, s.heads / s.kv_heads,
+                                                       s.head_dim, num_sms_, c.kernel);
+    result->min_split_tokens = options.min_split_tokens;
     result->config = c;
     result->splits = options.num_splits;
     std::vector<void*> blobs(sets, nullptr);
@@ -313,13 +317,13 @@ int Main(int argc, char** argv) {
   std::vector<int32_t> splits = {0};
   std::vector<std::string> shape_names = {"llama7b", "llama3_8b"};
   std::vector<std::string> kernel_names = {"auto"}, merge_names = {"fused"};
-  int32_t min_split_tokens = gpu::PlanOptions{}.min_split_tokens;
+  int32_t min_split_tokens = 0;  // the backend's choice (gpu::MinSplitTokensFor)
   app.add_option("--csv", csv_path, "where the results go");
   app.add_option("--batches", batches);
   app.add_option("--contexts", contexts);
   app.add_option("--blocks", blocks);
   app.add_option("--fractions", fractions);
-  app.add_option("--min-split-tokens", min_split_tokens, "the backend's split granularity");
+  app.add_option("--min-split-tokens", min_split_tokens, "SplitChunks' shortest split (0: the backend's choice)");
   app.add_option("--splits", splits, "split counts to time (0: the backend's choice)");
   app.add_option("--shapes", shape_names, "llama7b (32 heads of 128), llama3_8b (8 KV heads)");
   app.add_option("--kernels", kernel_names, "auto (the backend's choice), cuda_cores, tensor_cores")
@@ -383,7 +387,7 @@ int Main(int argc, char** argv) {
     const double ratio = dense > 0 ? r.us / (dense * c.fraction) : 0;
     std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%.4f,%d,%s,%d,%d,%d,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.2f,%.3f\n",
                  c.shape.name.c_str(), c.shape.heads, c.shape.kv_heads, c.shape.head_dim, c.batch,
-                 c.context, c.fraction, c.block_size, c.Variant().c_str(), int{c.IsBackendChoice()}, r.splits, min_split_tokens,
+                 c.context, c.fraction, c.block_size, c.Variant().c_str(), int{c.IsBackendChoice()}, r.splits, r.min_split_tokens,
                  static_cast<long long>(r.attended_tokens), static_cast<long long>(r.blocks_read),
                  static_cast<long long>(r.dense_blocks), r.us, r.gbps, copy_gbps,
                  100 * r.gbps / copy_gbps, dense, ratio);

@@ -112,7 +112,8 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
   }
   std::vector<gpu::SplitHead> heads(size_t(rows) * S);
   for (int32_t r = 0; r < rows; ++r) {
-    gpu::FillSplitHeads(&bounds[size_t(r) * (S + 1)], S, entries.data(), &heads[size_t(r) * S]);
+    gpu::FillSplitHeads(&bounds[size_t(r) * (S + 1)], S, entries.data(), q_row[r],
+                        &heads[size_t(r) * S]);
   }
   caches.PoisonUnattended(row_chunks);
   DeviceArray<int32_t> q_row_dev(q_row);

@@ -69,24 +69,48 @@ TEST(SplitChunks, EmptyRowHasEmptySplits) {
   for (int32_t b : bounds) EXPECT_EQ(b, 3);
 }
 
-TEST(SplitsFor, MostSplitsThatFillTheSmsOnce) {
+TEST(SplitsFor, FillTheSmsOnceOrEvenTheLastWave) {
   for (DecodeKernel kernel : {DecodeKernel::kAuto, DecodeKernel::kCudaCores, DecodeKernel::kTensorCores}) {
     for (int32_t hd : {64, 128}) {
       for (int32_t group : {1, 2, 4, 8}) {
         const int64_t fill = int64_t{DecodeCtasToFill(kernel, hd, group)} * 132;
+        const int64_t slots = int64_t{DecodeCtasPerSm(kernel, hd, group)} * 132;
         ASSERT_LE(DecodeCtasToFill(kernel, hd, group), DecodeCtasPerSm(kernel, hd, group));
-        for (int32_t rows : {1, 2, 16, 64, 256, 2048}) {
+        for (int32_t rows : {1, 2, 16, 24, 40, 48, 64, 256, 2048}) {
           for (int32_t kv : {1, 8, 32}) {
+            const int64_t ctas = int64_t{rows} * kv;
             const int32_t s = SplitsFor(rows, kv, group, hd, 132, kernel);
+            const int32_t min_tokens = MinSplitTokensFor(rows, kv, group, hd, 132, kernel);
             ASSERT_GE(s, 1);
             ASSERT_LE(s, kMaxSplits);
-            if (s > 1) EXPECT_LE(int64_t{rows} * kv * s, fill);
-            if (s < kMaxSplits) EXPECT_GT(int64_t{rows} * kv * (s + 1), fill);
+            if (ctas <= slots) {  // one wave: the most splits within `fill` CTAs
+              if (s > 1) EXPECT_LE(ctas * s, fill);
+              if (s < kMaxSplits) EXPECT_GT(ctas * (s + 1), fill);
+              EXPECT_EQ(min_tokens, kMinSplitTokens);
+              continue;
+            }
+            // Several waves: the fewest of 1, 2, 4, 8 whose last wave is >= 90% full.
+            auto last_wave_full = [&](int32_t n) {
+              const int64_t waves = (ctas * n + slots - 1) / slots;
+              return 10 * ctas * n >= 9 * waves * slots;
+            };
+            EXPECT_TRUE(s == 1 || s == 2 || s == 4 || s == 8) << s;
+            EXPECT_TRUE(last_wave_full(s) || s == 8) << rows << " x " << kv << ": " << s;
+            for (int32_t fewer = 1; fewer < s; fewer *= 2) EXPECT_FALSE(last_wave_full(fewer));
+            EXPECT_EQ(min_tokens, kMinWaveSplitTokens);
           }
         }
       }
     }
   }
+  // Several waves (H100, 132 SMs): LLaMA-3-8B batch 40 is 1.2 waves of 264 tensor-core CTAs,
+  // batch 48 1.45, batch 64 1.94; LLaMA-7B batch 24 1.45 waves of 528 CUDA-core CTAs.
+  EXPECT_EQ(SplitsFor(40, 8, 4, 128, 132), 4);
+  EXPECT_EQ(SplitsFor(48, 8, 4, 128, 132), 2);
+  EXPECT_EQ(SplitsFor(24, 32, 1, 128, 132), 2);
+  EXPECT_EQ(SplitsFor(64, 32, 1, 128, 132), 1);
+  EXPECT_EQ(MinSplitTokensFor(40, 8, 4, 128, 132), kMinWaveSplitTokens);
+  EXPECT_EQ(MinSplitTokensFor(16, 8, 4, 128, 132), kMinSplitTokens);
   // Tensor cores (kAuto's choice for groups of 4), one CTA a SM at head dim 128: LLaMA-3-8B.
   EXPECT_EQ(SplitsFor(16, 8, 4, 128, 132), 1);   // 128 CTAs on 132 SMs
   EXPECT_EQ(SplitsFor(1, 8, 4, 128, 132), 16);
@@ -95,6 +119,16 @@ TEST(SplitsFor, MostSplitsThatFillTheSmsOnce) {
   EXPECT_EQ(SplitsFor(16, 8, 4, 128, 132, DecodeKernel::kCudaCores), 2);
   EXPECT_EQ(SplitsFor(1, 32, 1, 128, 132), 8);   // LLaMA-7B, batch 1
   EXPECT_EQ(SplitsFor(1, 1, 1, 64, 132), kMaxSplits);
+}
+
+TEST(MaxRowSplits, CoversEveryRowCount) {
+  for (const int32_t kv : {1, 8, 32}) {
+    const int64_t most = MaxRowSplits(300, kv, 4, 128, 132);
+    for (int32_t rows = 1; rows <= 300; ++rows) {
+      EXPECT_LE(int64_t{rows} * SplitsFor(rows, kv, 4, 128, 132), most);
+    }
+    EXPECT_GE(most, 300);
+  }
 }
 
 TEST(GraphBucket, CoversEachSizeWithFewBuckets) {
@@ -253,9 +287,15 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
       ASSERT_EQ(r, expected_rows[i]);
       const SplitHead* heads = At<SplitHead>(blob, layout.split_heads) + int64_t{i} * S;
       std::vector<KvChunk> got;
+      const int32_t used = heads[0].row_splits;
+      ASSERT_GE(used, 0);
+      ASSERT_LE(used, S);
       for (int32_t s = 0; s < S; ++s) {
         const SplitHead& head = heads[s];
-        ASSERT_LE(head.chunk_begin, head.chunk_end);
+        ASSERT_EQ(head.row_splits, used);
+        ASSERT_EQ(head.q_row, r);
+        // The splits that hold chunks first, then the empty ones.
+        ASSERT_EQ(head.chunk_begin < head.chunk_end, s < used) << "row " << r << " split " << s;
         if (s > 0) ASSERT_EQ(head.chunk_begin, heads[s - 1].chunk_end);
         for (int32_t c = head.chunk_begin; c < head.chunk_end; ++c) {
           got.push_back({chunks[c].block, chunks[c].range & 0xffff, chunks[c].range >> 16});
