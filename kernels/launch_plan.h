@@ -154,8 +154,9 @@ constexpr int32_t DecodeCtasToFill(DecodeKernel kernel, int32_t head_dim, int32_
 // with which rows x kv heads x splits stay within DecodeCtasToFill a SM. A second wave only
 // partly filled runs CTAs as long as the first with the GPU mostly idle: 5 splits took 1.27x the
 // time of 4 at batch 16, LLaMA-3-8B. Where they take several waves: the fewest of 1, 2, 4, 8
-// whose last wave is at least 90% full (LLaMA-3-8B batch 40, 1.2 waves: 4 splits 7-9% faster at
-// 8k-32k; batch 64, 1.94 waves: 1 split best; kernels/NOTES.md, sixth run).
+// whose last wave is at least 90% full (LLaMA-3-8B batch 40, 1.2 waves: 4 splits 7-10% faster at
+// 8k-32k; batch 64, 1.94 waves: 1 split best), from 4 for the CUDA-core kernel at 2.5 waves or
+// more (kernels/NOTES.md, sixth run).
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
                   int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
 

@@ -89,14 +89,20 @@ TEST(SplitsFor, FillTheSmsOnceOrEvenTheLastWave) {
               EXPECT_EQ(min_tokens, kMinSplitTokens);
               continue;
             }
-            // Several waves: the fewest of 1, 2, 4, 8 whose last wave is >= 90% full.
+            // Several waves: the fewest of 1, 2, 4, 8 whose last wave is >= 90% full, from 4 for
+            // the CUDA-core kernel at 2.5 waves or more.
+            const bool from4 = ResolveDecodeKernel(kernel, group) == DecodeKernel::kCudaCores &&
+                               2 * ctas >= 5 * slots;
             auto last_wave_full = [&](int32_t n) {
               const int64_t waves = (ctas * n + slots - 1) / slots;
               return 10 * ctas * n >= 9 * waves * slots;
             };
             EXPECT_TRUE(s == 1 || s == 2 || s == 4 || s == 8) << s;
             EXPECT_TRUE(last_wave_full(s) || s == 8) << rows << " x " << kv << ": " << s;
-            for (int32_t fewer = 1; fewer < s; fewer *= 2) EXPECT_FALSE(last_wave_full(fewer));
+            if (from4) EXPECT_GE(s, 4);
+            for (int32_t fewer = from4 ? 4 : 1; fewer < s; fewer *= 2) {
+              EXPECT_FALSE(last_wave_full(fewer));
+            }
             EXPECT_EQ(min_tokens, kMinWaveSplitTokens);
           }
         }
@@ -108,7 +114,9 @@ TEST(SplitsFor, FillTheSmsOnceOrEvenTheLastWave) {
   EXPECT_EQ(SplitsFor(40, 8, 4, 128, 132), 4);
   EXPECT_EQ(SplitsFor(48, 8, 4, 128, 132), 2);
   EXPECT_EQ(SplitsFor(24, 32, 1, 128, 132), 2);
-  EXPECT_EQ(SplitsFor(64, 32, 1, 128, 132), 1);
+  EXPECT_EQ(SplitsFor(32, 32, 1, 128, 132), 1);   // 1.94 waves
+  EXPECT_EQ(SplitsFor(64, 32, 1, 128, 132), 4);   // 3.9 waves of CUDA-core CTAs
+  EXPECT_EQ(SplitsFor(128, 8, 4, 128, 132), 1);   // 3.9 waves of tensor-core CTAs
   EXPECT_EQ(MinSplitTokensFor(40, 8, 4, 128, 132), kMinWaveSplitTokens);
   EXPECT_EQ(MinSplitTokensFor(16, 8, 4, 128, 132), kMinSplitTokens);
   // Tensor cores (kAuto's choice for groups of 4), one CTA a SM at head dim 128: LLaMA-3-8B.
