@@ -2,7 +2,8 @@
 // with the metadata the backend builds), dense and sparse, for LLaMA-7B attention shapes (32
 // heads of 128) and LLaMA-3-8B shapes (32 query heads over 8 KV heads): batch 1, 16 and 64,
 // context 2k, 8k and 32k, attended fraction 1, 0.5, 0.25 and 0.125, KV block size 16, 64 and
-// 128, over a shuffled block pool (--pool-order address: in address order). A sparse row
+// 128, over a shuffled block pool (--pool-order address: each row's blocks in address order;
+// interleaved: the rows' blocks dealt out in turn, as decode steps grow them). A sparse row
 // attends a sink, referenced ranges with edges inside blocks, and its own tail, like a span
 // row. Time is the median of groups of launches
 // that rotate over disjoint block sets (so no configuration runs from L2); bandwidth counts the
@@ -132,11 +133,13 @@ double MedianLaunchUs(const std::function<void(int)>& launch, int sets) {
 
 class Bench {
  public:
-  // shuffled_pool: rows take blocks in a shuffled order of the pool, as in a server that has run
-  // a while; else in address order, as in a fresh one.
-  Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens, bool shuffled_pool)
+  // Where a row's blocks lie in the pool: kShuffled, as in a server that has run a while;
+  // kAddress, one run a row, as a fresh server's prompts get; kInterleaved, the rows' blocks
+  // dealt out in turn, as a fresh server's decode steps grow them (KvBlockManager).
+  enum class PoolOrder { kShuffled, kAddress, kInterleaved };
+  Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens, PoolOrder pool_order)
       : max_batch_(max_batch), max_context_(max_context), min_split_tokens_(min_split_tokens),
-        shuffled_pool_(shuffled_pool) {}
+        pool_order_(pool_order) {}
   ~Bench() {
     for (void* p : {static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(q_),
                     static_cast<void*>(out_), static_cast<void*>(partial_o_),
@@ -179,7 +182,7 @@ class Bench {
     const double dense_bytes = 4.0 * c.batch * c.context * s.kv_heads * s.head_dim;
     const int sets = static_cast<int>(std::clamp<double>(std::ceil(1e9 / dense_bytes), 1,
                                                          std::min<int64_t>(pool_blocks / per_set, 64)));
-    std::vector<int32_t>& order = BlockOrder(B, pool_blocks);
+    std::vector<int32_t>& order = BlockOrder(B, pool_blocks, c.batch, per_row);
     std::mt19937 rng(static_cast<uint32_t>(c.batch * 131 + c.context + B * 7));
     gpu::PlanOptions options;
     options.block_size = B;
@@ -251,24 +254,36 @@ class Bench {
   int32_t num_sms() const { return num_sms_; }
 
  private:
-  std::vector<int32_t>& BlockOrder(int32_t block_size, int64_t pool_blocks) {
-    std::vector<int32_t>& order = orders_[{block_size, pool_blocks}];
+  // Row r of set s takes order[s * batch * per_row + r * per_row + j], j < per_row.
+  std::vector<int32_t>& BlockOrder(int32_t block_size, int64_t pool_blocks, int32_t batch,
+                                   int32_t per_row) {
+    const bool interleaved = pool_order_ == PoolOrder::kInterleaved;
+    std::vector<int32_t>& order =
+        orders_[{block_size, pool_blocks, interleaved ? batch : 0, interleaved ? per_row : 0}];
     if (order.empty()) {
       order.resize(pool_blocks);
       std::iota(order.begin(), order.end(), 0);
-      if (shuffled_pool_) std::shuffle(order.begin(), order.end(), std::mt19937(block_size));
+      if (pool_order_ == PoolOrder::kShuffled) {
+        std::shuffle(order.begin(), order.end(), std::mt19937(block_size));
+      } else if (interleaved) {
+        const int64_t per_set = int64_t{batch} * per_row;
+        for (int64_t i = 0; i < pool_blocks / per_set * per_set; ++i) {
+          const int64_t set = i / per_set, r = i % per_set / per_row, j = i % per_row;
+          order[i] = static_cast<int32_t>(set * per_set + j * batch + r);
+        }
+      }
     }
     return order;
   }
 
   int32_t max_batch_, max_context_, min_split_tokens_;
-  bool shuffled_pool_;
+  PoolOrder pool_order_;
   int32_t num_sms_ = 0;
   int64_t pool_elems_ = 0;
   uint16_t *k_ = nullptr, *v_ = nullptr, *q_ = nullptr, *out_ = nullptr;
   float *partial_o_ = nullptr, *partial_lse_ = nullptr;
   int32_t* counters_ = nullptr;
-  std::map<std::pair<int32_t, int64_t>, std::vector<int32_t>> orders_;
+  std::map<std::tuple<int32_t, int64_t, int32_t, int32_t>, std::vector<int32_t>> orders_;
 };
 
 const std::vector<Shape>& KnownShapes() {
@@ -281,7 +296,7 @@ const std::vector<Shape>& KnownShapes() {
 // (splits 0: the backend's choice), answered on stdout with "time_us gbps splits" or
 // "error ...". Each request allocates its own pools and frees them, so that another process
 // (torch_attention_bench.py --interleave) can time its own kernels between requests.
-int Serve(int32_t min_split_tokens, bool shuffled_pool) {
+int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order) {
   char name[64];
   int32_t batch, context, block, splits;
   double fraction;
@@ -295,7 +310,7 @@ int Serve(int32_t min_split_tokens, bool shuffled_pool) {
       // Room for the disjoint block sets Run rotates over (about 1 GB), as in the grid.
       const double dense_bytes = 4.0 * batch * context * shape->kv_heads * shape->head_dim;
       const int32_t sets = static_cast<int32_t>(std::clamp(std::ceil(1e9 / dense_bytes), 1.0, 64.0));
-      Bench bench(batch, context * sets, min_split_tokens, shuffled_pool);
+      Bench bench(batch, context * sets, min_split_tokens, pool_order);
       ok = bench.Init({*shape}) &&
            bench.Run(Config{*shape, batch, context, block, fraction, splits}, &r);
     }
@@ -334,10 +349,12 @@ int Main(int argc, char** argv) {
   app.add_flag("--serve", serve, "time configurations read from stdin, one a line (see Serve)");
   std::string pool_order = "shuffled";
   app.add_option("--pool-order", pool_order, "the order rows take the pool's blocks in")
-      ->check(CLI::IsMember({"shuffled", "address"}));
+      ->check(CLI::IsMember({"shuffled", "address", "interleaved"}));
   CLI11_PARSE(app, argc, argv);
-  const bool shuffled_pool = pool_order == "shuffled";
-  if (serve) return Serve(min_split_tokens, shuffled_pool);
+  const Bench::PoolOrder order = pool_order == "address"       ? Bench::PoolOrder::kAddress
+                                 : pool_order == "interleaved" ? Bench::PoolOrder::kInterleaved
+                                                               : Bench::PoolOrder::kShuffled;
+  if (serve) return Serve(min_split_tokens, order);
 
   std::vector<Shape> shapes;
   for (const Shape& s : KnownShapes()) {
@@ -350,7 +367,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Bench bench(*std::max_element(batches.begin(), batches.end()),
-              *std::max_element(contexts.begin(), contexts.end()), min_split_tokens, shuffled_pool);
+              *std::max_element(contexts.begin(), contexts.end()), min_split_tokens, order);
   if (!bench.Init(shapes)) return 1;
   const double copy_gbps = CopyBandwidthGBps(size_t{2} << 30, 10);
   std::printf("device copy bandwidth %.0f GB/s (read + write), %d SMs\n", copy_gbps, bench.num_sms());
