@@ -524,7 +524,6 @@ absl::Status CudaBackend::UploadPlan(const gpu::StepPlan& plan) {
       {layout_.positions, rows},
       {layout_.kv_block, rows},
       {layout_.kv_offset, rows},
-      {layout_.decode_q_row, plan.decode_rows * sizeof(int32_t)},
       {layout_.split_heads, size_t(plan.decode_rows) * plan.num_splits * sizeof(gpu::SplitHead)},
       {layout_.prefill_jobs, plan.prefill_jobs * sizeof(gpu::PrefillJob)},
       {layout_.logit_rows, plan.logit_rows * sizeof(int32_t)},
@@ -579,7 +578,6 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
                                       scale, attn_.as<uint16_t>()};
     check(gpu::LaunchPrefillAttention(prefill, stream_), "prefill attention");
     gpu::DecodeAttentionArgs decode{q_.as<uint16_t>(), KCache(l), VCache(l),
-                                    Plan<int32_t>(layout_.decode_q_row),
                                     Plan<gpu::SplitHead>(layout_.split_heads),
                                     Plan<gpu::ChunkEntry>(layout_.chunks), s.decode_rows,
                                     s.num_splits, c_.num_heads, c_.num_kv_heads, c_.head_dim,

@@ -217,7 +217,8 @@ __global__ void __launch_bounds__(kMergeWarps * 32) MergeSplitsKernel(const Deco
   });
   if (!has_dims) return;
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no token: zeros, like the CPU backend
-  StoreBf16x4(a.out + (int64_t{a.q_row[row]} * H + head) * HD + lane * 4, o, inv);
+  const int64_t q_row = a.split_heads[int64_t{row} * S].q_row;
+  StoreBf16x4(a.out + (q_row * H + head) * HD + lane * 4, o, inv);
 }
 
 template <int HD>

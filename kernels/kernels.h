@@ -61,7 +61,6 @@ struct DecodeAttentionArgs {
   const uint16_t* q;          // bf16 [*][num_heads][head_dim], indexed by q_row
   const uint16_t* k_cache;
   const uint16_t* v_cache;
-  const int32_t* q_row;       // [num_rows] (the kernels read it from the split heads)
   const SplitHead* split_heads;  // [num_rows][num_splits]
   const ChunkEntry* chunks;
   int32_t num_rows, num_splits, num_heads, num_kv_heads, head_dim, block_size;

@@ -86,7 +86,6 @@ PlanLayout PlanLayout::For(const PlanCapacity& cap) {
   take(&layout.positions, rows * sizeof(int32_t));
   take(&layout.kv_block, rows * sizeof(int32_t));
   take(&layout.kv_offset, rows * sizeof(int32_t));
-  take(&layout.decode_q_row, rows * sizeof(int32_t));
   take(&layout.split_heads, (size_t{1} + cap.row_splits) * sizeof(SplitHead));
   take(&layout.prefill_jobs, (size_t{1} + cap.prefill_jobs) * sizeof(PrefillJob));
   take(&layout.logit_rows, (size_t{1} + cap.logit_rows) * sizeof(int32_t));
@@ -276,7 +275,6 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
 
   // Decode rows: each non-causal row's chunks, cut into pieces, copied in row order and
   // grouped into splits.
-  int32_t* q_row = At<int32_t>(blob, layout.decode_q_row);
   SplitHead* heads = At<SplitHead>(blob, layout.split_heads);
   ChunkEntry* chunks = At<ChunkEntry>(blob, layout.chunks);
   std::vector<KvChunk> pieces;
@@ -291,7 +289,6 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
                      static_cast<size_t>(row.chunk_end - row.chunk_begin)},
                     B, &pieces);
     }
-    q_row[plan.decode_rows] = r;
     SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data());
     for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
     FillSplitHeads(bounds.data(), S, chunks, r, heads + int64_t{plan.decode_rows} * S);

@@ -37,7 +37,7 @@ inline constexpr int32_t kSplitHeadEntries = 8;
 struct SplitHead {
   int32_t chunk_begin, chunk_end;       // [chunk_begin, chunk_end) of the step's chunks
   int32_t row_splits;                   // the row's splits that hold chunks (0 to num_splits)
-  int32_t q_row;                        // the row of q and out (the plan's decode_q_row)
+  int32_t q_row;                        // the row of q and out this decode row reads and writes
   ChunkEntry first[kSplitHeadEntries];  // chunks chunk_begin + i; {0, 0} (empty) past the end
 };
 
@@ -75,7 +75,6 @@ struct PlanCapacity {
 // Byte offsets of the arrays in the blob; the host and device copies share one layout.
 struct PlanLayout {
   size_t token_ids = 0, positions = 0, kv_block = 0, kv_offset = 0;  // int32 [rows]
-  size_t decode_q_row = 0;   // int32 [rows]: the row each decode-kernel row reads and writes
   size_t split_heads = 0;    // SplitHead [decode rows][splits]
   size_t prefill_jobs = 0;   // PrefillJob [prefill_jobs]
   size_t logit_rows = 0;     // int32 [logit_rows]: the row whose logits each logits row holds

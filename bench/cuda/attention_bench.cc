@@ -131,6 +131,12 @@ double MedianLaunchUs(const std::function<void(int)>& launch, int sets) {
   return groups[groups.size() / 2];
 }
 
+// Disjoint block sets a configuration rotates over: about 1 GB together, so that nothing runs
+// from L2 (at most 64).
+int RotationSets(double dense_bytes) {
+  return static_cast<int>(std::clamp(std::ceil(1e9 / dense_bytes), 1.0, 64.0));
+}
+
 class Bench {
  public:
   // Where a row's blocks lie in the pool: kShuffled, as in a server that has run a while;
@@ -180,8 +186,8 @@ class Bench {
     const int64_t pool_blocks = pool_elems_ / (int64_t{s.kv_heads} * B * s.head_dim);
     const int64_t per_set = int64_t{c.batch} * per_row;
     const double dense_bytes = 4.0 * c.batch * c.context * s.kv_heads * s.head_dim;
-    const int sets = static_cast<int>(std::clamp<double>(std::ceil(1e9 / dense_bytes), 1,
-                                                         std::min<int64_t>(pool_blocks / per_set, 64)));
+    const int sets = static_cast<int>(
+        std::min<int64_t>(RotationSets(dense_bytes), std::max<int64_t>(pool_blocks / per_set, 1)));
     std::vector<int32_t>& order = BlockOrder(B, pool_blocks, c.batch, per_row);
     std::mt19937 rng(static_cast<uint32_t>(c.batch * 131 + c.context + B * 7));
     gpu::PlanOptions options;
@@ -234,8 +240,7 @@ class Bench {
       ok = Check(cudaMalloc(&blobs[set], layout.total), "metadata") &&
            Check(cudaMemcpy(blobs[set], blob.data(), layout.total, cudaMemcpyHostToDevice), "metadata");
       auto at = [&](size_t offset) { return static_cast<uint8_t*>(blobs[set]) + offset; };
-      args[set] = {q_, k_, v_, reinterpret_cast<const int32_t*>(at(layout.decode_q_row)),
-                   reinterpret_cast<const gpu::SplitHead*>(at(layout.split_heads)),
+      args[set] = {q_, k_, v_, reinterpret_cast<const gpu::SplitHead*>(at(layout.split_heads)),
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
@@ -307,9 +312,9 @@ int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order) {
     Result r;
     bool ok = false;
     if (shape != shapes.end() && batch > 0 && context >= block && block > 0) {
-      // Room for the disjoint block sets Run rotates over (about 1 GB), as in the grid.
-      const double dense_bytes = 4.0 * batch * context * shape->kv_heads * shape->head_dim;
-      const int32_t sets = static_cast<int32_t>(std::clamp(std::ceil(1e9 / dense_bytes), 1.0, 64.0));
+      // Room for the block sets Run rotates over, as in the grid.
+      const int sets =
+          RotationSets(4.0 * batch * context * shape->kv_heads * shape->head_dim);
       Bench bench(batch, context * sets, min_split_tokens, pool_order);
       ok = bench.Init({*shape}) &&
            bench.Run(Config{*shape, batch, context, block, fraction, splits}, &r);

@@ -86,6 +86,21 @@ def median_us(launch, sets):
     return statistics.median(group(n) for _ in range(7))
 
 
+def dense_inputs(batch, heads, kv_heads, hd, context):
+    """q and input sets of K and V, rotated over by the timings: at least 1 GB together (at most
+    8 sets), so nothing runs from L2."""
+    sets = max(1, min(8, math.ceil(1e9 / (4 * batch * context * kv_heads * hd))))
+    q = torch.randn(batch, heads, 1, hd, device="cuda", dtype=torch.bfloat16)
+    ks = [torch.randn(batch, kv_heads, context, hd, device="cuda", dtype=torch.bfloat16)
+          for _ in range(sets)]
+    return q, ks, [torch.randn_like(k) for k in ks]
+
+
+def sdpa_us(q, ks, vs):
+    return median_us(lambda i: F.scaled_dot_product_attention(q, ks[i], vs[i], enable_gqa=True),
+                     len(ks))
+
+
 def order_of_work():
     """(shape, batch, context) in order of importance: the target shape first."""
     keys = [(s, b, c) for s in SHAPES for b in BATCHES for c in CONTEXTS]
@@ -105,13 +120,9 @@ def run_torch(args):
             rows += [dict(base, fraction=f, sdpa_us="", flex_us="", note="time budget")
                      for f in FRACTIONS]
             continue
-        bytes_per_set = 4 * batch * context * kv_heads * hd
-        sets = max(1, min(8, math.ceil(1e9 / bytes_per_set)))
         try:
-            q = torch.randn(batch, heads, 1, hd, device="cuda", dtype=torch.bfloat16)
-            ks = [torch.randn(batch, kv_heads, context, hd, device="cuda", dtype=torch.bfloat16)
-                  for _ in range(sets)]
-            vs = [torch.randn_like(k) for k in ks]
+            q, ks, vs = dense_inputs(batch, heads, kv_heads, hd, context)
+            sets = len(ks)
         except torch.OutOfMemoryError:
             rows += [dict(base, fraction=f, sdpa_us="", flex_us="", note="out of memory")
                      for f in FRACTIONS]
@@ -119,8 +130,7 @@ def run_torch(args):
             continue
         note = ""
         try:
-            sdpa = median_us(lambda i: F.scaled_dot_product_attention(q, ks[i], vs[i],
-                                                                      enable_gqa=True), sets)
+            sdpa = sdpa_us(q, ks, vs)
         except Exception as e:  # a backend refusing the shape
             sdpa, note = "", f"sdpa: {type(e).__name__}"
         rng = random.Random(batch * 131 + context)
@@ -227,15 +237,9 @@ def interleave(args):
           f"{'sdpa':>9s}  faster  rounds won (every block)")
     for name, batch, context in cases:
         heads, kv_heads, hd = shapes[name]
-        sets = max(1, min(8, math.ceil(1e9 / (4 * batch * context * kv_heads * hd))))
-        q = torch.randn(batch, heads, 1, hd, device="cuda", dtype=torch.bfloat16)
-        ks = [torch.randn(batch, kv_heads, context, hd, device="cuda", dtype=torch.bfloat16)
-              for _ in range(sets)]
-        vs = [torch.randn_like(k) for k in ks]
-        sdpa = lambda: median_us(lambda i: F.scaled_dot_product_attention(
-            q, ks[i], vs[i], enable_gqa=True), sets)
+        q, ks, vs = dense_inputs(batch, heads, kv_heads, hd, context)
         timers = [(f"b{b}", lambda b=b: ours.time_us(name, batch, context, b)) for b in BLOCKS]
-        timers.append(("sdpa", sdpa))
+        timers.append(("sdpa", lambda: sdpa_us(q, ks, vs)))
         times = {key: [] for key, _ in timers}
         for r in range(args.rounds):
             for key, timer in timers[r % len(timers):] + timers[:r % len(timers)]:

@@ -116,7 +116,6 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                         &heads[size_t(r) * S]);
   }
   caches.PoisonUnattended(row_chunks);
-  DeviceArray<int32_t> q_row_dev(q_row);
   DeviceArray<gpu::SplitHead> heads_dev(heads);
   DeviceArray<ChunkEntry> chunks_dev(entries);
   DeviceArray<float> partial_o(size_t(rows) * S * H * hd), partial_lse(size_t(rows) * S * H);
@@ -141,7 +140,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       partial_lse.Poison();
       out.Poison();
       const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
-                                          q_row_dev.get(), heads_dev.get(), chunks_dev.get(),
+                                          heads_dev.get(), chunks_dev.get(),
                                           rows, S, H, c.kv_heads, hd, B, scale,
                                           partial_o.get(), partial_lse.get(), out.get(),
                                           merge > 0 ? counters.get() : nullptr, kernel};
@@ -239,7 +238,6 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
         spec.block_size, scale, out.get()};
     const gpu::DecodeAttentionArgs decode{
         q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
-        reinterpret_cast<const int32_t*>(at(layout.decode_q_row)),
         reinterpret_cast<const gpu::SplitHead*>(at(layout.split_heads)),
         reinterpret_cast<const ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
         plan.num_splits, H, kvh, hd, spec.block_size, scale, partial_o.get(), partial_lse.get(),

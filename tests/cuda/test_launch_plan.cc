@@ -291,9 +291,9 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
     ASSERT_EQ(plan.decode_rows, static_cast<int32_t>(expected_rows.size()));
     const ChunkEntry* chunks = At<ChunkEntry>(blob, layout.chunks);
     for (int32_t i = 0; i < plan.decode_rows; ++i) {
-      const int32_t r = At<int32_t>(blob, layout.decode_q_row)[i];
-      ASSERT_EQ(r, expected_rows[i]);
       const SplitHead* heads = At<SplitHead>(blob, layout.split_heads) + int64_t{i} * S;
+      const int32_t r = heads[0].q_row;
+      ASSERT_EQ(r, expected_rows[i]);
       std::vector<KvChunk> got;
       const int32_t used = heads[0].row_splits;
       ASSERT_GE(used, 0);
@@ -388,7 +388,7 @@ TEST(PlanLayout, ArraysAreAlignedAndApart) {
   const PlanLayout l = PlanLayout::For(cap);
   const std::vector<std::pair<size_t, size_t>> arrays = {
       {l.token_ids, 100 * 4}, {l.positions, 100 * 4}, {l.kv_block, 100 * 4},
-      {l.kv_offset, 100 * 4}, {l.decode_q_row, 100 * 4}, {l.split_heads, 250 * sizeof(SplitHead)},
+      {l.kv_offset, 100 * 4}, {l.split_heads, 250 * sizeof(SplitHead)},
       {l.prefill_jobs, 12 * sizeof(PrefillJob)}, {l.logit_rows, 7 * 4},
       {l.samples, 7 * sizeof(SampleEntry)}, {l.block_tables, 33 * 4},
       {l.chunks, 1000 * sizeof(ChunkEntry)}};
