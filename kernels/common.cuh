@@ -37,6 +37,23 @@ __device__ __forceinline__ uint4 LoadStreaming(const void* ptr) {
   return v;
 }
 
+// Programmatic dependent launch (sm_90): a kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start while the kernel before it in the
+// stream is still running. It must call WaitForPreviousGrid before it reads anything that kernel
+// writes, or writes anything that kernel reads or writes: the wait returns once that grid has
+// finished and its writes are visible (at once when there is no such grid).
+// AllowDependentLaunch lets the next such kernel start before this one ends.
+__device__ __forceinline__ void WaitForPreviousGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 template <int kWidth>
 __device__ __forceinline__ float WarpSum(float x) {
 #pragma unroll

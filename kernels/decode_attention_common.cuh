@@ -4,6 +4,8 @@
 // last split of a (row, KV head) to finish, the merge of all splits.
 #pragma once
 
+#include <algorithm>
+
 #include "kernels/common.cuh"
 #include "kernels/kernels.h"
 
@@ -218,6 +220,40 @@ __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int r
 }
 
 // The tensor-core kernel's launcher (decode_attention_tc.cu), for groups of 1 to 8.
+// The current device's SmLimits (launch_plan.h), queried once a device.
+const SmLimits& CurrentSmLimits();
+
+// Launches kKernel on grid (splits, KV heads, rows). With a.early_launch, as a programmatic
+// dependent launch: its CTAs start, and read the step's plan, while the kernel before it
+// finishes, and wait for it (WaitForPreviousGrid) before anything else.
+template <auto kKernel>
+cudaError_t LaunchDecodeKernel(int kernel_smem, const DecodeAttentionArgs& a, cudaStream_t stream) {
+  const SmLimits& limits = CurrentSmLimits();
+  static const cudaError_t configured = [&] {
+    cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         std::max(kernel_smem, limits.max_smem_per_cta));
+    if (e == cudaSuccess) {
+      e = cudaFuncSetAttribute(kKernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+    }
+    return e;
+  }();
+  if (configured != cudaSuccess) return configured;
+  cudaLaunchAttribute early{};
+  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  early.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(a.num_splits, a.num_kv_heads, a.num_rows);
+  config.blockDim = dim3(kDecodeThreads);
+  config.dynamicSmemBytes =
+      a.early_launch ? EarlyLaunchSmem(kernel_smem, int64_t{a.num_splits} * a.num_kv_heads * a.num_rows, limits)
+                     : kernel_smem;
+  config.stream = stream;
+  config.attrs = &early;
+  config.numAttrs = a.early_launch ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kKernel, a);
+}
+
 cudaError_t LaunchDecodeAttentionTc(const DecodeAttentionArgs& a, cudaStream_t stream);
 
 }  // namespace spanserve::gpu

@@ -70,6 +70,9 @@ struct DecodeAttentionArgs {
   uint16_t* out;              // bf16 [*][num_heads][head_dim], indexed by q_row
   int32_t* split_counters = nullptr;  // [num_rows][num_kv_heads], zeros; null: a merge kernel
   DecodeKernel kernel = DecodeKernel::kAuto;
+  // Programmatic dependent launch (sm_90): the CTAs may start, and read the plan, while the
+  // previous kernel in the stream finishes; they wait for it before touching anything else.
+  bool early_launch = true;
 };
 cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream);
 

@@ -173,6 +173,18 @@ int64_t MaxRowSplits(int32_t max_rows, int32_t num_kv_heads, int32_t group_size,
   return most;
 }
 
+int32_t EarlyLaunchSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& limits) {
+  if (limits.sms <= 0 || ctas <= 0) return kernel_smem;
+  const int64_t per_sm = (ctas + limits.sms - 1) / limits.sms;  // what an even placement needs
+  const int64_t room = limits.smem_per_sm / (int64_t{kernel_smem} + limits.reserved_smem_per_cta);
+  if (per_sm >= room) return kernel_smem;
+  // Just over the share of per_sm + 1 CTAs, in 128-byte steps: per_sm fit, one more does not.
+  const int64_t share = limits.smem_per_sm / (per_sm + 1) - limits.reserved_smem_per_cta;
+  const int64_t smem = (share / 128 + 1) * 128;
+  return smem <= limits.max_smem_per_cta ? static_cast<int32_t>(std::max<int64_t>(smem, kernel_smem))
+                                         : kernel_smem;
+}
+
 void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
                    std::vector<KvChunk>* pieces) {
   const int32_t piece = PieceTokens(block_size);

@@ -5,9 +5,10 @@
 // 128, over a shuffled block pool (--pool-order address: each row's blocks in address order;
 // interleaved: the rows' blocks dealt out in turn, as decode steps grow them). A sparse row
 // attends a sink, referenced ranges with edges inside blocks, and its own tail, like a span
-// row. Time is the median of groups of launches
-// that rotate over disjoint block sets (so no configuration runs from L2); bandwidth counts the
-// K and V bytes of the attended tokens, against the measured device copy bandwidth.
+// row. Time is the median of groups of launches that rotate over disjoint block sets (so no
+// configuration runs from L2), in one stream as the backend launches them (--early-launch 0:
+// each after the one before has ended); bandwidth counts the K and V bytes of the attended
+// tokens, against the measured device copy bandwidth.
 //
 // Run: cuda_attention_bench --csv attention.csv   (one CSV row per configuration, summary last)
 //      cuda_attention_bench --serve                 (configurations from stdin, times to stdout)
@@ -106,16 +107,16 @@ std::vector<TokenRange> SpanRanges(std::mt19937& rng, int32_t context, double fr
   return ranges;
 }
 
-// Median over groups of launches of the mean time of one launch, in microseconds.
-double MedianLaunchUs(const std::function<void(int)>& launch, int sets) {
+// Median over groups of launches in `stream` of the mean time of one launch, in microseconds.
+double MedianLaunchUs(const std::function<void(int)>& launch, int sets, cudaStream_t stream) {
   for (int i = 0; i < 3; ++i) launch(i % sets);
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   auto time_group = [&](int iterations) {
-    cudaEventRecord(start);
+    cudaEventRecord(start, stream);
     for (int j = 0; j < iterations; ++j) launch(j % sets);
-    cudaEventRecord(stop);
+    cudaEventRecord(stop, stream);
     cudaEventSynchronize(stop);
     float ms = 0;
     cudaEventElapsedTime(&ms, start, stop);
@@ -143,10 +144,12 @@ class Bench {
   // kAddress, one run a row, as a fresh server's prompts get; kInterleaved, the rows' blocks
   // dealt out in turn, as a fresh server's decode steps grow them (KvBlockManager).
   enum class PoolOrder { kShuffled, kAddress, kInterleaved };
-  Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens, PoolOrder pool_order)
+  Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens, PoolOrder pool_order,
+        bool early_launch)
       : max_batch_(max_batch), max_context_(max_context), min_split_tokens_(min_split_tokens),
-        pool_order_(pool_order) {}
+        pool_order_(pool_order), early_launch_(early_launch) {}
   ~Bench() {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
     for (void* p : {static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(q_),
                     static_cast<void*>(out_), static_cast<void*>(partial_o_),
                     static_cast<void*>(partial_lse_), static_cast<void*>(counters_)}) {
@@ -166,7 +169,8 @@ class Bench {
       max_q = std::max<int64_t>(max_q, int64_t{max_batch_} * s.heads * s.head_dim);
     }
     pool_elems_ = max_kv;
-    bool ok = Check(Alloc(&k_, pool_elems_ * 2), "K pool") &&
+    bool ok = Check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream") &&
+              Check(Alloc(&k_, pool_elems_ * 2), "K pool") &&
               Check(Alloc(&v_, pool_elems_ * 2), "V pool") &&
               Check(Alloc(&q_, max_q * 2), "q") && Check(Alloc(&out_, max_q * 2), "out") &&
               Check(Alloc(&partial_o_, max_q * 4 * gpu::kMaxSplits), "partials") &&
@@ -244,10 +248,11 @@ class Bench {
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
-                   c.fused_merge ? counters_ : nullptr, c.kernel};
+                   c.fused_merge ? counters_ : nullptr, c.kernel, early_launch_};
     }
     if (ok) {
-      result->us = MedianLaunchUs([&](int set) { gpu::LaunchDecodeAttention(args[set], nullptr); }, sets);
+      result->us = MedianLaunchUs(
+          [&](int set) { gpu::LaunchDecodeAttention(args[set], stream_); }, sets, stream_);
       ok = Check(cudaGetLastError(), "attention") && Check(cudaDeviceSynchronize(), "attention");
       // K and V, 2 bytes each, of every attended token of every row, for every KV head.
       result->gbps = 4.0 * s.kv_heads * s.head_dim * result->attended_tokens / (result->us * 1e3);
@@ -283,6 +288,8 @@ class Bench {
 
   int32_t max_batch_, max_context_, min_split_tokens_;
   PoolOrder pool_order_;
+  bool early_launch_;
+  cudaStream_t stream_ = nullptr;
   int32_t num_sms_ = 0;
   int64_t pool_elems_ = 0;
   uint16_t *k_ = nullptr, *v_ = nullptr, *q_ = nullptr, *out_ = nullptr;
@@ -301,7 +308,7 @@ const std::vector<Shape>& KnownShapes() {
 // (splits 0: the backend's choice), answered on stdout with "time_us gbps splits" or
 // "error ...". Each request allocates its own pools and frees them, so that another process
 // (torch_attention_bench.py --interleave) can time its own kernels between requests.
-int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order) {
+int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order, bool early_launch) {
   char name[64];
   int32_t batch, context, block, splits;
   double fraction;
@@ -315,7 +322,7 @@ int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order) {
       // Room for the block sets Run rotates over, as in the grid.
       const int sets =
           RotationSets(4.0 * batch * context * shape->kv_heads * shape->head_dim);
-      Bench bench(batch, context * sets, min_split_tokens, pool_order);
+      Bench bench(batch, context * sets, min_split_tokens, pool_order, early_launch);
       ok = bench.Init({*shape}) &&
            bench.Run(Config{*shape, batch, context, block, fraction, splits}, &r);
     }
@@ -355,11 +362,16 @@ int Main(int argc, char** argv) {
   std::string pool_order = "shuffled";
   app.add_option("--pool-order", pool_order, "the order rows take the pool's blocks in")
       ->check(CLI::IsMember({"shuffled", "address", "interleaved"}));
+  bool early_launch = true;
+  app.add_option("--early-launch", early_launch,
+                 "launch as the backend does: each launch's CTAs start while the one before "
+                 "finishes (programmatic dependent launch); 0: after it")
+      ->default_val(true);
   CLI11_PARSE(app, argc, argv);
   const Bench::PoolOrder order = pool_order == "address"       ? Bench::PoolOrder::kAddress
                                  : pool_order == "interleaved" ? Bench::PoolOrder::kInterleaved
                                                                : Bench::PoolOrder::kShuffled;
-  if (serve) return Serve(min_split_tokens, order);
+  if (serve) return Serve(min_split_tokens, order, early_launch);
 
   std::vector<Shape> shapes;
   for (const Shape& s : KnownShapes()) {
@@ -372,7 +384,8 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Bench bench(*std::max_element(batches.begin(), batches.end()),
-              *std::max_element(contexts.begin(), contexts.end()), min_split_tokens, order);
+              *std::max_element(contexts.begin(), contexts.end()), min_split_tokens, order,
+              early_launch);
   if (!bench.Init(shapes)) return 1;
   const double copy_gbps = CopyBandwidthGBps(size_t{2} << 30, 10);
   std::printf("device copy bandwidth %.0f GB/s (read + write), %d SMs\n", copy_gbps, bench.num_sms());

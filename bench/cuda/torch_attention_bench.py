@@ -232,6 +232,9 @@ def interleave(args):
     else:
         cases = [(s[0], b, c) for s, b, c in order_of_work()]
     ours = OursServer(args.interleave, args.ours_args.split())
+    # A second configuration of ours in the same rotation (e.g. --early-launch 0), for a ratio
+    # measured side by side.
+    base = OursServer(args.interleave, args.base_args.split()) if args.base_args else None
     rows = []
     print(f"\n{'shape':10s} {'batch':>5s} {'ctx':>6s} {'ours B16':>9s} {'B64':>9s} {'B128':>9s} "
           f"{'sdpa':>9s}  faster  rounds won (every block)")
@@ -239,6 +242,9 @@ def interleave(args):
         heads, kv_heads, hd = shapes[name]
         q, ks, vs = dense_inputs(batch, heads, kv_heads, hd, context)
         timers = [(f"b{b}", lambda b=b: ours.time_us(name, batch, context, b)) for b in BLOCKS]
+        if base:
+            timers += [(f"base_b{b}", lambda b=b: base.time_us(name, batch, context, b))
+                       for b in BLOCKS]
         timers.append(("sdpa", lambda: sdpa_us(q, ks, vs)))
         times = {key: [] for key, _ in timers}
         for r in range(args.rounds):
@@ -252,15 +258,20 @@ def interleave(args):
         faster = all(med[f"b{b}"] < med["sdpa"] for b in BLOCKS)
         rows.append(dict(shape=name, batch=batch, context=context, rounds=args.rounds,
                          **{f"ours_b{b}_us": round(med[f"b{b}"], 2) for b in BLOCKS},
+                         **{f"base_b{b}_us": round(med[f"base_b{b}"], 2)
+                            for b in BLOCKS if base},
                          sdpa_us=round(med["sdpa"], 2),
                          **{f"{k}_all_us": " ".join(f"{x:.2f}" for x in v) for k, v in times.items()},
                          faster_than_sdpa=faster, rounds_won=won))
         print(f"{name:10s} {batch:5d} {context:6d} "
               + " ".join(f"{med[f'b{b}']:9.1f}" for b in BLOCKS)
-              + f" {med['sdpa']:9.1f}  {'yes' if faster else 'NO ':3s}     {won}/{args.rounds}",
+              + f" {med['sdpa']:9.1f}  {'yes' if faster else 'NO ':3s}     {won}/{args.rounds}"
+              + ("  base " + " ".join(f"{med[f'base_b{b}']:9.1f}" for b in BLOCKS) if base else ""),
               flush=True)
         write_csv(args.interleave_out, rows)  # after each shape: a cut-off run keeps what it has
     ours.close()
+    if base:
+        base.close()
     print(f"dense shapes where ours' median was not below SDPA's at every block size: "
           f"{sum(not r['faster_than_sdpa'] for r in rows)} of {len(rows)}")
 
@@ -279,6 +290,9 @@ def main():
     parser.add_argument("--cases", nargs="*", help="shape:batch:context (default: every dense)")
     parser.add_argument("--ours-args", default="",
                         help="options for cuda_attention_bench --serve, e.g. --pool-order address")
+    parser.add_argument("--base-args", default="",
+                        help="a second cuda_attention_bench --serve with these options, timed in "
+                             "the same rotation (columns base_b*), e.g. --early-launch 0")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device visible")

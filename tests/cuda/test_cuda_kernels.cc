@@ -1,6 +1,7 @@
 // Each CUDA kernel against a double-precision reference on fresh random inputs, outputs
 // poisoned (NaN) before each run: decode attention over random block lists with edge masks and
-// empty rows, for every head dim, GQA group, block size and split count it takes; prefill
+// empty rows, for every head dim, GQA group, block size and split count it takes, launched
+// early behind a kernel that writes its inputs late; prefill
 // attention and decode rows mixed as in a step; RoPE with the KV write; the fused residual add
 // and RMSNorm; embedding; SiluMul; sampling. Skipped where no GPU is visible.
 #include <cmath>
@@ -14,6 +15,7 @@
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/late_writer.h"
 #include "tests/cuda/random_batch.h"
 
 namespace spanserve::testing {
@@ -131,20 +133,32 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       want[r].insert(want[r].end(), ref.begin(), ref.end());
     }
   }
+  // The kernel reads q and the cache from copies that a kernel before it writes late (after
+  // NaN): launched early (programmatic dependent launch), it must wait for that kernel.
+  DeviceArray<uint16_t> q_in(q_dev.size()), k_in(caches.k_dev.size()), v_in(caches.v_dev.size());
+  const LateCopy late[] = {{q_dev.get(), q_in.get(), q_in.size() * 2},
+                           {caches.k_dev.get(), k_in.get(), k_in.size() * 2},
+                           {caches.v_dev.get(), v_in.get(), v_in.size() * 2}};
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   // Both kernels; splits merged by a second kernel and by the last CTA (twice: the counters
-  // must be back at zero for the next launch, as a graph replay needs).
+  // must be back at zero for the next launch, as a graph replay needs); launched early but
+  // for the first merge by the last CTA.
   for (const gpu::DecodeKernel kernel : {gpu::DecodeKernel::kCudaCores, gpu::DecodeKernel::kTensorCores}) {
     for (const int merge : {0, 1, 2}) {
       if (S == 1 && merge > 0) continue;
       partial_o.Poison();
       partial_lse.Poison();
       out.Poison();
-      const gpu::DecodeAttentionArgs args{q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
-                                          heads_dev.get(), chunks_dev.get(),
-                                          rows, S, H, c.kv_heads, hd, B, scale,
-                                          partial_o.get(), partial_lse.get(), out.get(),
-                                          merge > 0 ? counters.get() : nullptr, kernel};
-      SyncOk(gpu::LaunchDecodeAttention(args, nullptr));
+      for (DeviceArray<uint16_t>* in : {&q_in, &k_in, &v_in}) in->Poison();
+      gpu::DecodeAttentionArgs args{q_in.get(), k_in.get(), v_in.get(),
+                                    heads_dev.get(), chunks_dev.get(),
+                                    rows, S, H, c.kv_heads, hd, B, scale,
+                                    partial_o.get(), partial_lse.get(), out.get(),
+                                    merge > 0 ? counters.get() : nullptr, kernel};
+      args.early_launch = merge != 1;
+      ASSERT_EQ(LaunchLateCopies(late, 3, 50, stream), cudaSuccess);
+      SyncOk(gpu::LaunchDecodeAttention(args, stream));
       const std::vector<float> got = ToFloats(out.Download());
       const char* name = kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores";
       const char* merged = merge == 0 ? "merge kernel" : "merged in the last CTA";
@@ -167,6 +181,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       for (const int32_t count : counters.Download()) ASSERT_EQ(count, 0) << name << ", " << merged;
     }
   }
+  cudaStreamDestroy(stream);
 }
 
 TEST(DecodeAttention, MatchesReferenceForEveryShape) {

@@ -63,6 +63,30 @@ TEST(SplitChunks, CoversTheRowInOrderWithBalancedSplits) {
   }
 }
 
+// Room for ceil(ctas / SMs) CTAs a SM and not one more, unless the kernel's own shared memory
+// already allows no more (or the device's per-CTA limit does not allow the padding).
+TEST(EarlyLaunchSmem, LeavesRoomForAnEvenPlacementOnly) {
+  const SmLimits h100{132, 233472, 1024, 232448};
+  auto fits = [&](int64_t smem) { return h100.smem_per_sm / (smem + h100.reserved_smem_per_cta); };
+  for (const int32_t kernel_smem : {0, 16 * 1024, 48 * 1024, 96 * 1024, 150 * 1024}) {
+    for (const int64_t ctas : {1, 8, 128, 132, 133, 200, 264, 265, 396, 512, 528, 2048}) {
+      const int32_t smem = EarlyLaunchSmem(kernel_smem, ctas, h100);
+      const int64_t per_sm = (ctas + 131) / 132;
+      EXPECT_GE(smem, kernel_smem);
+      EXPECT_LE(smem, h100.max_smem_per_cta);
+      EXPECT_EQ(smem % 16, 0);
+      if (fits(kernel_smem) <= per_sm) {
+        EXPECT_EQ(smem, kernel_smem) << kernel_smem << " " << ctas;
+      } else {
+        EXPECT_EQ(fits(smem), per_sm) << kernel_smem << " " << ctas;
+      }
+    }
+  }
+  // The tensor-core kernel (96 KiB) at LLaMA-3-8B batch 16 (128 CTAs): one a SM.
+  EXPECT_EQ(fits(EarlyLaunchSmem(96 * 1024, 128, h100)), 1);
+  EXPECT_EQ(EarlyLaunchSmem(96 * 1024, 128, SmLimits{}), 96 * 1024);  // limits unknown
+}
+
 TEST(SplitChunks, EmptyRowHasEmptySplits) {
   std::vector<int32_t> bounds(5, -1);
   SplitChunks({}, 4, 128, 3, bounds.data());
