@@ -130,13 +130,18 @@ int64_t DecodeSlots(int32_t group_size, int32_t head_dim, int32_t num_sms, Decod
   return int64_t{DecodeCtasPerSm(kernel, head_dim, group_size)} * std::max(num_sms, 1);
 }
 
+// CTAs of a decode launch with one split a row.
+int64_t RowCtas(int32_t decode_rows, int32_t num_kv_heads) {
+  return int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
+}
+
 }  // namespace
 
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
                   int32_t num_sms, DecodeKernel kernel) {
-  const int64_t ctas = int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
+  const int64_t ctas = RowCtas(decode_rows, num_kv_heads);
   const int64_t slots = DecodeSlots(group_size, head_dim, num_sms, kernel);
-  if (ctas <= slots) {
+  if (ctas <= slots) {  // one wave
     const int64_t target =
         int64_t{DecodeCtasToFill(kernel, head_dim, group_size)} * std::max(num_sms, 1);
     return static_cast<int32_t>(std::clamp<int64_t>(target / ctas, 1, kMaxSplits));
@@ -158,9 +163,9 @@ int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
 
 int32_t MinSplitTokensFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
                           int32_t head_dim, int32_t num_sms, DecodeKernel kernel) {
-  const int64_t ctas = int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
-  return ctas <= DecodeSlots(group_size, head_dim, num_sms, kernel) ? kMinSplitTokens
-                                                                    : kMinWaveSplitTokens;
+  const bool one_wave =
+      RowCtas(decode_rows, num_kv_heads) <= DecodeSlots(group_size, head_dim, num_sms, kernel);
+  return one_wave ? kMinSplitTokens : kMinWaveSplitTokens;
 }
 
 int64_t MaxRowSplits(int32_t max_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
