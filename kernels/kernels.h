@@ -56,7 +56,8 @@ cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uin
 // partials, and the splits are merged into `out`: by the last CTA of each (row, KV head) to
 // finish, counted in split_counters, or, without counters, by a second kernel.
 // The counters start at zero and the merging CTA zeroes them again, so that a captured graph
-// replays; launches sharing counters must not overlap (one stream).
+// replays; launches sharing counters must be ordered (one stream: an early launch touches
+// them only after its wait for the kernel ahead).
 struct DecodeAttentionArgs {
   const uint16_t* q;          // bf16 [*][num_heads][head_dim], indexed by q_row
   const uint16_t* k_cache;
