@@ -219,7 +219,6 @@ __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int r
   MergeSplitsInCta<HD, G>(a, smem, row, kv_head, row_splits, q_row);
 }
 
-// The tensor-core kernel's launcher (decode_attention_tc.cu), for groups of 1 to 8.
 // The current device's SmLimits (launch_plan.h), queried once a device.
 const SmLimits& CurrentSmLimits();
 
@@ -228,10 +227,9 @@ const SmLimits& CurrentSmLimits();
 // finishes, and wait for it (WaitForPreviousGrid) before anything else.
 template <auto kKernel>
 cudaError_t LaunchDecodeKernel(int kernel_smem, const DecodeAttentionArgs& a, cudaStream_t stream) {
-  const SmLimits& limits = CurrentSmLimits();
   static const cudaError_t configured = [&] {
     cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         std::max(kernel_smem, limits.max_smem_per_cta));
+                                         std::max(kernel_smem, CurrentSmLimits().max_smem_per_cta));
     if (e == cudaSuccess) {
       e = cudaFuncSetAttribute(kKernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
@@ -245,15 +243,16 @@ cudaError_t LaunchDecodeKernel(int kernel_smem, const DecodeAttentionArgs& a, cu
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(a.num_splits, a.num_kv_heads, a.num_rows);
   config.blockDim = dim3(kDecodeThreads);
+  const int64_t ctas = int64_t{a.num_splits} * a.num_kv_heads * a.num_rows;
   config.dynamicSmemBytes =
-      a.early_launch ? EarlyLaunchSmem(kernel_smem, int64_t{a.num_splits} * a.num_kv_heads * a.num_rows, limits)
-                     : kernel_smem;
+      a.early_launch ? EarlyLaunchSmem(kernel_smem, ctas, CurrentSmLimits()) : kernel_smem;
   config.stream = stream;
   config.attrs = &early;
   config.numAttrs = a.early_launch ? 1 : 0;
   return cudaLaunchKernelEx(&config, kKernel, a);
 }
 
+// The tensor-core kernel's launcher (decode_attention_tc.cu), for groups of 1 to 8.
 cudaError_t LaunchDecodeAttentionTc(const DecodeAttentionArgs& a, cudaStream_t stream);
 
 }  // namespace spanserve::gpu

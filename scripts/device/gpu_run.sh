@@ -19,8 +19,8 @@
 # Several phases may be named in one call: gpu_run.sh check kernels interleave.
 # GTEST_FILTER narrows the check phase's tests; LOG_TAG names its logs tarball (logs_check_TAG);
 # CHECK_TIMEOUT and E2E_TIMEOUT (seconds) stop a test binary or the e2e benchmark where the lent
-# time is short; ATTN_ARGS adds options to the kernels phase's benchmark (e.g. --copies cp_async
-# bulk: both side by side; PyTorch is compared with the backend's choice).
+# time is short; ATTN_ARGS adds options to the kernels phase's benchmark (e.g. --kernels
+# cuda_cores tensor_cores: both side by side; PyTorch is compared with the backend's choice).
 # Results go to $OUT (at most 8 files: the main CSV/JSON, and logs.tar.gz with everything);
 # a short table comes last in the output.
 set -uo pipefail
