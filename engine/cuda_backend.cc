@@ -118,6 +118,7 @@ struct ForwardShape {
   int32_t rows = 0;
   int32_t decode_rows = 0;
   int32_t num_splits = 1;
+  bool split_major = false;  // a lead layout (launch_plan.h's SplitLayoutFor)
   int32_t prefill_jobs = 0;
   int32_t logit_rows = 0;
 };
@@ -584,6 +585,7 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
                                     block_size_, scale, partial_o_.as<float>(),
                                     partial_lse_.as<float>(), attn_.as<uint16_t>(),
                                     split_counters_.as<int32_t>()};
+    decode.split_major = s.split_major;
     check(gpu::LaunchDecodeAttention(decode, stream_), "decode attention");
     Gemm(check, attn_.as<uint16_t>(), n, q_dim(), w.wo, H, delta_.as<float>());
     check(gpu::LaunchAddRmsNorm(x_.as<float>(), delta_.as<float>(), w.ffn_norm, nullptr, n, H, eps,
@@ -693,18 +695,20 @@ absl::Status CudaBackend::Step(const StepBatch& batch, StepOutput* out) {
   plan_options.block_size = block_size_;
   plan_options.pad_rows = graph ? gpu::GraphBucket(n) : 0;
   const int32_t decode_rows = gpu::DecodeRows(batch, plan_options.pad_rows);
-  plan_options.num_splits =
-      gpu::SplitsFor(decode_rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_);
-  plan_options.min_split_tokens =
-      gpu::MinSplitTokensFor(decode_rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_);
+  // A function of decode_rows alone, so that a graph bucket's launch shape is fixed.
+  const gpu::SplitLayout split_layout =
+      gpu::SplitLayoutFor(decode_rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_);
+  plan_options.num_splits = split_layout.splits;
+  plan_options.min_split_tokens = split_layout.min_split_tokens;
+  plan_options.lead_percent = split_layout.lead_percent;
   plan_options.prefill_tile_rows = gpu::PrefillTileRows(group());
   plan_options.scratch_block = num_blocks_;
   if (absl::Status s = EnsureCapacity(gpu::NeededCapacity(batch, plan_options)); !s.ok()) return s;
   const gpu::StepPlan plan = gpu::BuildStepPlan(batch, plan_options, layout_, plan_host_.as<uint8_t>());
   if (absl::Status s = UploadPlan(plan); !s.ok()) return s;
 
-  const ForwardShape shape{plan.rows, plan.decode_rows, plan.num_splits, plan.prefill_jobs,
-                           plan.logit_rows};
+  const ForwardShape shape{plan.rows, plan.decode_rows, plan.num_splits, plan.split_major,
+                           plan.prefill_jobs, plan.logit_rows};
   absl::Status run = graph ? RunGraph(shape) : Forward(shape);
   if (!graph) ++stats_.eager_steps;
   if (!run.ok()) return run;

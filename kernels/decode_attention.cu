@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   constexpr int STAGE = T * HD;               // bf16 elements of K (or V) in one stage
   extern __shared__ __align__(16) uint16_t smem[];  // [kStages][K, V][T][HD]
 
-  const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
+  const auto [row, kv_head, split] = DecodeItemOf(a);
   const int lane = threadIdx.x % LANES, group = threadIdx.x / LANES;
   const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;
   const int c_begin = head->chunk_begin, c_end = head->chunk_end, row_splits = head->row_splits;

@@ -219,12 +219,23 @@ __device__ void FinishDecodeCta(const DecodeAttentionArgs& a, float* smem, int r
   MergeSplitsInCta<HD, G>(a, smem, row, kv_head, row_splits, q_row);
 }
 
+// The (row, KV head, split) of this CTA: grid (splits, KV heads, rows), or split-major
+// (KV heads, rows, splits).
+struct DecodeItem {
+  int row, kv_head, split;
+};
+__device__ __forceinline__ DecodeItem DecodeItemOf(const DecodeAttentionArgs& a) {
+  if (a.split_major) return {static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.z)};
+  return {static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.x)};
+}
+
 // The current device's SmLimits (launch_plan.h), queried once a device.
 const SmLimits& CurrentSmLimits();
 
-// Launches kKernel on grid (splits, KV heads, rows). With a.early_launch, as a programmatic
-// dependent launch: its CTAs start, and read the step's plan, while the kernel before it
-// finishes, and wait for it (WaitForPreviousGrid) before anything else.
+// Launches kKernel on grid (splits, KV heads, rows), or split-major (KV heads, rows, splits).
+// With a.early_launch, as a programmatic dependent launch: its CTAs start, and read the step's
+// plan, while the kernel before it finishes, and wait for it (WaitForPreviousGrid) before
+// anything else.
 template <auto kKernel>
 cudaError_t LaunchDecodeKernel(int kernel_smem, const DecodeAttentionArgs& a, cudaStream_t stream) {
   static const cudaError_t configured = [&] {
@@ -241,11 +252,14 @@ cudaError_t LaunchDecodeKernel(int kernel_smem, const DecodeAttentionArgs& a, cu
   early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   early.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(a.num_splits, a.num_kv_heads, a.num_rows);
+  config.gridDim = a.split_major ? dim3(a.num_kv_heads, a.num_rows, a.num_splits)
+                                  : dim3(a.num_splits, a.num_kv_heads, a.num_rows);
   config.blockDim = dim3(kDecodeThreads);
-  const int64_t ctas = int64_t{a.num_splits} * a.num_kv_heads * a.num_rows;
-  config.dynamicSmemBytes =
-      a.early_launch ? EarlyLaunchSmem(kernel_smem, ctas, CurrentSmLimits()) : kernel_smem;
+  // The CTAs placed at once: all of an early launch's; a split-major launch's split 0.
+  const int64_t placed = int64_t{a.split_major ? 1 : a.num_splits} * a.num_kv_heads * a.num_rows;
+  config.dynamicSmemBytes = a.early_launch || a.split_major
+                                ? EvenPlacementSmem(kernel_smem, placed, CurrentSmLimits())
+                                : kernel_smem;
   config.stream = stream;
   config.attrs = &early;
   config.numAttrs = a.early_launch ? 1 : 0;

@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   constexpr int TILE = kTileTokens * HD;         // bf16 elements of one K (or V) tile
   extern __shared__ __align__(128) uint16_t smem[];  // [kStages][warps][K, V][16][HD], swizzled
 
-  const int row = blockIdx.z, kv_head = blockIdx.y, split = blockIdx.x;
+  const auto [row, kv_head, split] = DecodeItemOf(a);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int quad = lane / 4, pair = lane % 4;  // MMA fragment coordinates
   const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;

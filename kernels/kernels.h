@@ -48,8 +48,9 @@ cudaError_t LaunchRopeWriteKv(const RopeKvArgs& args, cudaStream_t stream);
 cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uint16_t* out,
                           cudaStream_t stream);
 
-// Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows): a
-// CTA takes the group of query heads of one KV head for one row and the chunks of
+// Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows), or
+// with split_major (num_kv_heads, num_rows, num_splits) so that every row's split 0 is dispatched
+// before any split 1 (a lead layout, launch_plan.h's LeadLayoutFor): a CTA takes the group of query heads of one KV head for one row and the chunks of
 // split_heads[row][split] (launch_plan.h's SplitHead), each at most PieceTokens(block_size)
 // tokens long (CutIntoPieces). CTAs of the row's empty splits (past its row_splits) leave at
 // once. A row of one split writes `out` directly; otherwise each CTA writes its (o, lse)
@@ -74,6 +75,10 @@ struct DecodeAttentionArgs {
   // Programmatic dependent launch (sm_90): the CTAs may start, and read the plan, while the
   // previous kernel in the stream finishes; they wait for it before touching anything else.
   bool early_launch = true;
+  // Splits dispatched in split order (see above), and the shared memory padded so that the SMs
+  // hold no more CTAs than the rows' split 0 need (EvenPlacementSmem): the later splits go to
+  // CTAs as they finish.
+  bool split_major = false;
 };
 cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& args, cudaStream_t stream);
 

@@ -168,17 +168,31 @@ int32_t MinSplitTokensFor(int32_t decode_rows, int32_t num_kv_heads, int32_t gro
   return one_wave ? kMinSplitTokens : kMinWaveSplitTokens;
 }
 
+SplitLayout SplitLayoutFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
+                           int32_t head_dim, int32_t num_sms, DecodeKernel kernel,
+                           const LeadOptions& lead) {
+  const SplitLayout even{
+      SplitsFor(decode_rows, num_kv_heads, group_size, head_dim, num_sms, kernel),
+      MinSplitTokensFor(decode_rows, num_kv_heads, group_size, head_dim, num_sms, kernel), 0};
+  const bool one_wave =
+      RowCtas(decode_rows, num_kv_heads) <= DecodeSlots(group_size, head_dim, num_sms, kernel);
+  const bool cuda_cores = ResolveDecodeKernel(kernel, group_size) == DecodeKernel::kCudaCores;
+  const bool wanted = one_wave ? even.splits == 1 : lead.multi_wave;
+  if (lead.percent <= 0 || lead.grains <= 0 || !cuda_cores || !wanted) return even;
+  return {std::min(1 + lead.grains, kMaxSplits), lead.min_grain_tokens, lead.percent};
+}
+
 int64_t MaxRowSplits(int32_t max_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
                      int32_t num_sms, DecodeKernel kernel) {
   int64_t most = 0;
   for (int32_t rows = 1; rows <= std::max(max_rows, 1); ++rows) {
     most = std::max<int64_t>(
-        most, int64_t{rows} * SplitsFor(rows, num_kv_heads, group_size, head_dim, num_sms, kernel));
+        most, int64_t{rows} * SplitLayoutFor(rows, num_kv_heads, group_size, head_dim, num_sms, kernel).splits);
   }
   return most;
 }
 
-int32_t EarlyLaunchSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& limits) {
+int32_t EvenPlacementSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& limits) {
   if (limits.sms <= 0 || ctas <= 0) return kernel_smem;
   const int64_t per_sm = (ctas + limits.sms - 1) / limits.sms;  // what an even placement needs
   const int64_t room = limits.smem_per_sm / (int64_t{kernel_smem} + limits.reserved_smem_per_cta);
@@ -204,10 +218,20 @@ void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
 }
 
 void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,
-                 int32_t base, int32_t* bounds) {
+                 int32_t base, int32_t* bounds, int32_t lead_percent) {
   const int32_t n = static_cast<int32_t>(chunks.size());
+  auto cost = [](const KvChunk& c) { return int64_t{c.end - c.begin + kChunkCost}; };
   int64_t total = 0;
-  for (const KvChunk& c : chunks) total += c.end - c.begin + kChunkCost;
+  for (const KvChunk& c : chunks) total += cost(c);
+  if (lead_percent > 0 && max_splits > 1) {
+    int32_t k = 0;
+    int64_t lead = 0;
+    while (k < n && lead * 100 < total * lead_percent) lead += cost(chunks[k++]);
+    if (total - lead < std::max(min_split_tokens, 1)) k = n;  // too little to share out
+    bounds[0] = base;
+    SplitChunks(chunks.subspan(k), max_splits - 1, min_split_tokens, base + k, bounds + 1);
+    return;
+  }
   const int64_t wanted = (total + std::max(min_split_tokens, 1) - 1) / std::max(min_split_tokens, 1);
   const int32_t used = static_cast<int32_t>(std::clamp<int64_t>(wanted, 1, max_splits));
   // Split s starts at the first chunk whose preceding cost reaches s/used of the total.
@@ -216,10 +240,7 @@ void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t mi
   bounds[0] = base;
   for (int32_t s = 1; s < used; ++s) {
     const int64_t target = (total * s + used - 1) / used;
-    while (k < n && before < target) {
-      before += chunks[k].end - chunks[k].begin + kChunkCost;
-      ++k;
-    }
+    while (k < n && before < target) before += cost(chunks[k++]);
     bounds[s] = base + k;
   }
   for (int32_t s = used; s <= max_splits; ++s) bounds[s] = base + n;
@@ -264,6 +285,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
   StepPlan plan;
   plan.rows = std::max(n, options.pad_rows);
   plan.num_splits = S;
+  plan.split_major = options.lead_percent > 0;
   plan.table_entries = static_cast<int32_t>(batch.block_tables.size());
 
   int32_t* tokens = At<int32_t>(blob, layout.token_ids);
@@ -306,7 +328,8 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
                      static_cast<size_t>(row.chunk_end - row.chunk_begin)},
                     B, &pieces);
     }
-    SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data());
+    SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data(),
+                options.lead_percent);
     for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
     FillSplitHeads(bounds.data(), S, chunks, r, heads + int64_t{plan.decode_rows} * S);
     ++plan.decode_rows;

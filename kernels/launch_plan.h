@@ -91,6 +91,7 @@ struct PlanOptions {
   int32_t pad_rows = 0;           // a CUDA graph bucket: pad a decode step to this many rows
   int32_t num_splits = 1;         // decode kernel splits per row (its grid's x)
   int32_t min_split_tokens = kMinSplitTokens;  // a row uses at most ceil(its tokens / this) splits
+  int32_t lead_percent = 0;       // > 0: a lead layout (LeadLayoutFor)
   int32_t prefill_tile_rows = 16; // rows per prefill job
   int32_t scratch_block = 0;      // the block padding rows write their K and V into
 };
@@ -100,6 +101,7 @@ struct StepPlan {
   int32_t rows = 0;          // rows computed, padding included
   int32_t decode_rows = 0;
   int32_t num_splits = 1;
+  bool split_major = false;  // a lead layout: launch the decode kernel split-major
   int32_t prefill_jobs = 0;
   int32_t logit_rows = 0;
   int32_t table_entries = 0;
@@ -166,8 +168,33 @@ int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
 int32_t MinSplitTokensFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
                           int32_t head_dim, int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
 
-// The most row x split slots SplitsFor asks for at up to max_rows decode rows: what the partial
-// results of split-KV are allocated for.
+// How a decode launch splits its rows (PlanOptions' num_splits, min_split_tokens and
+// lead_percent).
+struct SplitLayout {
+  int32_t splits = 1, min_split_tokens = kMinSplitTokens, lead_percent = 0;
+};
+
+// A lead layout: each row's split 0 takes `percent` of its cost and the rest is cut into up to
+// `grains` splits of at least min_grain_tokens, launched split-major with no more CTAs a SM than
+// the split 0s need: the grains go to the CTAs that finish first. multi_wave: also where the
+// rows take several waves (an experiment; off in the backend).
+struct LeadOptions {
+  int32_t percent = 85, grains = 4, min_grain_tokens = 512;
+  bool multi_wave = false;
+};
+
+// The backend's layout. SplitsFor's even splits (MinSplitTokensFor's shortest), but a lead
+// layout for the CUDA-core kernel where SplitsFor gives one wave of one split a row: such a
+// launch ends with its slowest CTA, 5-8% after the median one (kernels/NOTES.md, seventh run);
+// with the lead layout LLaMA-7B batch 16 8k-32k took 1-1.3% less time (eighth run). Not for
+// the tensor-core kernel: at one CTA a SM each grain pays its own start and merge (LLaMA-3-8B
+// batch 16 2k: +22%).
+SplitLayout SplitLayoutFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
+                           int32_t head_dim, int32_t num_sms,
+                           DecodeKernel kernel = DecodeKernel::kAuto, const LeadOptions& lead = {});
+
+// The most row x split slots SplitLayoutFor asks for at up to max_rows decode rows: what the
+// partial results of split-KV are allocated for.
 int64_t MaxRowSplits(int32_t max_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
                      int32_t num_sms, DecodeKernel kernel = DecodeKernel::kAuto);
 
@@ -177,12 +204,13 @@ struct SmLimits {
   int32_t smem_per_sm = 0, reserved_smem_per_cta = 0, max_smem_per_cta = 0;  // bytes
 };
 
-// Dynamic shared memory for an early launch (programmatic dependent launch) of `ctas` CTAs of a
-// kernel that needs `kernel_smem`: that, or more, so that no SM can hold more than
+// Dynamic shared memory for a launch whose first `ctas` CTAs of a kernel that needs
+// `kernel_smem` should be placed evenly: that, or more, so that no SM can hold more than
 // ceil(ctas / SMs) of them. An early launch's CTAs are placed while the kernel before it still
 // runs, on SMs as they free up, and the first SMs to free took two each where two fitted (34
-// of 128 SMs at LLaMA-3-8B batch 16 2k, +4-8% time), where a plain launch places one a SM.
-int32_t EarlyLaunchSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& limits);
+// of 128 SMs at LLaMA-3-8B batch 16 2k, +4-8% time), where a plain launch places one a SM. A
+// lead layout's grains must wait for a CTA to finish, not share an SM with the lead splits.
+int32_t EvenPlacementSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& limits);
 
 // Appends `chunks` to `pieces`, each cut into pieces of at most PieceTokens(block_size) tokens,
 // in order: the chunk list the decode kernel takes.
@@ -191,9 +219,11 @@ void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
 
 // Cuts one row's chunks into max_splits splits balanced by cost (tokens + kChunkCost per chunk),
 // using at most ceil(cost / min_split_tokens) of them; the rest are empty. Writes the
-// max_splits + 1 bounds, offset by `base` (the row's first chunk in the blob).
+// max_splits + 1 bounds, offset by `base` (the row's first chunk in the blob). With
+// lead_percent > 0, split 0 takes that share of the cost and the others share the rest as
+// above, where the rest is at least min_split_tokens (else split 0 takes all).
 void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,
-                 int32_t base, int32_t* bounds);
+                 int32_t base, int32_t* bounds, int32_t lead_percent = 0);
 
 // The heads of one row's num_splits splits, from the num_splits + 1 bounds SplitChunks wrote and
 // the step's chunk entries (those of the row already in place): the splits that hold chunks

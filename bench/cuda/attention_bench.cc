@@ -145,9 +145,9 @@ class Bench {
   // dealt out in turn, as a fresh server's decode steps grow them (KvBlockManager).
   enum class PoolOrder { kShuffled, kAddress, kInterleaved };
   Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens, PoolOrder pool_order,
-        bool early_launch)
+        bool early_launch, gpu::LeadOptions lead)
       : max_batch_(max_batch), max_context_(max_context), min_split_tokens_(min_split_tokens),
-        pool_order_(pool_order), early_launch_(early_launch) {}
+        pool_order_(pool_order), early_launch_(early_launch), lead_(lead) {}
   ~Bench() {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
     for (void* p : {static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(q_),
@@ -196,13 +196,12 @@ class Bench {
     std::mt19937 rng(static_cast<uint32_t>(c.batch * 131 + c.context + B * 7));
     gpu::PlanOptions options;
     options.block_size = B;
-    options.num_splits = c.splits > 0 ? c.splits
-                                      : gpu::SplitsFor(c.batch, s.kv_heads, s.heads / s.kv_heads,
-                                                       s.head_dim, num_sms_, c.kernel);
-    options.min_split_tokens =
-        min_split_tokens_ > 0 ? min_split_tokens_
-                              : gpu::MinSplitTokensFor(c.batch, s.kv_heads, s.heads / s.kv_heads,
-                                                       s.head_dim, num_sms_, c.kernel);
+    const gpu::SplitLayout layout = gpu::SplitLayoutFor(
+        c.batch, s.kv_heads, s.heads / s.kv_heads, s.head_dim, num_sms_, c.kernel, lead_);
+    // Splits given: even ones.
+    options.num_splits = c.splits > 0 ? c.splits : layout.splits;
+    options.lead_percent = c.splits > 0 ? 0 : layout.lead_percent;
+    options.min_split_tokens = min_split_tokens_ > 0 ? min_split_tokens_ : layout.min_split_tokens;
     result->min_split_tokens = options.min_split_tokens;
     result->config = c;
     result->splits = options.num_splits;
@@ -248,7 +247,7 @@ class Bench {
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
-                   c.fused_merge ? counters_ : nullptr, c.kernel, early_launch_};
+                   c.fused_merge ? counters_ : nullptr, c.kernel, early_launch_, plan.split_major};
     }
     if (ok) {
       result->us = MedianLaunchUs(
@@ -289,6 +288,7 @@ class Bench {
   int32_t max_batch_, max_context_, min_split_tokens_;
   PoolOrder pool_order_;
   bool early_launch_;
+  gpu::LeadOptions lead_;
   cudaStream_t stream_ = nullptr;
   int32_t num_sms_ = 0;
   int64_t pool_elems_ = 0;
@@ -308,7 +308,8 @@ const std::vector<Shape>& KnownShapes() {
 // (splits 0: the backend's choice), answered on stdout with "time_us gbps splits" or
 // "error ...". Each request allocates its own pools and frees them, so that another process
 // (torch_attention_bench.py --interleave) can time its own kernels between requests.
-int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order, bool early_launch) {
+int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order, bool early_launch,
+          gpu::LeadOptions lead) {
   char name[64];
   int32_t batch, context, block, splits;
   double fraction;
@@ -322,7 +323,7 @@ int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order, bool early_laun
       // Room for the block sets Run rotates over, as in the grid.
       const int sets =
           RotationSets(4.0 * batch * context * shape->kv_heads * shape->head_dim);
-      Bench bench(batch, context * sets, min_split_tokens, pool_order, early_launch);
+      Bench bench(batch, context * sets, min_split_tokens, pool_order, early_launch, lead);
       ok = bench.Init({*shape}) &&
            bench.Run(Config{*shape, batch, context, block, fraction, splits}, &r);
     }
@@ -367,11 +368,17 @@ int Main(int argc, char** argv) {
                  "launch as the backend does: each launch's CTAs start while the one before "
                  "finishes (programmatic dependent launch); 0: after it")
       ->default_val(true);
+  gpu::LeadOptions lead;
+  app.add_option("--lead-percent", lead.percent,
+                 "lead layouts (gpu::SplitLayoutFor): split 0's share of a row (0: even splits)");
+  app.add_option("--lead-grains", lead.grains, "the splits the rest is cut into, at most");
+  app.add_option("--lead-min-tokens", lead.min_grain_tokens, "their shortest");
+  app.add_option("--lead-multi-wave", lead.multi_wave, "lead layouts over several waves too");
   CLI11_PARSE(app, argc, argv);
   const Bench::PoolOrder order = pool_order == "address"       ? Bench::PoolOrder::kAddress
                                  : pool_order == "interleaved" ? Bench::PoolOrder::kInterleaved
                                                                : Bench::PoolOrder::kShuffled;
-  if (serve) return Serve(min_split_tokens, order, early_launch);
+  if (serve) return Serve(min_split_tokens, order, early_launch, lead);
 
   std::vector<Shape> shapes;
   for (const Shape& s : KnownShapes()) {
@@ -385,7 +392,7 @@ int Main(int argc, char** argv) {
   }
   Bench bench(*std::max_element(batches.begin(), batches.end()),
               *std::max_element(contexts.begin(), contexts.end()), min_split_tokens, order,
-              early_launch);
+              early_launch, lead);
   if (!bench.Init(shapes)) return 1;
   const double copy_gbps = CopyBandwidthGBps(size_t{2} << 30, 10);
   std::printf("device copy bandwidth %.0f GB/s (read + write), %d SMs\n", copy_gbps, bench.num_sms());

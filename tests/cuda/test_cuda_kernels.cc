@@ -67,6 +67,7 @@ struct Caches {
 
 struct DecodeCase {
   int32_t head_dim, group, kv_heads, block_size, num_splits, min_split_tokens;
+  int32_t lead_percent = 0;  // > 0: a lead layout, launched split-major
 };
 
 // Rows with random contexts and chunk lists (one empty row, one dense), q rows scattered over a
@@ -109,7 +110,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
     std::vector<KvChunk> pieces;
     gpu::CutIntoPieces(row_chunks[r], B, &pieces);
     gpu::SplitChunks(pieces, S, c.min_split_tokens, static_cast<int32_t>(entries.size()),
-                     &bounds[size_t(r) * (S + 1)]);
+                     &bounds[size_t(r) * (S + 1)], c.lead_percent);
     for (const KvChunk& k : pieces) entries.push_back({k.block, k.begin | (k.end << 16)});
   }
   std::vector<gpu::SplitHead> heads(size_t(rows) * S);
@@ -157,6 +158,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                                     partial_o.get(), partial_lse.get(), out.get(),
                                     merge > 0 ? counters.get() : nullptr, kernel};
       args.early_launch = merge != 1;
+      args.split_major = c.lead_percent > 0;
       ASSERT_EQ(LaunchLateCopies(late, 3, 50, stream), cudaSuccess);
       SyncOk(gpu::LaunchDecodeAttention(args, stream));
       const std::vector<float> got = ToFloats(out.Download());
@@ -169,7 +171,8 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
         const std::span<const float> row_out(&got[size_t(qr) * H * hd], size_t(H) * hd);
         EXPECT_LT(MaxRelErr(row_out, want[r]), kTolerance)
             << name << ", " << merged << ": row " << r << " hd " << hd << " G " << c.group
-            << " B " << B << " splits " << S << " chunks " << row_chunks[r].size();
+            << " B " << B << " splits " << S << " lead " << c.lead_percent << " chunks "
+            << row_chunks[r].size();
       }
       for (int32_t qr = 0; qr < q_rows; ++qr) {
         if (addressed[qr]) continue;
@@ -207,6 +210,22 @@ TEST(DecodeAttention, MatchesReferenceAtLlamaShapes) {
     for (int32_t S : {1, 8, gpu::kMaxSplits}) {
       CheckDecode(rng, {128, group, kv_heads, 16, S, 128}, 4, 3000);
       if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// Lead layouts: split 0 of each row takes most of it, the other splits share the rest, and the
+// launch is split-major.
+TEST(DecodeAttention, MatchesReferenceWithLeadLayouts) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(13);
+  for (const auto& [kv_heads, group] : {std::pair{4, 1}, std::pair{2, 4}, std::pair{2, 8}}) {
+    for (int32_t B : {16, 128, 8}) {
+      for (const auto& [S, lead] : {std::pair{5, 80}, std::pair{2, 95}, std::pair{9, 60}}) {
+        CheckDecode(rng, {128, group, kv_heads, B, S, 128, lead}, 3 + static_cast<int32_t>(rng() % 6),
+                    2500);
+        if (HasFatalFailure()) return;
+      }
     }
   }
 }

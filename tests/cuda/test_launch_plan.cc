@@ -63,14 +63,87 @@ TEST(SplitChunks, CoversTheRowInOrderWithBalancedSplits) {
   }
 }
 
+// Split 0 takes the lead share (to within a chunk), the others share the rest as even splits
+// of it would; a rest under min_split_tokens stays in split 0.
+TEST(SplitChunks, LeadSplitTakesItsShareAndTheOthersTheRest) {
+  std::mt19937 rng(2);
+  for (int trial = 0; trial < 500; ++trial) {
+    const int32_t B = 1 << (rng() % 9);
+    const std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 5000);
+    const int32_t n = static_cast<int32_t>(chunks.size());
+    const int64_t total = Cost(chunks);
+    int64_t largest_chunk = 0;
+    for (const KvChunk& c : chunks) largest_chunk = std::max<int64_t>(largest_chunk, c.end - c.begin + kChunkCost);
+    for (int32_t max_splits : {2, 5, kMaxSplits}) {
+      for (int32_t lead : {50, 80, 95}) {
+        for (int32_t min_tokens : {1, 128}) {
+          std::vector<int32_t> bounds(max_splits + 1, -1), rest(max_splits, -1);
+          SplitChunks(chunks, max_splits, min_tokens, 7, bounds.data(), lead);
+          ASSERT_EQ(bounds.front(), 7);
+          ASSERT_EQ(bounds.back(), 7 + n);
+          for (int32_t s = 0; s < max_splits; ++s) ASSERT_LE(bounds[s], bounds[s + 1]);
+          const int64_t first = Cost({chunks.data(), size_t(bounds[1] - 7)});
+          if (first == total) {  // all in split 0: the rest of a lead share was too small
+            EXPECT_LT(total - (total * lead + 99) / 100, min_tokens + largest_chunk) << trial;
+            continue;
+          }
+          EXPECT_GE(first * 100, total * lead) << trial;
+          EXPECT_LT((first - largest_chunk) * 100, total * lead) << trial;
+          const int32_t k = bounds[1] - 7;
+          SplitChunks({chunks.data() + k, size_t(n - k)}, max_splits - 1, min_tokens, bounds[1],
+                      rest.data());
+          EXPECT_TRUE(std::equal(rest.begin(), rest.end(), bounds.begin() + 1)) << trial;
+        }
+      }
+    }
+  }
+}
+
+// A lead layout only for the CUDA-core kernel where even splitting gives one wave of one split
+// a row (and over several waves when asked); elsewhere SplitsFor and MinSplitTokensFor.
+TEST(SplitLayoutFor, LeadsOneWaveOfOneSplitCudaCoreRowsOnly) {
+  for (int32_t rows = 1; rows <= 256; ++rows) {
+    for (const auto& [kv, group] : {std::pair{32, 1}, std::pair{16, 2}, std::pair{8, 4}}) {
+      const int32_t even = SplitsFor(rows, kv, group, 128, 132);
+      const int32_t even_tokens = MinSplitTokensFor(rows, kv, group, 128, 132);
+      const bool one_wave = int64_t{rows} * kv <= int64_t{DecodeCtasPerSm(DecodeKernel::kAuto, 128, group)} * 132;
+      const bool cuda_cores = group < 4;
+      for (const bool multi_wave : {false, true}) {
+        const SplitLayout off = SplitLayoutFor(rows, kv, group, 128, 132, DecodeKernel::kAuto,
+                                               {0, 4, 512, multi_wave});
+        EXPECT_EQ(off.splits, even);
+        EXPECT_EQ(off.min_split_tokens, even_tokens);
+        EXPECT_EQ(off.lead_percent, 0);
+        const SplitLayout on = SplitLayoutFor(rows, kv, group, 128, 132, DecodeKernel::kAuto,
+                                              {85, 4, 512, multi_wave});
+        if (cuda_cores && (one_wave ? even == 1 : multi_wave)) {
+          EXPECT_EQ(on.splits, 5) << rows;
+          EXPECT_EQ(on.min_split_tokens, 512);
+          EXPECT_EQ(on.lead_percent, 85);
+        } else {
+          EXPECT_EQ(on.splits, even) << rows;
+          EXPECT_EQ(on.min_split_tokens, even_tokens);
+          EXPECT_EQ(on.lead_percent, 0);
+        }
+      }
+    }
+  }
+  // LLaMA-7B batch 16 (512 CUDA-core CTAs), not LLaMA-3-8B batch 16 (128 tensor-core CTAs) or
+  // batch 1 (16 even splits).
+  EXPECT_EQ(SplitLayoutFor(16, 32, 1, 128, 132).lead_percent, 85);
+  EXPECT_EQ(SplitLayoutFor(16, 8, 4, 128, 132).lead_percent, 0);
+  EXPECT_EQ(SplitLayoutFor(1, 32, 1, 128, 132).lead_percent, 0);
+  EXPECT_EQ(MaxRowSplits(16, 32, 1, 128, 132), 16 * 5);
+}
+
 // Room for ceil(ctas / SMs) CTAs a SM and not one more, unless the kernel's own shared memory
 // already allows no more (or the device's per-CTA limit does not allow the padding).
-TEST(EarlyLaunchSmem, LeavesRoomForAnEvenPlacementOnly) {
+TEST(EvenPlacementSmem, LeavesRoomForAnEvenPlacementOnly) {
   const SmLimits h100{132, 233472, 1024, 232448};
   auto fits = [&](int64_t smem) { return h100.smem_per_sm / (smem + h100.reserved_smem_per_cta); };
   for (const int32_t kernel_smem : {0, 16 * 1024, 48 * 1024, 96 * 1024, 150 * 1024}) {
     for (const int64_t ctas : {1, 8, 128, 132, 133, 200, 264, 265, 396, 512, 528, 2048}) {
-      const int32_t smem = EarlyLaunchSmem(kernel_smem, ctas, h100);
+      const int32_t smem = EvenPlacementSmem(kernel_smem, ctas, h100);
       const int64_t per_sm = (ctas + 131) / 132;
       EXPECT_GE(smem, kernel_smem);
       EXPECT_LE(smem, h100.max_smem_per_cta);
@@ -83,8 +156,8 @@ TEST(EarlyLaunchSmem, LeavesRoomForAnEvenPlacementOnly) {
     }
   }
   // The tensor-core kernel (96 KiB) at LLaMA-3-8B batch 16 (128 CTAs): one a SM.
-  EXPECT_EQ(fits(EarlyLaunchSmem(96 * 1024, 128, h100)), 1);
-  EXPECT_EQ(EarlyLaunchSmem(96 * 1024, 128, SmLimits{}), 96 * 1024);  // limits unknown
+  EXPECT_EQ(fits(EvenPlacementSmem(96 * 1024, 128, h100)), 1);
+  EXPECT_EQ(EvenPlacementSmem(96 * 1024, 128, SmLimits{}), 96 * 1024);  // limits unknown
 }
 
 TEST(SplitChunks, EmptyRowHasEmptySplits) {
