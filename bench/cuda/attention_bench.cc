@@ -144,10 +144,15 @@ class Bench {
   // kAddress, one run a row, as a fresh server's prompts get; kInterleaved, the rows' blocks
   // dealt out in turn, as a fresh server's decode steps grow them (KvBlockManager).
   enum class PoolOrder { kShuffled, kAddress, kInterleaved };
-  Bench(int32_t max_batch, int32_t max_context, int32_t min_split_tokens, PoolOrder pool_order,
-        bool early_launch, gpu::LeadOptions lead)
-      : max_batch_(max_batch), max_context_(max_context), min_split_tokens_(min_split_tokens),
-        pool_order_(pool_order), early_launch_(early_launch), lead_(lead) {}
+  // How the launches are laid out where a configuration leaves it to the backend's choice.
+  struct Launch {
+    int32_t min_split_tokens = 0;  // SplitChunks' shortest split; 0: the backend's choice
+    bool early_launch = true;
+    gpu::LeadOptions lead;
+  };
+  Bench(int32_t max_batch, int32_t max_context, PoolOrder pool_order, const Launch& launch)
+      : max_batch_(max_batch), max_context_(max_context), pool_order_(pool_order),
+        launch_(launch) {}
   ~Bench() {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
     for (void* p : {static_cast<void*>(k_), static_cast<void*>(v_), static_cast<void*>(q_),
@@ -197,11 +202,12 @@ class Bench {
     gpu::PlanOptions options;
     options.block_size = B;
     const gpu::SplitLayout layout = gpu::SplitLayoutFor(
-        c.batch, s.kv_heads, s.heads / s.kv_heads, s.head_dim, num_sms_, c.kernel, lead_);
+        c.batch, s.kv_heads, s.heads / s.kv_heads, s.head_dim, num_sms_, c.kernel, launch_.lead);
     // Splits given: even ones.
     options.num_splits = c.splits > 0 ? c.splits : layout.splits;
     options.lead_percent = c.splits > 0 ? 0 : layout.lead_percent;
-    options.min_split_tokens = min_split_tokens_ > 0 ? min_split_tokens_ : layout.min_split_tokens;
+    options.min_split_tokens =
+        launch_.min_split_tokens > 0 ? launch_.min_split_tokens : layout.min_split_tokens;
     result->min_split_tokens = options.min_split_tokens;
     result->config = c;
     result->splits = options.num_splits;
@@ -247,7 +253,8 @@ class Bench {
                    reinterpret_cast<const gpu::ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
                    plan.num_splits, s.heads, s.kv_heads, s.head_dim, B,
                    1.0f / std::sqrt(static_cast<float>(s.head_dim)), partial_o_, partial_lse_, out_,
-                   c.fused_merge ? counters_ : nullptr, c.kernel, early_launch_, plan.split_major};
+                   c.fused_merge ? counters_ : nullptr, c.kernel, launch_.early_launch,
+                   plan.split_major};
     }
     if (ok) {
       result->us = MedianLaunchUs(
@@ -285,10 +292,9 @@ class Bench {
     return order;
   }
 
-  int32_t max_batch_, max_context_, min_split_tokens_;
+  int32_t max_batch_, max_context_;
   PoolOrder pool_order_;
-  bool early_launch_;
-  gpu::LeadOptions lead_;
+  Launch launch_;
   cudaStream_t stream_ = nullptr;
   int32_t num_sms_ = 0;
   int64_t pool_elems_ = 0;
@@ -308,8 +314,7 @@ const std::vector<Shape>& KnownShapes() {
 // (splits 0: the backend's choice), answered on stdout with "time_us gbps splits" or
 // "error ...". Each request allocates its own pools and frees them, so that another process
 // (torch_attention_bench.py --interleave) can time its own kernels between requests.
-int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order, bool early_launch,
-          gpu::LeadOptions lead) {
+int Serve(Bench::PoolOrder pool_order, const Bench::Launch& launch) {
   char name[64];
   int32_t batch, context, block, splits;
   double fraction;
@@ -323,7 +328,7 @@ int Serve(int32_t min_split_tokens, Bench::PoolOrder pool_order, bool early_laun
       // Room for the block sets Run rotates over, as in the grid.
       const int sets =
           RotationSets(4.0 * batch * context * shape->kv_heads * shape->head_dim);
-      Bench bench(batch, context * sets, min_split_tokens, pool_order, early_launch, lead);
+      Bench bench(batch, context * sets, pool_order, launch);
       ok = bench.Init({*shape}) &&
            bench.Run(Config{*shape, batch, context, block, fraction, splits}, &r);
     }
@@ -345,13 +350,14 @@ int Main(int argc, char** argv) {
   std::vector<int32_t> splits = {0};
   std::vector<std::string> shape_names = {"llama7b", "llama3_8b"};
   std::vector<std::string> kernel_names = {"auto"}, merge_names = {"fused"};
-  int32_t min_split_tokens = 0;  // the backend's choice (gpu::MinSplitTokensFor)
+  Bench::Launch launch;
   app.add_option("--csv", csv_path, "where the results go");
   app.add_option("--batches", batches);
   app.add_option("--contexts", contexts);
   app.add_option("--blocks", blocks);
   app.add_option("--fractions", fractions);
-  app.add_option("--min-split-tokens", min_split_tokens, "SplitChunks' shortest split (0: the backend's choice)");
+  app.add_option("--min-split-tokens", launch.min_split_tokens,
+                 "SplitChunks' shortest split (0: the backend's choice)");
   app.add_option("--splits", splits, "split counts to time (0: the backend's choice)");
   app.add_option("--shapes", shape_names, "llama7b (32 heads of 128), llama3_8b (8 KV heads)");
   app.add_option("--kernels", kernel_names, "auto (the backend's choice), cuda_cores, tensor_cores")
@@ -363,12 +369,11 @@ int Main(int argc, char** argv) {
   std::string pool_order = "shuffled";
   app.add_option("--pool-order", pool_order, "the order rows take the pool's blocks in")
       ->check(CLI::IsMember({"shuffled", "address", "interleaved"}));
-  bool early_launch = true;
-  app.add_option("--early-launch", early_launch,
+  app.add_option("--early-launch", launch.early_launch,
                  "launch as the backend does: each launch's CTAs start while the one before "
                  "finishes (programmatic dependent launch); 0: after it")
       ->default_val(true);
-  gpu::LeadOptions lead;
+  gpu::LeadOptions& lead = launch.lead;
   app.add_option("--lead-percent", lead.percent,
                  "lead layouts (gpu::SplitLayoutFor): split 0's share of a row (0: even splits)");
   app.add_option("--lead-grains", lead.grains, "the splits the rest is cut into, at most");
@@ -378,7 +383,7 @@ int Main(int argc, char** argv) {
   const Bench::PoolOrder order = pool_order == "address"       ? Bench::PoolOrder::kAddress
                                  : pool_order == "interleaved" ? Bench::PoolOrder::kInterleaved
                                                                : Bench::PoolOrder::kShuffled;
-  if (serve) return Serve(min_split_tokens, order, early_launch, lead);
+  if (serve) return Serve(order, launch);
 
   std::vector<Shape> shapes;
   for (const Shape& s : KnownShapes()) {
@@ -391,8 +396,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Bench bench(*std::max_element(batches.begin(), batches.end()),
-              *std::max_element(contexts.begin(), contexts.end()), min_split_tokens, order,
-              early_launch, lead);
+              *std::max_element(contexts.begin(), contexts.end()), order, launch);
   if (!bench.Init(shapes)) return 1;
   const double copy_gbps = CopyBandwidthGBps(size_t{2} << 30, 10);
   std::printf("device copy bandwidth %.0f GB/s (read + write), %d SMs\n", copy_gbps, bench.num_sms());
