@@ -225,8 +225,9 @@ struct DecodeItem {
   int row, kv_head, split;
 };
 __device__ __forceinline__ DecodeItem DecodeItemOf(const DecodeAttentionArgs& a) {
-  if (a.split_major) return {static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.z)};
-  return {static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.x)};
+  const int x = static_cast<int>(blockIdx.x), y = static_cast<int>(blockIdx.y),
+            z = static_cast<int>(blockIdx.z);
+  return a.split_major ? DecodeItem{y, x, z} : DecodeItem{z, y, x};
 }
 
 // The current device's SmLimits (launch_plan.h), queried once a device.

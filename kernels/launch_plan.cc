@@ -186,8 +186,9 @@ int64_t MaxRowSplits(int32_t max_rows, int32_t num_kv_heads, int32_t group_size,
                      int32_t num_sms, DecodeKernel kernel) {
   int64_t most = 0;
   for (int32_t rows = 1; rows <= std::max(max_rows, 1); ++rows) {
-    most = std::max<int64_t>(
-        most, int64_t{rows} * SplitLayoutFor(rows, num_kv_heads, group_size, head_dim, num_sms, kernel).splits);
+    const SplitLayout layout =
+        SplitLayoutFor(rows, num_kv_heads, group_size, head_dim, num_sms, kernel);
+    most = std::max<int64_t>(most, int64_t{rows} * layout.splits);
   }
   return most;
 }

@@ -91,7 +91,7 @@ struct PlanOptions {
   int32_t pad_rows = 0;           // a CUDA graph bucket: pad a decode step to this many rows
   int32_t num_splits = 1;         // decode kernel splits per row (its grid's x)
   int32_t min_split_tokens = kMinSplitTokens;  // a row uses at most ceil(its tokens / this) splits
-  int32_t lead_percent = 0;       // > 0: a lead layout (LeadLayoutFor)
+  int32_t lead_percent = 0;       // > 0: a lead layout (SplitLayoutFor)
   int32_t prefill_tile_rows = 16; // rows per prefill job
   int32_t scratch_block = 0;      // the block padding rows write their K and V into
 };
@@ -177,7 +177,9 @@ struct SplitLayout {
 // A lead layout: each row's split 0 takes `percent` of its cost and the rest is cut into up to
 // `grains` splits of at least min_grain_tokens, launched split-major with no more CTAs a SM than
 // the split 0s need: the grains go to the CTAs that finish first. multi_wave: also where the
-// rows take several waves (an experiment; off in the backend).
+// rows take several waves (an experiment, off in the backend: LLaMA-7B batch 32-64 at 8k-32k
+// 0.4-1.7% faster, but batch 24 at 32k 5% slower, where the split 0s alone take 1.45 waves,
+// and batch 64 at 2k 0.1-0.7% slower; kernels/NOTES.md, eighth run).
 struct LeadOptions {
   int32_t percent = 85, grains = 4, min_grain_tokens = 512;
   bool multi_wave = false;
@@ -186,9 +188,10 @@ struct LeadOptions {
 // The backend's layout. SplitsFor's even splits (MinSplitTokensFor's shortest), but a lead
 // layout for the CUDA-core kernel where SplitsFor gives one wave of one split a row: such a
 // launch ends with its slowest CTA, 5-8% after the median one (kernels/NOTES.md, seventh run);
-// with the lead layout LLaMA-7B batch 16 8k-32k took 1-1.3% less time (eighth run). Not for
-// the tensor-core kernel: at one CTA a SM each grain pays its own start and merge (LLaMA-3-8B
-// batch 16 2k: +22%).
+// with the lead layout LLaMA-7B batch 16 took 0.6-2.5% less time at 8k-32k (eighth run; rows
+// under 3.4k tokens keep one split, as shorter grains cost up to 2% at 2k). Not for the
+// tensor-core kernel: at one CTA a SM each grain pays its own start and merge (LLaMA-3-8B batch
+// 16 2k +21-35% with 128-token grains; 8k-32k within -0.2..+0.7% with 1k-2k-token ones).
 SplitLayout SplitLayoutFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
                            int32_t head_dim, int32_t num_sms,
                            DecodeKernel kernel = DecodeKernel::kAuto, const LeadOptions& lead = {});
