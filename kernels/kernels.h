@@ -51,7 +51,8 @@ cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uin
 // Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows), or
 // with split_major (num_kv_heads, num_rows, num_splits), so that every row's split 0 is
 // dispatched before any split 1 (a lead layout, launch_plan.h's SplitLayoutFor). A CTA takes
-// the group of query heads of one KV head for one row and the chunks of split_heads[row][split] (launch_plan.h's SplitHead), each at most PieceTokens(block_size)
+// the group of query heads of one KV head for one row and the chunks of
+// split_heads[row][split] (launch_plan.h's SplitHead), each at most PieceTokens(block_size)
 // tokens long (CutIntoPieces). CTAs of the row's empty splits (past its row_splits) leave at
 // once. A row of one split writes `out` directly; otherwise each CTA writes its (o, lse)
 // partials, and the splits are merged into `out`: by the last CTA of each (row, KV head) to

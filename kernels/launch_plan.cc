@@ -135,6 +135,12 @@ int64_t RowCtas(int32_t decode_rows, int32_t num_kv_heads) {
   return int64_t{std::max(decode_rows, 1)} * std::max(num_kv_heads, 1);
 }
 
+// Whether one split a row fits in one wave of resident CTAs.
+bool OneWave(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
+             int32_t num_sms, DecodeKernel kernel) {
+  return RowCtas(decode_rows, num_kv_heads) <= DecodeSlots(group_size, head_dim, num_sms, kernel);
+}
+
 }  // namespace
 
 int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size, int32_t head_dim,
@@ -163,9 +169,9 @@ int32_t SplitsFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
 
 int32_t MinSplitTokensFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
                           int32_t head_dim, int32_t num_sms, DecodeKernel kernel) {
-  const bool one_wave =
-      RowCtas(decode_rows, num_kv_heads) <= DecodeSlots(group_size, head_dim, num_sms, kernel);
-  return one_wave ? kMinSplitTokens : kMinWaveSplitTokens;
+  return OneWave(decode_rows, num_kv_heads, group_size, head_dim, num_sms, kernel)
+             ? kMinSplitTokens
+             : kMinWaveSplitTokens;
 }
 
 SplitLayout SplitLayoutFor(int32_t decode_rows, int32_t num_kv_heads, int32_t group_size,
@@ -174,8 +180,7 @@ SplitLayout SplitLayoutFor(int32_t decode_rows, int32_t num_kv_heads, int32_t gr
   const SplitLayout even{
       SplitsFor(decode_rows, num_kv_heads, group_size, head_dim, num_sms, kernel),
       MinSplitTokensFor(decode_rows, num_kv_heads, group_size, head_dim, num_sms, kernel), 0};
-  const bool one_wave =
-      RowCtas(decode_rows, num_kv_heads) <= DecodeSlots(group_size, head_dim, num_sms, kernel);
+  const bool one_wave = OneWave(decode_rows, num_kv_heads, group_size, head_dim, num_sms, kernel);
   const bool cuda_cores = ResolveDecodeKernel(kernel, group_size) == DecodeKernel::kCudaCores;
   const bool wanted = one_wave ? even.splits == 1 : lead.multi_wave;
   if (lead.percent <= 0 || lead.grains <= 0 || !cuda_cores || !wanted) return even;

@@ -33,6 +33,12 @@ int64_t Cost(std::span<const KvChunk> chunks) {
   return cost;
 }
 
+int64_t LargestCost(std::span<const KvChunk> chunks) {
+  int64_t largest = 0;
+  for (const KvChunk& c : chunks) largest = std::max(largest, Cost({&c, 1}));
+  return largest;
+}
+
 TEST(SplitChunks, CoversTheRowInOrderWithBalancedSplits) {
   std::mt19937 rng(1);
   for (int trial = 0; trial < 500; ++trial) {
@@ -48,8 +54,7 @@ TEST(SplitChunks, CoversTheRowInOrderWithBalancedSplits) {
         for (int32_t s = 0; s < max_splits; ++s) ASSERT_LE(bounds[s], bounds[s + 1]);
         const int64_t total = Cost(chunks);
         const int64_t wanted = std::clamp<int64_t>((total + min_tokens - 1) / min_tokens, 1, max_splits);
-        int64_t largest_chunk = 0;
-        for (const KvChunk& c : chunks) largest_chunk = std::max<int64_t>(largest_chunk, c.end - c.begin + kChunkCost);
+        const int64_t largest_chunk = LargestCost(chunks);
         int32_t used = 0;
         for (int32_t s = 0; s < max_splits; ++s) {
           const std::span<const KvChunk> part(chunks.data() + bounds[s] - 7, bounds[s + 1] - bounds[s]);
@@ -72,8 +77,7 @@ TEST(SplitChunks, LeadSplitTakesItsShareAndTheOthersTheRest) {
     const std::vector<KvChunk> chunks = RandomRowChunks(rng, B, 1 + rng() % 5000);
     const int32_t n = static_cast<int32_t>(chunks.size());
     const int64_t total = Cost(chunks);
-    int64_t largest_chunk = 0;
-    for (const KvChunk& c : chunks) largest_chunk = std::max<int64_t>(largest_chunk, c.end - c.begin + kChunkCost);
+    const int64_t largest_chunk = LargestCost(chunks);
     for (int32_t max_splits : {2, 5, kMaxSplits}) {
       for (int32_t lead : {50, 80, 95}) {
         for (int32_t min_tokens : {1, 128}) {
