@@ -44,6 +44,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   const int lane = threadIdx.x % LANES, group = threadIdx.x / LANES;
   const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;
   const int c_begin = head->chunk_begin, c_end = head->chunk_end, row_splits = head->row_splits;
+  const int early_entries = head->early_entries;
   const int64_t q_row = head->q_row;
   if (split >= max(row_splits, 1)) return;  // empty: the row's tokens are in its other splits
 
@@ -80,19 +81,6 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   // chunks_per_pass divides 32), prefetched (smaller blocks read theirs in the pass).
   const bool whole_pieces = L == kMaxPieceTokens;
   ChunkPrefetch prefetch(a.chunks, head, c_begin, c_end, 0, 1, whole_pieces);
-
-  // Everything above read the step's plan only; q and the cache are the previous kernel's
-  // output (RoPE and the KV write), and the partials and counters a previous launch's.
-  WaitForPreviousGrid();
-  float q[G][8];
-  const float q_scale = a.scale * kLog2e;  // scores in the log2 domain, for exp2f
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const int64_t offset = (q_row * a.num_heads + kv_head * G + g) * HD + lane * 8;
-    Bf16x8ToFloat(*reinterpret_cast<const uint4*>(a.q + offset), q[g]);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) q[g][e] *= q_scale;
-  }
 
   // Copies the pass at the issue cursor into `stage` and moves the cursor on; one commit group
   // per call (empty past the end). Returns the pass's valid slots as bits.
@@ -132,9 +120,20 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
     return valid_bits;
   };
 
-  uint32_t in_flight[kStages - 1];
+  // Everything above read the step's plan only.
+  float q[G][8];
+  const float q_scale = a.scale * kLog2e;  // scores in the log2 domain, for exp2f
+  auto load_q = [&] {
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) in_flight[s] = issue(s);
+    for (int g = 0; g < G; ++g) {
+      const int64_t offset = (q_row * a.num_heads + kv_head * G + g) * HD + lane * 8;
+      Bf16x8ToFloat(*reinterpret_cast<const uint4*>(a.q + offset), q[g]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[g][e] *= q_scale;
+    }
+  };
+  uint32_t in_flight[kStages - 1];
+  StartPipeline(early_entries, geometry.chunks_per_pass, issue, load_q, in_flight);
   for (int p = 0; p < passes; ++p) {
     const uint32_t valid_bits = in_flight[0];
 #pragma unroll

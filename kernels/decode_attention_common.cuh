@@ -86,6 +86,28 @@ __device__ __forceinline__ void CopyAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// The start of a CTA's copy pipeline: its first kPending passes issued (issue(stage), one
+// commit group each; in_flight[s] gets what issue returns) and the wait for the kernel ahead,
+// after which load_q runs: q and the cache are that kernel's output (RoPE and the KV write), the
+// partials and counters a previous launch's. The copies go out before the wait where the split's
+// first passes read no block the step writes (SplitHead::early_entries), so that they land
+// while the kernel ahead finishes (batch 1 5-10% faster, LLaMA-3-8B batch 16 8k 0.9%).
+template <int kPending, typename Issue, typename LoadQ>
+__device__ __forceinline__ void StartPipeline(int early_entries, int chunks_per_pass, Issue& issue,
+                                              LoadQ load_q, uint32_t (&in_flight)[kPending]) {
+  const bool copies_before_wait = kPending * chunks_per_pass <= early_entries;
+  if (copies_before_wait) {
+#pragma unroll
+    for (int s = 0; s < kPending; ++s) in_flight[s] = issue(s);
+  }
+  WaitForPreviousGrid();
+  load_q();
+  if (!copies_before_wait) {
+#pragma unroll
+    for (int s = 0; s < kPending; ++s) in_flight[s] = issue(s);
+  }
+}
+
 // sum_s weight(s) * o[s * stride .. + 4) over s < S, kMergeBatch loads in flight; splits of
 // weight 0 (empty ones) are not read. weight(s) is called by every lane of the warp for the
 // same s (it may shuffle).

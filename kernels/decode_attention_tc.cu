@@ -85,6 +85,7 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   const int quad = lane / 4, pair = lane % 4;  // MMA fragment coordinates
   const SplitHead* head = a.split_heads + int64_t{row} * a.num_splits + split;
   const int c_begin = head->chunk_begin, c_end = head->chunk_end, row_splits = head->row_splits;
+  const int early_entries = head->early_entries;
   const int64_t q_row = head->q_row;
   if (split >= max(row_splits, 1)) return;  // empty: the row's tokens are in its other splits
 
@@ -135,21 +136,6 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   // c_begin + p * kDecodeWarps + warp (4 pieces a pass), prefetched (smaller blocks read their
   // entries in the pass).
   ChunkPrefetch prefetch(a.chunks, head, c_begin, c_end, warp, kDecodeWarps, L == kTileTokens);
-
-  // Everything above read the step's plan only; q and the cache are the previous kernel's
-  // output (RoPE and the KV write), and the partials and counters a previous launch's.
-  WaitForPreviousGrid();
-  // Q^T as the B operand: head `quad`, dims 16k + 2 pair (+1) and + 8; heads past G are zero.
-  uint32_t q_frag[KSTEPS][2];
-  {
-    const uint32_t* qh = reinterpret_cast<const uint32_t*>(
-        a.q + (q_row * a.num_heads + kv_head * G + (quad < G ? quad : 0)) * HD);
-#pragma unroll
-    for (int k = 0; k < KSTEPS; ++k) {
-      q_frag[k][0] = quad < G ? qh[8 * k + pair] : 0u;
-      q_frag[k][1] = quad < G ? qh[8 * k + 4 + pair] : 0u;
-    }
-  }
 
   // Copies this warp's tile of the pass at the issue cursor into `stage`, moves the cursor on;
   // one commit group per call (empty past the end). Returns which of this lane's S^T rows
@@ -217,9 +203,20 @@ __global__ void __launch_bounds__(kDecodeThreads, DecodeCtasPerSm(DecodeKernel::
   const int k_token = (lane & 7) + (lane & 8), k_piece = lane >> 4;
   const int v_token = (lane & 7) + ((lane >> 4) << 3), v_piece = (lane >> 3) & 1;
 
-  uint32_t in_flight[kStages - 1];
+  // Everything above read the step's plan only.
+  // Q^T as the B operand: head `quad`, dims 16k + 2 pair (+1) and + 8; heads past G are zero.
+  uint32_t q_frag[KSTEPS][2];
+  auto load_q = [&] {
+    const uint32_t* qh = reinterpret_cast<const uint32_t*>(
+        a.q + (q_row * a.num_heads + kv_head * G + (quad < G ? quad : 0)) * HD);
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) in_flight[s] = issue(s);
+    for (int k = 0; k < KSTEPS; ++k) {
+      q_frag[k][0] = quad < G ? qh[8 * k + pair] : 0u;
+      q_frag[k][1] = quad < G ? qh[8 * k + 4 + pair] : 0u;
+    }
+  };
+  uint32_t in_flight[kStages - 1];
+  StartPipeline(early_entries, geometry.chunks_per_pass, issue, load_q, in_flight);
   for (int p = 0, stage = 0; p < passes; ++p, stage = stage + 1 < kStages ? stage + 1 : 0) {
     __syncwarp();  // every lane has read the stage that the next issue overwrites
     const uint32_t valid_bits = in_flight[0];

@@ -73,8 +73,9 @@ struct DecodeAttentionArgs {
   uint16_t* out;              // bf16 [*][num_heads][head_dim], indexed by q_row
   int32_t* split_counters = nullptr;  // [num_rows][num_kv_heads], zeros; null: a merge kernel
   DecodeKernel kernel = DecodeKernel::kAuto;
-  // Programmatic dependent launch (sm_90): the CTAs may start, and read the plan, while the
-  // previous kernel in the stream finishes; they wait for it before touching anything else.
+  // Programmatic dependent launch (sm_90): the CTAs may start, read the plan and copy their
+  // splits' early entries (SplitHead::early_entries: blocks no kernel of the step writes)
+  // while the previous kernel in the stream finishes; they wait for it before anything else.
   bool early_launch = true;
   // Splits dispatched in split order (see above), and the shared memory padded so that the SMs
   // hold no more CTAs than the rows' split 0 need (EvenPlacementSmem): the later splits go to

@@ -253,22 +253,36 @@ void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t mi
 }
 
 void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
-                    int32_t q_row, SplitHead* heads) {
+                    int32_t q_row, std::span<const int32_t> written_blocks, SplitHead* heads) {
   int32_t used = 0;
   for (int32_t s = 0; s < num_splits; ++s) {
-    if (bounds[s] < bounds[s + 1]) heads[used++] = {bounds[s], bounds[s + 1], 0, q_row, {}};
+    if (bounds[s] < bounds[s + 1]) heads[used++] = {bounds[s], bounds[s + 1], 0, q_row, 0, {}};
   }
   for (int32_t s = used; s < num_splits; ++s) {
-    heads[s] = {bounds[num_splits], bounds[num_splits], 0, q_row, {}};
+    heads[s] = {bounds[num_splits], bounds[num_splits], 0, q_row, 0, {}};
   }
+  auto written = [&](int32_t block) {
+    return std::binary_search(written_blocks.begin(), written_blocks.end(), block);
+  };
   for (int32_t s = 0; s < num_splits; ++s) {
     SplitHead& head = heads[s];
     head.row_splits = used;
+    head.early_entries = kSplitHeadEntries;
     for (int32_t i = 0; i < kSplitHeadEntries; ++i) {
       const int32_t c = head.chunk_begin + i;
       head.first[i] = c < head.chunk_end ? chunks[c] : ChunkEntry{0, 0};
+      if (c < head.chunk_end && written(chunks[c].block)) {
+        head.early_entries = std::min(head.early_entries, i);
+      }
     }
   }
+}
+
+std::vector<int32_t> WrittenBlocks(std::span<const int32_t> kv_block) {
+  std::vector<int32_t> blocks(kv_block.begin(), kv_block.end());
+  std::sort(blocks.begin(), blocks.end());
+  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+  return blocks;
 }
 
 PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options) {
@@ -324,6 +338,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
   ChunkEntry* chunks = At<ChunkEntry>(blob, layout.chunks);
   std::vector<KvChunk> pieces;
   std::vector<int32_t> bounds(S + 1);
+  const std::vector<int32_t> written = WrittenBlocks({kv_block, static_cast<size_t>(plan.rows)});
   for (int32_t r = 0; r < plan.rows; ++r) {
     const bool real = r < n;
     if (real && batch.rows[r].causal) continue;
@@ -337,7 +352,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
     SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data(),
                 options.lead_percent);
     for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
-    FillSplitHeads(bounds.data(), S, chunks, r, heads + int64_t{plan.decode_rows} * S);
+    FillSplitHeads(bounds.data(), S, chunks, r, written, heads + int64_t{plan.decode_rows} * S);
     ++plan.decode_rows;
   }
 

@@ -33,11 +33,16 @@ struct ChunkEntry {
 // latency after it starts (reading a bound, then the entries at it, took two).
 // A row's splits that hold chunks come first, and row_splits counts them: a CTA of a later
 // split leaves at once, and a row of one split writes its output without a merge.
+// early_entries: how many of the first entries lie in blocks that no kernel of the step
+// writes (entries past the end count): a CTA launched early may copy those before it waits
+// for the kernel ahead (the RoPE and KV write), so that its first copies land while that
+// kernel, or the launch before, finishes.
 inline constexpr int32_t kSplitHeadEntries = 8;
 struct SplitHead {
   int32_t chunk_begin, chunk_end;       // [chunk_begin, chunk_end) of the step's chunks
   int32_t row_splits;                   // the row's splits that hold chunks (0 to num_splits)
   int32_t q_row;                        // the row of q and out this decode row reads and writes
+  int32_t early_entries;                // leading entries of `first` safe before the wait
   ChunkEntry first[kSplitHeadEntries];  // chunks chunk_begin + i; {0, 0} (empty) past the end
 };
 
@@ -230,9 +235,13 @@ void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t mi
 
 // The heads of one row's num_splits splits, from the num_splits + 1 bounds SplitChunks wrote and
 // the step's chunk entries (those of the row already in place): the splits that hold chunks
-// first, in order, then the empty ones.
+// first, in order, then the empty ones. written_blocks (sorted): the blocks that kernels of the
+// step write, which end each head's early entries.
 void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
-                    int32_t q_row, SplitHead* heads);
+                    int32_t q_row, std::span<const int32_t> written_blocks, SplitHead* heads);
+
+// The blocks a step's rows write their K and V into (kv_block of its rows), sorted, once each.
+std::vector<int32_t> WrittenBlocks(std::span<const int32_t> kv_block);
 
 // The capacity a batch needs under these options.
 PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options);

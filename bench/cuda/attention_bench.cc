@@ -148,6 +148,9 @@ class Bench {
   struct Launch {
     int32_t min_split_tokens = 0;  // SplitChunks' shortest split; 0: the backend's choice
     bool early_launch = true;
+    // false: every split head's early entries zeroed, so that no copy goes out before the
+    // kernel waits for the one ahead (as before SplitHead::early_entries).
+    bool early_copies = true;
     gpu::LeadOptions lead;
   };
   Bench(int32_t max_batch, int32_t max_context, PoolOrder pool_order, const Launch& launch)
@@ -246,6 +249,10 @@ class Bench {
       const gpu::PlanLayout layout = gpu::PlanLayout::For(gpu::NeededCapacity(batch, options));
       std::vector<uint8_t> blob(layout.total);
       const gpu::StepPlan plan = gpu::BuildStepPlan(batch, options, layout, blob.data());
+      if (!launch_.early_copies) {
+        auto* heads = reinterpret_cast<gpu::SplitHead*>(blob.data() + layout.split_heads);
+        for (int64_t i = 0; i < int64_t{plan.decode_rows} * plan.num_splits; ++i) heads[i].early_entries = 0;
+      }
       ok = Check(cudaMalloc(&blobs[set], layout.total), "metadata") &&
            Check(cudaMemcpy(blobs[set], blob.data(), layout.total, cudaMemcpyHostToDevice), "metadata");
       auto at = [&](size_t offset) { return static_cast<uint8_t*>(blobs[set]) + offset; };
@@ -306,7 +313,11 @@ class Bench {
 
 const std::vector<Shape>& KnownShapes() {
   static const std::vector<Shape> shapes = {Shape{"llama7b", 32, 32, 128},
-                                            Shape{"llama3_8b", 32, 8, 128}};
+                                            Shape{"llama3_8b", 32, 8, 128},
+                                            // Not in the default grid: a LLaMA-3-8B group on
+                                            // 4 KV heads, so that a launch's one-split CTAs
+                                            // come in any multiple of 4 (batch 32: 128, 33: 132).
+                                            Shape{"group4_kv4", 16, 4, 128}};
   return shapes;
 }
 
@@ -359,7 +370,8 @@ int Main(int argc, char** argv) {
   app.add_option("--min-split-tokens", launch.min_split_tokens,
                  "SplitChunks' shortest split (0: the backend's choice)");
   app.add_option("--splits", splits, "split counts to time (0: the backend's choice)");
-  app.add_option("--shapes", shape_names, "llama7b (32 heads of 128), llama3_8b (8 KV heads)");
+  app.add_option("--shapes", shape_names,
+                 "llama7b (32 heads of 128), llama3_8b (8 KV heads), group4_kv4 (16 over 4)");
   app.add_option("--kernels", kernel_names, "auto (the backend's choice), cuda_cores, tensor_cores")
       ->check(CLI::IsMember({"auto", "cuda_cores", "tensor_cores"}));
   app.add_option("--merges", merge_names, "fused (the last CTA merges the splits), kernel")
@@ -372,6 +384,10 @@ int Main(int argc, char** argv) {
   app.add_option("--early-launch", launch.early_launch,
                  "launch as the backend does: each launch's CTAs start while the one before "
                  "finishes (programmatic dependent launch); 0: after it")
+      ->default_val(true);
+  app.add_option("--early-copies", launch.early_copies,
+                 "an early launch copies the blocks no kernel of the step writes before it waits "
+                 "(SplitHead::early_entries); 0: after")
       ->default_val(true);
   gpu::LeadOptions& lead = launch.lead;
   app.add_option("--lead-percent", lead.percent,
@@ -392,7 +408,7 @@ int Main(int argc, char** argv) {
     }
   }
   if (shapes.empty()) {
-    std::fprintf(stderr, "--shapes: none of llama7b, llama3_8b\n");
+    std::fprintf(stderr, "--shapes: none of llama7b, llama3_8b, group4_kv4\n");
     return 2;
   }
   Bench bench(*std::max_element(batches.begin(), batches.end()),

@@ -7,7 +7,7 @@
 namespace spanserve::testing {
 namespace {
 
-constexpr int kMaxCopies = 4;
+constexpr int kMaxCopies = kMaxLateCopies;
 
 struct LateCopies {
   LateCopy copy[kMaxCopies];

@@ -14,6 +14,8 @@ struct LateCopy {
   size_t bytes;  // a multiple of 16
 };
 
+inline constexpr int kMaxLateCopies = 32;
+
 // One kernel that lets the next kernel in `stream` launch at once (griddepcontrol
 // .launch_dependents), waits about `delay_us` microseconds, then does the copies.
 cudaError_t LaunchLateCopies(const LateCopy* copies, int count, int delay_us, cudaStream_t stream);

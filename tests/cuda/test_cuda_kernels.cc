@@ -1,7 +1,7 @@
 // Each CUDA kernel against a double-precision reference on fresh random inputs, outputs
 // poisoned (NaN) before each run: decode attention over random block lists with edge masks and
 // empty rows, for every head dim, GQA group, block size and split count it takes, launched
-// early behind a kernel that writes its inputs late; prefill
+// early behind a kernel that writes q and each row's last block late; prefill
 // attention and decode rows mixed as in a step; RoPE with the KV write; the fused residual add
 // and RMSNorm; embedding; SiluMul; sampling. Skipped where no GPU is visible.
 #include <cmath>
@@ -113,9 +113,16 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                      &bounds[size_t(r) * (S + 1)], c.lead_percent);
     for (const KvChunk& k : pieces) entries.push_back({k.block, k.begin | (k.end << 16)});
   }
+  // The step writes each row's last block (its newest token, as the KV write does).
+  std::vector<int32_t> last_blocks;
+  for (size_t b = 0, r = 0; r < size_t(rows); ++r) {
+    b += (contexts[r] + B - 1) / B;
+    last_blocks.push_back(blocks[b - 1]);
+  }
+  const std::vector<int32_t> written = gpu::WrittenBlocks(last_blocks);
   std::vector<gpu::SplitHead> heads(size_t(rows) * S);
   for (int32_t r = 0; r < rows; ++r) {
-    gpu::FillSplitHeads(&bounds[size_t(r) * (S + 1)], S, entries.data(), q_row[r],
+    gpu::FillSplitHeads(&bounds[size_t(r) * (S + 1)], S, entries.data(), q_row[r], written,
                         &heads[size_t(r) * S]);
   }
   caches.PoisonUnattended(row_chunks);
@@ -134,12 +141,17 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       want[r].insert(want[r].end(), ref.begin(), ref.end());
     }
   }
-  // The kernel reads q and the cache from copies that a kernel before it writes late (after
-  // NaN): launched early (programmatic dependent launch), it must wait for that kernel.
+  // The kernel reads q and the written blocks from copies that a kernel before it writes late
+  // (after NaN): launched early (programmatic dependent launch), it may copy the other blocks
+  // at once (SplitHead::early_entries), and must wait for that kernel before the rest.
   DeviceArray<uint16_t> q_in(q_dev.size()), k_in(caches.k_dev.size()), v_in(caches.v_dev.size());
-  const LateCopy late[] = {{q_dev.get(), q_in.get(), q_in.size() * 2},
-                           {caches.k_dev.get(), k_in.get(), k_in.size() * 2},
-                           {caches.v_dev.get(), v_in.get(), v_in.size() * 2}};
+  const size_t block_elems = caches.layout.block_elems(), block_bytes = block_elems * 2;
+  std::vector<LateCopy> late = {{q_dev.get(), q_in.get(), q_in.size() * 2}};
+  for (const int32_t b : written) {
+    late.push_back({caches.k_dev.get() + b * block_elems, k_in.get() + b * block_elems, block_bytes});
+    late.push_back({caches.v_dev.get() + b * block_elems, v_in.get() + b * block_elems, block_bytes});
+  }
+  ASSERT_LE(late.size(), size_t(kMaxLateCopies));
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   // Both kernels; splits merged by a second kernel and by the last CTA (twice: the counters
@@ -151,7 +163,15 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
       partial_o.Poison();
       partial_lse.Poison();
       out.Poison();
-      for (DeviceArray<uint16_t>* in : {&q_in, &k_in, &v_in}) in->Poison();
+      q_in.Poison();
+      for (auto [in, from] : {std::pair{&k_in, &caches.k_dev}, std::pair{&v_in, &caches.v_dev}}) {
+        ASSERT_EQ(cudaMemcpyAsync(in->get(), from->get(), in->size() * 2, cudaMemcpyDeviceToDevice,
+                                  stream), cudaSuccess);
+        for (const int32_t b : written) {
+          ASSERT_EQ(cudaMemsetAsync(in->get() + b * block_elems, 0xff, block_bytes, stream),
+                    cudaSuccess);  // NaN until the late copy
+        }
+      }
       gpu::DecodeAttentionArgs args{q_in.get(), k_in.get(), v_in.get(),
                                     heads_dev.get(), chunks_dev.get(),
                                     rows, S, H, c.kv_heads, hd, B, scale,
@@ -159,7 +179,7 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
                                     merge > 0 ? counters.get() : nullptr, kernel};
       args.early_launch = merge != 1;
       args.split_major = c.lead_percent > 0;
-      ASSERT_EQ(LaunchLateCopies(late, 3, 50, stream), cudaSuccess);
+      ASSERT_EQ(LaunchLateCopies(late.data(), static_cast<int>(late.size()), 50, stream), cudaSuccess);
       SyncOk(gpu::LaunchDecodeAttention(args, stream));
       const std::vector<float> got = ToFloats(out.Download());
       const char* name = kernel == gpu::DecodeKernel::kCudaCores ? "cuda cores" : "tensor cores";

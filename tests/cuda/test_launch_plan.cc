@@ -164,6 +164,22 @@ TEST(EvenPlacementSmem, LeavesRoomForAnEvenPlacementOnly) {
   EXPECT_EQ(EvenPlacementSmem(96 * 1024, 128, SmLimits{}), 96 * 1024);  // limits unknown
 }
 
+TEST(FillSplitHeads, EarlyEntriesEndAtTheFirstWrittenBlock) {
+  std::vector<ChunkEntry> chunks;
+  for (int32_t b = 10; b < 22; ++b) chunks.push_back({b, 0 | (16 << 16)});
+  const int32_t bounds[] = {0, 3, 12, 12};  // 3 entries, 9, and an empty split
+  SplitHead heads[3];
+  const std::vector<int32_t> written = WrittenBlocks(std::vector<int32_t>{17, 12, 17, 30});
+  EXPECT_EQ(written, (std::vector<int32_t>{12, 17, 30}));
+  FillSplitHeads(bounds, 3, chunks.data(), 5, written, heads);
+  EXPECT_EQ(heads[0].early_entries, 2);  // block 12
+  EXPECT_EQ(heads[1].early_entries, 4);  // block 17, entry 7
+  EXPECT_EQ(heads[2].early_entries, kSplitHeadEntries);
+  FillSplitHeads(bounds, 3, chunks.data(), 5, std::vector<int32_t>{30}, heads);
+  // Entries past a split's end read nothing: they count as early.
+  for (const SplitHead& h : heads) EXPECT_EQ(h.early_entries, kSplitHeadEntries);
+}
+
 TEST(SplitChunks, EmptyRowHasEmptySplits) {
   std::vector<int32_t> bounds(5, -1);
   SplitChunks({}, 4, 128, 3, bounds.data());
@@ -365,6 +381,8 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
     ASSERT_LE(int64_t{plan.decode_rows} * S, need.row_splits);
     ASSERT_LE(plan.prefill_jobs, need.prefill_jobs);
     ASSERT_LE(plan.logit_rows, need.logit_rows);
+    std::set<int32_t> written;  // the blocks the step's rows write
+    for (int32_t r = 0; r < plan.rows; ++r) written.insert(At<int32_t>(blob, layout.kv_block)[r]);
     for (int32_t r = 0; r < plan.rows; ++r) {
       const int32_t kv_block = At<int32_t>(blob, layout.kv_block)[r];
       const int32_t kv_offset = At<int32_t>(blob, layout.kv_offset)[r];
@@ -409,13 +427,17 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
         for (int32_t c = head.chunk_begin; c < head.chunk_end; ++c) {
           got.push_back({chunks[c].block, chunks[c].range & 0xffff, chunks[c].range >> 16});
         }
-        // The head's copies of the split's first entries, empty past its end.
+        // The head's copies of the split's first entries, empty past its end; the early ones
+        // end at the first in a block the step writes.
+        int32_t early = kSplitHeadEntries;
         for (int32_t k = 0; k < kSplitHeadEntries; ++k) {
           const int32_t c = head.chunk_begin + k;
           const ChunkEntry want = c < head.chunk_end ? chunks[c] : ChunkEntry{0, 0};
           ASSERT_EQ(head.first[k].block, want.block) << "row " << r << " split " << s << " entry " << k;
           ASSERT_EQ(head.first[k].range, want.range) << "row " << r << " split " << s << " entry " << k;
+          if (c < head.chunk_end && written.count(want.block) && early == kSplitHeadEntries) early = k;
         }
+        ASSERT_EQ(head.early_entries, early) << "row " << r << " split " << s;
       }
       ASSERT_GE(heads[0].chunk_begin, 0);
       ASSERT_LE(heads[S - 1].chunk_end, plan.chunks);
