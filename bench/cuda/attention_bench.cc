@@ -2,8 +2,11 @@
 // with the metadata the backend builds), dense and sparse, for LLaMA-7B attention shapes (32
 // heads of 128) and LLaMA-3-8B shapes (32 query heads over 8 KV heads): batch 1, 16 and 64,
 // context 2k, 8k and 32k, attended fraction 1, 0.5, 0.25 and 0.125, KV block size 16, 64 and
-// 128, over a shuffled block pool (--pool-order address: each row's blocks in address order;
-// interleaved: the rows' blocks dealt out in turn, as decode steps grow them). A sparse row
+// 128, over a pool where each row's blocks come in runs of KvBlockManager::kRunTokens tokens
+// at random places, as the block manager hands them out on a server that has run a while
+// (--pool-order shuffled: single blocks at random places, as it hands them out when no run is
+// whole, and as all blocks were before it kept runs; address: each row's blocks in address
+// order; interleaved: the rows' single blocks dealt out in turn). A sparse row
 // attends a sink, referenced ranges with edges inside blocks, and its own tail, like a span
 // row. Time is the median of groups of launches that rotate over disjoint block sets (so no
 // configuration runs from L2), in one stream as the backend launches them (--early-launch 0:
@@ -29,6 +32,7 @@
 #include "bench/cuda/bench_util.h"
 #include "engine/attention_plan.h"
 #include "engine/backend.h"
+#include "engine/kv_block_manager.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
 
@@ -140,10 +144,11 @@ int RotationSets(double dense_bytes) {
 
 class Bench {
  public:
-  // Where a row's blocks lie in the pool: kShuffled, as in a server that has run a while;
-  // kAddress, one run a row, as a fresh server's prompts get; kInterleaved, the rows' blocks
-  // dealt out in turn, as a fresh server's decode steps grow them (KvBlockManager).
-  enum class PoolOrder { kShuffled, kAddress, kInterleaved };
+  // Where a row's blocks lie in the pool: kRuns, runs of KvBlockManager::RunBlocks at random
+  // places, as a server that has run a while hands them out; kShuffled, single blocks at
+  // random places (its pool with no whole run left); kAddress, one run a row, as a fresh
+  // server's prompts get; kInterleaved, the rows' single blocks dealt out in turn.
+  enum class PoolOrder { kRuns, kShuffled, kAddress, kInterleaved };
   // How the launches are laid out where a configuration leaves it to the backend's choice.
   struct Launch {
     int32_t min_split_tokens = 0;  // SplitChunks' shortest split; 0: the backend's choice
@@ -288,6 +293,14 @@ class Bench {
       std::iota(order.begin(), order.end(), 0);
       if (pool_order_ == PoolOrder::kShuffled) {
         std::shuffle(order.begin(), order.end(), std::mt19937(block_size));
+      } else if (pool_order_ == PoolOrder::kRuns) {
+        const int64_t run = KvBlockManager::RunBlocks(block_size), runs = pool_blocks / run;
+        std::vector<int64_t> placed(runs);
+        std::iota(placed.begin(), placed.end(), 0);
+        std::shuffle(placed.begin(), placed.end(), std::mt19937(block_size));
+        for (int64_t i = 0; i < runs * run; ++i) {
+          order[i] = static_cast<int32_t>(placed[i / run] * run + i % run);
+        }
       } else if (interleaved) {
         const int64_t per_set = int64_t{batch} * per_row;
         for (int64_t i = 0; i < pool_blocks / per_set * per_set; ++i) {
@@ -378,9 +391,9 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"fused", "kernel"}));
   bool serve = false;
   app.add_flag("--serve", serve, "time configurations read from stdin, one a line (see Serve)");
-  std::string pool_order = "shuffled";
+  std::string pool_order = "runs";
   app.add_option("--pool-order", pool_order, "the order rows take the pool's blocks in")
-      ->check(CLI::IsMember({"shuffled", "address", "interleaved"}));
+      ->check(CLI::IsMember({"runs", "shuffled", "address", "interleaved"}));
   app.add_option("--early-launch", launch.early_launch,
                  "launch as the backend does: each launch's CTAs start while the one before "
                  "finishes (programmatic dependent launch); 0: after it")
@@ -397,8 +410,9 @@ int Main(int argc, char** argv) {
   app.add_option("--lead-multi-wave", lead.multi_wave, "lead layouts over several waves too");
   CLI11_PARSE(app, argc, argv);
   const Bench::PoolOrder order = pool_order == "address"       ? Bench::PoolOrder::kAddress
+                                 : pool_order == "shuffled"    ? Bench::PoolOrder::kShuffled
                                  : pool_order == "interleaved" ? Bench::PoolOrder::kInterleaved
-                                                               : Bench::PoolOrder::kShuffled;
+                                                               : Bench::PoolOrder::kRuns;
   if (serve) return Serve(order, launch);
 
   std::vector<Shape> shapes;

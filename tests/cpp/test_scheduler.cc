@@ -1,5 +1,8 @@
 // The KV block manager and the continuous-batching scheduler, on their own.
 #include <memory>
+#include <random>
+#include <set>
+#include <vector>
 
 #include "engine/kv_block_manager.h"
 #include "engine/scheduler.h"
@@ -24,6 +27,71 @@ TEST(KvBlockManager, GrowIsAllOrNothingAndFreeReturnsEverything) {
   blocks.Free(&b);
   EXPECT_EQ(blocks.num_free(), 5);
   EXPECT_TRUE(a.empty());
+}
+
+// Every table made of whole aligned runs, in order (its last run may be partly filled).
+void ExpectAlignedRuns(const std::vector<int32_t>& table, int32_t run) {
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (i % run == 0) {
+      EXPECT_EQ(table[i] % run, 0) << "block " << i << " starts no run";
+    } else {
+      EXPECT_EQ(table[i], table[i - 1] + 1) << "block " << i << " leaves its run";
+    }
+  }
+}
+
+TEST(KvBlockManager, TablesGrowInAlignedRunsThroughChurn) {
+  const int32_t block_size = 16, run = KvBlockManager::RunBlocks(block_size);
+  ASSERT_EQ(run, 8);
+  KvBlockManager blocks(1024, block_size);
+  std::mt19937 rng(5);
+  std::vector<std::vector<int32_t>> tables(24);
+  std::vector<int32_t> tokens(tables.size(), 0);
+  // Decode-like growth, a few tokens a step for every sequence, with sequences finishing at
+  // random and others starting with a prompt: at most 24 x 5 runs held, of 128.
+  for (int step = 0; step < 3000; ++step) {
+    for (size_t s = 0; s < tables.size(); ++s) {
+      if (tokens[s] > 0 && rng() % 200 == 0) {
+        ExpectAlignedRuns(tables[s], run);
+        blocks.Free(&tables[s]);
+        tokens[s] = 0;
+      }
+      const int32_t grow = tokens[s] == 0 ? 1 + static_cast<int32_t>(rng() % 300) : 1;
+      if (tokens[s] + grow > 600) continue;
+      ASSERT_TRUE(blocks.Grow(&tables[s], tokens[s] + grow));
+      tokens[s] += grow;
+    }
+  }
+  for (auto& table : tables) {
+    ExpectAlignedRuns(table, run);
+    blocks.Free(&table);
+  }
+  EXPECT_EQ(blocks.num_free(), 1024);
+  // Every run is whole again: 128 tables of one block each start 128 different runs.
+  std::vector<std::vector<int32_t>> one(128);
+  for (auto& table : one) ASSERT_TRUE(blocks.Grow(&table, 1));
+  std::set<int32_t> runs;
+  for (const auto& table : one) runs.insert(table[0] / run);
+  EXPECT_EQ(runs.size(), 128u);
+}
+
+TEST(KvBlockManager, FullPoolIsUsableWhenNoRunIsWhole) {
+  KvBlockManager blocks(16, 16);  // two runs of 8
+  std::vector<int32_t> a, b, c;
+  ASSERT_TRUE(blocks.Grow(&a, 1));
+  ASSERT_TRUE(blocks.Grow(&b, 1));
+  EXPECT_EQ(a, std::vector<int32_t>{0});
+  EXPECT_EQ(b, std::vector<int32_t>{8});
+  ASSERT_TRUE(blocks.Grow(&c, 14 * 16));  // the other 14 blocks, from both runs
+  EXPECT_EQ(blocks.num_free(), 0);
+  std::set<int32_t> all(a.begin(), a.end());
+  all.insert(b.begin(), b.end());
+  all.insert(c.begin(), c.end());
+  EXPECT_EQ(all.size(), 16u);
+  EXPECT_FALSE(blocks.Grow(&a, 17));
+  blocks.Free(&c);
+  ASSERT_TRUE(blocks.Grow(&a, 17));  // a's next block follows its first
+  EXPECT_EQ(a, (std::vector<int32_t>{0, 1}));
 }
 
 class SchedulerTest : public ::testing::Test {
