@@ -25,6 +25,7 @@ namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 constexpr size_t kBlasWorkspaceBytes = size_t{32} << 20;
+constexpr int64_t kPoolAlignBytes = int64_t{2} << 20;
 constexpr size_t kStagingBytes = size_t{32} << 20;  // each of the two pinned upload buffers
 
 absl::Status CudaError(cudaError_t e, const char* what) {
@@ -486,12 +487,19 @@ absl::Status CudaBackend::Init() {
   if (!check.status().ok()) return check.status();
   block_size_ = options_.pool.block_size;
   const int64_t block_bytes = KvBlockBytes(c_, block_size_, sizeof(uint16_t));
+  // Each layer's K and V pools start at a 2 MiB boundary, the GPU's large page, so that
+  // KvBlockManager's runs (2 MiB of a pool at 8 KV heads of 128) each sit in pages of their
+  // own: a run that straddles pages reads like runs of half the length.
+  const int64_t pools = int64_t{2} * c_.num_layers, pool_block_bytes = block_bytes / pools;
   int64_t blocks = options_.pool.num_blocks;
   if (blocks <= 0) {
-    const double budget = options_.gpu_memory_fraction * static_cast<double>(free) - fixed;
+    const double budget = options_.gpu_memory_fraction * static_cast<double>(free) - fixed -
+                          static_cast<double>(pools * kPoolAlignBytes);
     blocks = budget > 0 ? static_cast<int64_t>(budget / block_bytes) - 1 : 0;
   }
-  const size_t kv_bytes = static_cast<size_t>(std::max<int64_t>(blocks, 0) + 1) * block_bytes;
+  const int64_t pool_bytes =
+      (std::max<int64_t>(blocks, 0) + 1) * pool_block_bytes + kPoolAlignBytes - 1;
+  const size_t kv_bytes = static_cast<size_t>(pools * (pool_bytes / kPoolAlignBytes * kPoolAlignBytes));
   if (blocks < 1 || blocks > INT32_MAX || fixed + kv_bytes > free) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "cuda: the weights (%.2f GiB), step buffers (%.2f GiB) and a KV pool of %d blocks of "
@@ -501,7 +509,7 @@ absl::Status CudaBackend::Init() {
         MemoryLine(), options_.gpu_memory_fraction));
   }
   num_blocks_ = static_cast<int32_t>(blocks);
-  layer_elems_ = int64_t{num_blocks_ + 1} * c_.num_kv_heads * block_size_ * c_.head_dim;
+  layer_elems_ = static_cast<int64_t>(kv_bytes) / pools / int64_t{sizeof(uint16_t)};
   stats_.weight_bytes = static_cast<int64_t>(weight_bytes);
   stats_.kv_pool_bytes = static_cast<int64_t>(kv_bytes);
 

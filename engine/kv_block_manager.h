@@ -6,9 +6,10 @@
 // blocks, and a table grows into the block after its last one while that block is free and in
 // the same run, else into the first block of a run that is wholly free, else (the pool nearly
 // full) into the lowest free block. A sequence owns whole runs then, and returns them whole,
-// so runs survive churn: the decode kernel reads a sequence's K and V in runs of kRunTokens
-// tokens rather than one block's (dense decode attention at block 16 took 0.1-2.9% less time
-// on the H100 with 128-token runs at random places than with single blocks at random places;
+// so runs survive churn. A run is kRunTokens tokens: at 8 KV heads of 128, 2 MiB of a layer's
+// pool, the GPU's large page (the CUDA backend aligns its pools to it). Dense decode attention
+// at LLaMA-3-8B batch 16 took 1.1-2.8% less time over 1024-token runs at random places than
+// over 128-token ones, and was within 0.7% of each row's blocks in address order (H100,
 // bench/results/cuda/2026-11-24/session9).
 #pragma once
 
@@ -21,7 +22,7 @@ namespace spanserve {
 
 class KvBlockManager {
  public:
-  static constexpr int32_t kRunTokens = 128;
+  static constexpr int32_t kRunTokens = 1024;
   static constexpr int32_t RunBlocks(int32_t block_size) {
     return block_size >= kRunTokens ? 1 : kRunTokens / block_size;
   }

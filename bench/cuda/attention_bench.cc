@@ -153,6 +153,7 @@ class Bench {
   struct Launch {
     int32_t min_split_tokens = 0;  // SplitChunks' shortest split; 0: the backend's choice
     bool early_launch = true;
+    int32_t run_tokens = 0;  // kRuns: tokens a run; 0: KvBlockManager's
     // false: every split head's early entries zeroed, so that no copy goes out before the
     // kernel waits for the one ahead (as before SplitHead::early_entries).
     bool early_copies = true;
@@ -294,7 +295,9 @@ class Bench {
       if (pool_order_ == PoolOrder::kShuffled) {
         std::shuffle(order.begin(), order.end(), std::mt19937(block_size));
       } else if (pool_order_ == PoolOrder::kRuns) {
-        const int64_t run = KvBlockManager::RunBlocks(block_size), runs = pool_blocks / run;
+        const int64_t run = launch_.run_tokens > 0 ? std::max(1, launch_.run_tokens / block_size)
+                                                   : KvBlockManager::RunBlocks(block_size);
+        const int64_t runs = pool_blocks / run;
         std::vector<int64_t> placed(runs);
         std::iota(placed.begin(), placed.end(), 0);
         std::shuffle(placed.begin(), placed.end(), std::mt19937(block_size));
@@ -398,6 +401,8 @@ int Main(int argc, char** argv) {
                  "launch as the backend does: each launch's CTAs start while the one before "
                  "finishes (programmatic dependent launch); 0: after it")
       ->default_val(true);
+  app.add_option("--run-tokens", launch.run_tokens,
+                 "--pool-order runs: tokens a run (0: what KvBlockManager hands out)");
   app.add_option("--early-copies", launch.early_copies,
                  "an early launch copies the blocks no kernel of the step writes before it waits "
                  "(SplitHead::early_entries); 0: after")

@@ -41,14 +41,14 @@ void ExpectAlignedRuns(const std::vector<int32_t>& table, int32_t run) {
 }
 
 TEST(KvBlockManager, TablesGrowInAlignedRunsThroughChurn) {
-  const int32_t block_size = 16, run = KvBlockManager::RunBlocks(block_size);
+  const int32_t block_size = 128, run = KvBlockManager::RunBlocks(block_size);
   ASSERT_EQ(run, 8);
   KvBlockManager blocks(1024, block_size);
   std::mt19937 rng(5);
   std::vector<std::vector<int32_t>> tables(24);
   std::vector<int32_t> tokens(tables.size(), 0);
   // Decode-like growth, a few tokens a step for every sequence, with sequences finishing at
-  // random and others starting with a prompt: at most 24 x 5 runs held, of 128.
+  // random and others starting with a prompt: at most 24 runs held (8 blocks), of 128.
   for (int step = 0; step < 3000; ++step) {
     for (size_t s = 0; s < tables.size(); ++s) {
       if (tokens[s] > 0 && rng() % 200 == 0) {
@@ -56,8 +56,8 @@ TEST(KvBlockManager, TablesGrowInAlignedRunsThroughChurn) {
         blocks.Free(&tables[s]);
         tokens[s] = 0;
       }
-      const int32_t grow = tokens[s] == 0 ? 1 + static_cast<int32_t>(rng() % 300) : 1;
-      if (tokens[s] + grow > 600) continue;
+      const int32_t grow = tokens[s] == 0 ? 1 + static_cast<int32_t>(rng() % 300) : 1 + rng() % 8;
+      if (tokens[s] + grow > 1000) continue;
       ASSERT_TRUE(blocks.Grow(&tables[s], tokens[s] + grow));
       tokens[s] += grow;
     }
@@ -76,21 +76,21 @@ TEST(KvBlockManager, TablesGrowInAlignedRunsThroughChurn) {
 }
 
 TEST(KvBlockManager, FullPoolIsUsableWhenNoRunIsWhole) {
-  KvBlockManager blocks(16, 16);  // two runs of 8
+  KvBlockManager blocks(16, 128);  // two runs of 8
   std::vector<int32_t> a, b, c;
   ASSERT_TRUE(blocks.Grow(&a, 1));
   ASSERT_TRUE(blocks.Grow(&b, 1));
   EXPECT_EQ(a, std::vector<int32_t>{0});
   EXPECT_EQ(b, std::vector<int32_t>{8});
-  ASSERT_TRUE(blocks.Grow(&c, 14 * 16));  // the other 14 blocks, from both runs
+  ASSERT_TRUE(blocks.Grow(&c, 14 * 128));  // the other 14 blocks, from both runs
   EXPECT_EQ(blocks.num_free(), 0);
   std::set<int32_t> all(a.begin(), a.end());
   all.insert(b.begin(), b.end());
   all.insert(c.begin(), c.end());
   EXPECT_EQ(all.size(), 16u);
-  EXPECT_FALSE(blocks.Grow(&a, 17));
+  EXPECT_FALSE(blocks.Grow(&a, 129));
   blocks.Free(&c);
-  ASSERT_TRUE(blocks.Grow(&a, 17));  // a's next block follows its first
+  ASSERT_TRUE(blocks.Grow(&a, 129));  // a's next block follows its first
   EXPECT_EQ(a, (std::vector<int32_t>{0, 1}));
 }
 
