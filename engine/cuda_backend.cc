@@ -497,9 +497,9 @@ absl::Status CudaBackend::Init() {
                           static_cast<double>(pools * kPoolAlignBytes);
     blocks = budget > 0 ? static_cast<int64_t>(budget / block_bytes) - 1 : 0;
   }
-  const int64_t pool_bytes =
-      (std::max<int64_t>(blocks, 0) + 1) * pool_block_bytes + kPoolAlignBytes - 1;
-  const size_t kv_bytes = static_cast<size_t>(pools * (pool_bytes / kPoolAlignBytes * kPoolAlignBytes));
+  const int64_t unaligned_pool = (std::max<int64_t>(blocks, 0) + 1) * pool_block_bytes;
+  const int64_t pool_bytes = (unaligned_pool + kPoolAlignBytes - 1) / kPoolAlignBytes * kPoolAlignBytes;
+  const size_t kv_bytes = static_cast<size_t>(pools * pool_bytes);
   if (blocks < 1 || blocks > INT32_MAX || fixed + kv_bytes > free) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "cuda: the weights (%.2f GiB), step buffers (%.2f GiB) and a KV pool of %d blocks of "
@@ -509,7 +509,7 @@ absl::Status CudaBackend::Init() {
         MemoryLine(), options_.gpu_memory_fraction));
   }
   num_blocks_ = static_cast<int32_t>(blocks);
-  layer_elems_ = static_cast<int64_t>(kv_bytes) / pools / int64_t{sizeof(uint16_t)};
+  layer_elems_ = pool_bytes / int64_t{sizeof(uint16_t)};
   stats_.weight_bytes = static_cast<int64_t>(weight_bytes);
   stats_.kv_pool_bytes = static_cast<int64_t>(kv_bytes);
 

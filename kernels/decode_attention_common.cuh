@@ -91,7 +91,7 @@ __device__ __forceinline__ void CopyAsyncWait() {
 // after which load_q runs: q and the cache are that kernel's output (RoPE and the KV write), the
 // partials and counters a previous launch's. The copies go out before the wait where the split's
 // first passes read no block the step writes (SplitHead::early_entries), so that they land
-// while the kernel ahead finishes (batch 1 5-10% faster, LLaMA-3-8B batch 16 8k 0.9%).
+// while the kernel ahead finishes (batch 1 up to 10% faster, LLaMA-3-8B batch 16 8k 0.9%).
 template <int kPending, typename Issue, typename LoadQ>
 __device__ __forceinline__ void StartPipeline(int early_entries, int chunks_per_pass, Issue& issue,
                                               LoadQ load_q, uint32_t (&in_flight)[kPending]) {
