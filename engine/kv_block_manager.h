@@ -23,8 +23,9 @@ namespace spanserve {
 class KvBlockManager {
  public:
   static constexpr int32_t kRunTokens = 1024;
-  static constexpr int32_t RunBlocks(int32_t block_size) {
-    return block_size >= kRunTokens ? 1 : kRunTokens / block_size;
+  // Blocks of a run of run_tokens tokens (at least one).
+  static constexpr int32_t RunBlocks(int32_t block_size, int32_t run_tokens = kRunTokens) {
+    return block_size >= run_tokens ? 1 : run_tokens / block_size;
   }
 
   KvBlockManager(int32_t num_blocks, int32_t block_size);

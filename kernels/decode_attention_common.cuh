@@ -256,9 +256,9 @@ __device__ __forceinline__ DecodeItem DecodeItemOf(const DecodeAttentionArgs& a)
 const SmLimits& CurrentSmLimits();
 
 // Launches kKernel on grid (splits, KV heads, rows), or split-major (KV heads, rows, splits).
-// With a.early_launch, as a programmatic dependent launch: its CTAs start, and read the step's
-// plan, while the kernel before it finishes, and wait for it (WaitForPreviousGrid) before
-// anything else.
+// With a.early_launch, as a programmatic dependent launch: its CTAs start, read the step's
+// plan and issue their early copies while the kernel before it finishes, and wait for it
+// before anything else (StartPipeline).
 template <auto kKernel>
 cudaError_t LaunchDecodeKernel(int kernel_smem, const DecodeAttentionArgs& a, cudaStream_t stream) {
   static const cudaError_t configured = [&] {

@@ -54,7 +54,8 @@ __global__ void __launch_bounds__(kRowThreads)
 // One CTA per row: the angles once in shared memory (double, as the CPU backend computes them),
 // then Q to q_out and K, V to the cache slot.
 __global__ void __launch_bounds__(kRowThreads) RopeWriteKvKernel(const RopeKvArgs a) {
-  AllowDependentLaunch();  // decode attention may start; it waits for this grid before reading
+  AllowDependentLaunch();  // decode attention may start; it waits for this grid before it
+                           // reads q or a block this step writes
   __shared__ float cos_sin[2][128];
   const int64_t r = blockIdx.x;
   const int hd = a.head_dim, half = hd / 2, H = a.num_heads, KVH = a.num_kv_heads;

@@ -295,8 +295,8 @@ class Bench {
       if (pool_order_ == PoolOrder::kShuffled) {
         std::shuffle(order.begin(), order.end(), std::mt19937(block_size));
       } else if (pool_order_ == PoolOrder::kRuns) {
-        const int64_t run = launch_.run_tokens > 0 ? std::max(1, launch_.run_tokens / block_size)
-                                                   : KvBlockManager::RunBlocks(block_size);
+        const int64_t run = KvBlockManager::RunBlocks(
+            block_size, launch_.run_tokens > 0 ? launch_.run_tokens : KvBlockManager::kRunTokens);
         const int64_t runs = pool_blocks / run;
         std::vector<int64_t> placed(runs);
         std::iota(placed.begin(), placed.end(), 0);
