@@ -13,7 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf
-  python3-sentencepiece python3-pytest
+  python3-sentencepiece python3-pytest python3-matplotlib
 )
 missing=()
 for p in "${packages[@]}"; do
