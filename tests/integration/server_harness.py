@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -192,3 +196,49 @@ def stream_text(stub, req, timeout=60):
     text = "".join(m.text for m in messages)
     tokens = [t for m in messages for t in m.token_ids]
     return text, tokens, messages
+
+
+# ---- Prometheus ----
+
+class PrometheusProcess:
+    """A real Prometheus (Debian's `prometheus`) scraping one metrics port every second, on a
+    free loopback port, its data and log under workdir."""
+
+    def __init__(self, workdir: Path, metrics_port: int):
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: spanserve\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{metrics_port}']\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log_path = workdir / "prometheus.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [shutil.which("prometheus") or "/usr/bin/prometheus", f"--config.file={config}",
+                 f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def query(self, expr: str) -> dict | None:
+        """The API's answer to an instant query (an error's too); None while it is not up."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited:\n{self.log_path.read_text()}")
+        url = (f"http://127.0.0.1:{self.port}/api/v1/query?"
+               + urllib.parse.urlencode({"query": expr}))
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as err:  # a bad query: 400 with the parser's message
+            return json.load(err)
+        except OSError:
+            return None
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
