@@ -39,12 +39,16 @@ absl::StatusOr<json> ReadJsonFile(const std::string& path) {
   std::stringstream text;
   text << in.rdbuf();
   if (!in) return absl::InvalidArgumentError(absl::StrCat(path, ": cannot read the file"));
-  json parsed = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  return ParseJsonObject(text.str(), path);
+}
+
+absl::StatusOr<json> ParseJsonObject(std::string_view text, const std::string& name) {
+  json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
+    return absl::InvalidArgumentError(absl::StrCat(name, ": not valid JSON"));
   }
   if (!parsed.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": the top level is not a JSON object"));
+    return absl::InvalidArgumentError(absl::StrCat(name, ": the top level is not a JSON object"));
   }
   return parsed;
 }
@@ -209,12 +213,8 @@ absl::Status ParseRopeParameters(const json& object, const std::string& path, Mo
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path) {
-  absl::StatusOr<json> object = ReadJsonFile(path);
-  if (!object.ok()) return object.status();
-  Fields fields(*object, path);
+absl::StatusOr<ModelConfig> ModelConfigFromJson(const json& object, const std::string& path) {
+  Fields fields(object, path);
   // Keys that would change the model's math: only plain LLaMA's values.
   fields.Only("model_type", "llama");
   fields.Only("hidden_act", "silu");
@@ -238,30 +238,31 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path) {
   fields.Int("bos_token_id", true, 0, &c.bos_token_id);
   fields.IntList("eos_token_id", 0, &c.eos_token_ids);
   if (!fields.status().ok()) return fields.status();
-  if (absl::Status status = ParseRopeParameters(*object, path, &c); !status.ok()) return status;
+  if (absl::Status status = ParseRopeParameters(object, path, &c); !status.ok()) return status;
   if (absl::Status status = CheckSizes(c, fields); !status.ok()) return status;
   return c;
 }
 
-absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path) {
-  absl::StatusOr<json> object = ReadJsonFile(path);
-  if (!object.ok()) return object.status();
+absl::StatusOr<SpanConfig> SpanConfigFromJson(const json& object, const std::string& path) {
   static const std::set<std::string> kKeys = {"span_protocol", "anchor_token", "header_end_token",
-                                              "prompt_segmentation", "max_header_tokens"};
-  for (const auto& item : object->items()) {
+                                              "prompt_segmentation", "max_header_tokens",
+                                              "chat_format"};
+  for (const auto& item : object.items()) {
     if (!kKeys.count(item.key())) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key '", item.key(), "'"));
     }
   }
-  Fields fields(*object, path);
+  Fields fields(object, path);
   int32_t protocol = 0;
   SpanConfig span;
   std::string segmentation = "whole";
+  std::string chat_format = "plain";
   fields.Int("span_protocol", true, 0, &protocol);
   fields.String("anchor_token", &span.anchor_token);
   fields.String("header_end_token", &span.header_end_token);
   fields.Int("max_header_tokens", false, 1, &span.max_header_tokens);
   fields.String("prompt_segmentation", &segmentation);
+  fields.String("chat_format", &chat_format);
   if (!fields.status().ok()) return fields.status();
 
   if (protocol != 1)
@@ -269,6 +270,11 @@ absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path) {
   if (span.anchor_token == span.header_end_token) {
     return fields.Error("header_end_token", "must differ from anchor_token");
   }
+  if (chat_format != "plain" && chat_format != "chatml") {
+    return fields.Error("chat_format",
+                        absl::StrCat("must be \"plain\" or \"chatml\", got \"", chat_format, "\""));
+  }
+  span.chat_format = chat_format == "chatml" ? ChatFormat::kChatML : ChatFormat::kPlain;
   static const std::pair<const char*, Segmentation> kSegmentations[] = {
       {"whole", Segmentation::kWhole},
       {"sentences", Segmentation::kSentences},
@@ -284,6 +290,32 @@ absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path) {
                       absl::StrCat("must be \"whole\", \"sentences\", \"paragraphs\" or "
                                    "\"client\", got \"",
                                    segmentation, "\""));
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path) {
+  absl::StatusOr<json> object = ReadJsonFile(path);
+  if (!object.ok()) return object.status();
+  return ModelConfigFromJson(*object, path);
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfigJson(std::string_view text, const std::string& name) {
+  absl::StatusOr<json> object = ParseJsonObject(text, name);
+  if (!object.ok()) return object.status();
+  return ModelConfigFromJson(*object, name);
+}
+
+absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path) {
+  absl::StatusOr<json> object = ReadJsonFile(path);
+  if (!object.ok()) return object.status();
+  return SpanConfigFromJson(*object, path);
+}
+
+absl::StatusOr<SpanConfig> ParseSpanConfigJson(std::string_view text, const std::string& name) {
+  absl::StatusOr<json> object = ParseJsonObject(text, name);
+  if (!object.ok()) return object.status();
+  return SpanConfigFromJson(*object, name);
 }
 
 }  // namespace spanserve

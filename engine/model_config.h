@@ -9,6 +9,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -17,13 +18,18 @@ namespace spanserve {
 
 // Reads and parses a JSON file: NotFound when it is absent, InvalidArgument when unreadable.
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
+// The same from the file's text; `name` (the file's path) names it in errors. The top level must
+// be an object.
+absl::StatusOr<nlohmann::json> ParseJsonObject(std::string_view text, const std::string& name);
 
 // config.json. Fields other than the ones ModelConfig holds are ignored, except those that
 // would change the model's math (rope_scaling, biases, activation, model_type): they are checked.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path);
+absl::StatusOr<ModelConfig> ParseModelConfigJson(std::string_view text, const std::string& name);
 
 // spanserve.json. Unknown keys are errors. anchor_id and header_end_id stay -1: the loader
 // resolves them through the tokenizer.
 absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path);
+absl::StatusOr<SpanConfig> ParseSpanConfigJson(std::string_view text, const std::string& name);
 
 }  // namespace spanserve

@@ -33,10 +33,9 @@ absl::StatusOr<std::shared_ptr<const void>> MapFile(const std::string& path, int
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
   }
   *size = st.st_size;
-  if (st.st_size < 8) {
+  if (st.st_size == 0) {  // mmap refuses empty files; the parser calls this one truncated
     close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": truncated: ", st.st_size,
-                                                   " bytes, less than the 8-byte header length"));
+    return std::shared_ptr<const void>();
   }
   void* base = mmap(nullptr, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
   const int map_errno = errno;
@@ -115,31 +114,42 @@ absl::StatusOr<SafetensorsFile> OpenSafetensors(const std::string& path) {
   int64_t size = 0;
   absl::StatusOr<std::shared_ptr<const void>> mapping = MapFile(path, &size);
   if (!mapping.ok()) return mapping.status();
-  const uint8_t* base = static_cast<const uint8_t*>(mapping->get());
+  absl::StatusOr<SafetensorsFile> file = ParseSafetensors(
+      std::string_view(static_cast<const char*>(mapping->get()), size), path);
+  if (file.ok()) file->mapping = *std::move(mapping);
+  return file;
+}
+
+absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes, const std::string& name) {
+  const int64_t size = static_cast<int64_t>(bytes.size());
+  if (size < 8) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": truncated: ", size,
+                                                   " bytes, less than the 8-byte header length"));
+  }
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(bytes.data());
   uint64_t header_len = 0;
   std::memcpy(&header_len, base, 8);
   if (header_len > static_cast<uint64_t>(size - 8)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": truncated or corrupt: header length ",
+    return absl::InvalidArgumentError(absl::StrCat(name, ": truncated or corrupt: header length ",
                                                    header_len, " is larger than the ", size - 8,
                                                    " bytes after it"));
   }
-  const char* header_text = reinterpret_cast<const char*>(base + 8);
+  const char* header_text = bytes.data() + 8;
   const json header = json::parse(header_text, header_text + header_len, nullptr,
                                   /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": the header is not a JSON object"));
+    return absl::InvalidArgumentError(absl::StrCat(name, ": the header is not a JSON object"));
   }
 
   SafetensorsFile file;
-  file.path = path;
-  file.mapping = *std::move(mapping);
+  file.path = name;
   file.data_bytes = size - 8 - static_cast<int64_t>(header_len);
   const uint8_t* data = base + 8 + header_len;
   for (const auto& item : header.items()) {
     if (item.key() == "__metadata__") continue;
     TensorView tensor;
     absl::Status status =
-        ParseTensor(path, item.key(), item.value(), data, file.data_bytes, &tensor);
+        ParseTensor(name, item.key(), item.value(), data, file.data_bytes, &tensor);
     if (!status.ok()) return status;
     file.tensors.emplace(item.key(), std::move(tensor));
   }

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -22,10 +23,14 @@ struct SafetensorsFile {
   int64_t data_bytes = 0;                     // size of the data region
 };
 
-// Maps and validates the file: header length within the file, dtypes F32/F16/BF16, offsets
-// inside the data region, each tensor's size == numel * dtype size. "__metadata__" is skipped.
-// Errors name the file (and the tensor).
+// Maps the file and parses it (ParseSafetensors). Errors name the file (and the tensor).
 absl::StatusOr<SafetensorsFile> OpenSafetensors(const std::string& path);
+
+// Validates a whole safetensors file held in memory (`name` names it in errors): header length
+// within the bytes, dtypes F32/F16/BF16, offsets inside the data region, each tensor's size ==
+// numel * dtype size. "__metadata__" is skipped. The tensors point into `bytes`; no mapping is
+// set.
+absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes, const std::string& name);
 
 // fp32 to fp16 / bf16 bit patterns, rounding to nearest even (for dummy weights and test files).
 // Inline: the dummy fill calls them for every element of a 7B model.

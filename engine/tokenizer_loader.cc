@@ -18,6 +18,15 @@ namespace {
 
 constexpr char kModuleName[] = "libspanserve_sentencepiece.so";
 
+// The ASan and TSan runtimes refuse RTLD_DEEPBIND (google/sanitizers#611: the module's calls
+// would bypass their malloc), so their builds (cmake/sanitizers.cmake) open it without: fine in
+// a process without gRPC's protobuf (the unit tests), see scripts/sanitize.sh for the rest.
+#ifdef SPANSERVE_SANITIZED
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 using LoadFunction = Tokenizer* (*)(const char*, std::string*);
 
 // Where the module may be: $SPANSERVE_SENTENCEPIECE_MODULE, beside the executable, in ../lib
@@ -46,7 +55,7 @@ LoadFunction FindLoad(std::string* error) {
         tried += " " + path;
         continue;
       }
-      void* module = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      void* module = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
       if (!module) {
         load_error = "cannot load the SentencePiece module " + path + ": " + dlerror();
         return;

@@ -1,6 +1,7 @@
 // The engine end to end on the CPU backend with a tiny random model loaded from files:
 // batching invariance, preemption by recompute, cancellation, sampling, stop strings, forced
 // decoding with spans, request validation and the queue limit.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -345,6 +346,57 @@ TEST_F(EngineTest, ShutdownWithGraceLetsRequestsFinish) {
   engine->Shutdown(60);
   ASSERT_TRUE(collector.Wait(0));
   EXPECT_EQ(collector.final_event().finish_reason, FinishReason::kLength);
+}
+
+// The engine thread against caller threads (what the TSan build checks): four threads submit and
+// cancel while the loop runs and a fifth reads Stats(); every request finishes exactly once, the
+// cancelled ones as kCancelled or done before the cancel arrived, and the pool ends all free.
+TEST_F(EngineTest, SubmitAndCancelFromManyThreadsWhileTheLoopRuns) {
+  std::unique_ptr<Engine> engine = MakeEngine(128);
+  constexpr int kThreads = 4, kPerThread = 6;
+  std::vector<std::unique_ptr<Collector>> collectors(kThreads * kPerThread);
+  for (auto& c : collectors) c = std::make_unique<Collector>();
+  std::atomic<bool> stop_stats{false};
+  std::thread stats([&] {
+    while (!stop_stats) {
+      const EngineStats s = engine->Stats();
+      EXPECT_LE(s.kv_blocks_used, s.kv_blocks_total);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < kThreads; ++t) {
+    submitters.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        Collector* c = collectors[t * kPerThread + i].get();
+        absl::StatusOr<Engine::RequestId> id =
+            engine->Submit(Greedy("(" + std::to_string(t) + "+" + std::to_string(i) + ")*3=", 8),
+                           c->Sink());
+        ASSERT_TRUE(id.ok()) << id.status();
+        if (i % 2 == 1) engine->Cancel(*id);  // some before their first step, some during it
+        if (i % 3 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  for (std::thread& s : submitters) s.join();
+  int cancelled = 0;
+  for (size_t i = 0; i < collectors.size(); ++i) {
+    ASSERT_TRUE(collectors[i]->Wait()) << "request " << i;
+    const FinishReason reason = collectors[i]->final_event().finish_reason;
+    if (i % kPerThread % 2 == 0) {
+      EXPECT_EQ(reason, FinishReason::kLength) << "request " << i;
+      EXPECT_EQ(collectors[i]->num_tokens(), 8u) << "request " << i;
+    } else {
+      EXPECT_TRUE(reason == FinishReason::kCancelled || reason == FinishReason::kLength) << i;
+      cancelled += reason == FinishReason::kCancelled;
+    }
+  }
+  stop_stats = true;
+  stats.join();
+  EXPECT_GT(cancelled, 0);
+  engine->Shutdown(0);
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+  EXPECT_EQ(engine->Stats().running + engine->Stats().waiting, 0);
 }
 
 }  // namespace

@@ -295,7 +295,7 @@ TEST(SpanConfigTest, ParsesEveryField) {
                                                          {"sentences", Segmentation::kSentences},
                                                          {"paragraphs", Segmentation::kParagraphs},
                                                          {"client", Segmentation::kClient}}) {
-    EditJson(path, [&](json& s) {
+    EditJson(path, [&name = name](json& s) {  // clang 14 captures no structured bindings
       s["prompt_segmentation"] = name;
       s["max_header_tokens"] = 17;
     });
@@ -306,6 +306,46 @@ TEST(SpanConfigTest, ParsesEveryField) {
     EXPECT_EQ(span->anchor_token, "<a>");
     EXPECT_EQ(span->header_end_token, "</a>");
   }
+}
+
+// The from-bytes parsers (the fuzzers' entry points) agree with the file ones and name the
+// given name in errors.
+TEST(ParseFromBytesTest, ConfigsAndSafetensorsFromTheirText) {
+  const std::string dir = NewDir();
+  const std::string config_text = ReadText(dir + "/config.json");
+  absl::StatusOr<ModelConfig> config = ParseModelConfigJson(config_text, "mem:config");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->hidden_size, ParseModelConfig(dir + "/config.json")->hidden_size);
+  config = ParseModelConfigJson("[1]", "mem:config");
+  EXPECT_EQ(config.status().message(), "mem:config: the top level is not a JSON object");
+
+  absl::StatusOr<SpanConfig> span = ParseSpanConfigJson(ReadText(dir + "/spanserve.json"), "s");
+  ASSERT_TRUE(span.ok()) << span.status();
+  EXPECT_EQ(span->anchor_token, "<a>");
+  span = ParseSpanConfigJson(R"({"span_protocol": 1, "colour": 2})", "mem:span");
+  EXPECT_EQ(span.status().message(), "mem:span: unknown key 'colour'");
+
+  const std::string bytes = ReadText(dir + "/model.safetensors");
+  absl::StatusOr<SafetensorsFile> file = ParseSafetensors(bytes, "mem:weights");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->tensors.size(), TinyModelTensors({}).size());
+  EXPECT_EQ(file->mapping, nullptr);
+  for (const auto& [name, tensor] : file->tensors) {
+    const char* begin = static_cast<const char*>(tensor.data);
+    EXPECT_GE(begin, bytes.data() + 8) << name;
+    EXPECT_LE(begin + tensor.numel() * DTypeSize(tensor.dtype), bytes.data() + bytes.size());
+  }
+  file = ParseSafetensors(std::string_view(bytes).substr(0, 5), "mem:weights");
+  EXPECT_EQ(file.status().message(),
+            "mem:weights: truncated: 5 bytes, less than the 8-byte header length");
+}
+
+// An empty file cannot be mapped; it is reported like any other too-short file.
+TEST(MalformedModelTest, EmptySafetensors) {
+  const std::string dir = NewDir();
+  const std::string path = dir + "/model.safetensors";
+  std::filesystem::resize_file(path, 0);
+  ExpectLoadError(dir, absl::StatusCode::kInvalidArgument, {path, "truncated: 0 bytes"});
 }
 
 TEST(DTypeTest, NamesSizesAndRounding) {
@@ -461,7 +501,7 @@ TEST(MalformedModelTest, UnsupportedRopeScalingBiasAndActivation) {
       {"hidden_act", "gelu"}};
   for (const auto& [key, value] : cases) {
     const std::string dir = NewDir();
-    EditJson(dir + "/config.json", [&](json& c) { c[key] = value; });
+    EditJson(dir + "/config.json", [&key = key, &value = value](json& c) { c[key] = value; });
     ExpectLoadError(dir, absl::StatusCode::kFailedPrecondition,
                     {dir + "/config.json", key, "not supported"});
   }
@@ -578,7 +618,7 @@ TEST(MalformedModelTest, BadSpanConfigValue) {
                                                            {"header_end_token", "<a>"}};
   for (const auto& [key, value] : cases) {
     const std::string dir = NewDir();
-    EditJson(dir + "/spanserve.json", [&](json& s) { s[key] = value; });
+    EditJson(dir + "/spanserve.json", [&key = key, &value = value](json& s) { s[key] = value; });
     ExpectLoadError(dir, absl::StatusCode::kInvalidArgument, {dir + "/spanserve.json", key});
   }
 }
