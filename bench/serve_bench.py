@@ -276,6 +276,40 @@ def sse_data(lines: Iterable[bytes]) -> Iterator[str]:
         yield "\n".join(data)
 
 
+def completion_outcome(chunks: List[tuple], e2e: float, error: str = "") -> Outcome:
+    """The Outcome of a streamed /v1/completions from its [(time, chunk)]: a chunk whose choice
+    has text is a message; the one with finish_reason carries the `spanserve` extension (beside
+    its choices); the include_usage chunk the token counts."""
+    out, events, finish, usage, extension = Outcome(error=error, e2e=e2e), [], None, None, {}
+    for now, chunk in chunks:
+        if chunk.get("error") and not out.error:  # an error event in the stream
+            kind = chunk["error"].get("type") if isinstance(chunk["error"], dict) else None
+            out.error = f"stream error: {kind or 'unknown'}"
+        for choice in chunk.get("choices", []):
+            if choice.get("text"):
+                events.append((now, 1))
+            if choice.get("finish_reason"):
+                finish = choice
+                extension = chunk.get("spanserve") or choice.get("spanserve") or {}
+        usage = chunk.get("usage") or usage
+    out.ttft, out.itl = token_timings(events, per_token=False)
+    out.messages = len(events)
+    if not out.error and (finish is None or usage is None):
+        out.error = "stream ended without a finish reason and usage"
+    if out.error:
+        return out
+    out.ok = True
+    out.finish_reason = finish["finish_reason"]
+    out.prompt_tokens = usage.get("prompt_tokens", 0)
+    out.output_tokens = usage.get("completion_tokens", 0)
+    a = extension.get("attention", {})
+    out.kv_blocks_read = a.get("kv_blocks_read", 0)
+    out.kv_blocks_dense = a.get("kv_blocks_dense", 0)
+    out.attended_tokens = a.get("attended_tokens", 0)
+    out.context_tokens = a.get("context_tokens", 0)
+    return out
+
+
 class HttpBackend:
     """The OpenAI-compatible API: POST /v1/completions, stream with include_usage."""
     itl_basis = "message"
@@ -310,51 +344,26 @@ class HttpBackend:
                 "span_mode": mode, "ignore_eos": ignore_eos}
         if self.model:
             body["model"] = self.model
-        out, events, finish, usage = Outcome(), [], None, None
+        chunks, error = [], ""
         t0 = time.perf_counter()
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("POST", "/v1/completions", body=json.dumps(body), headers=self.headers)
             response = conn.getresponse()
             if response.status != 200:
-                out.error = f"HTTP {response.status}"
+                error = f"HTTP {response.status}"
                 response.read()
             else:
                 for payload in sse_data(response):
-                    now = time.perf_counter() - t0
-                    if now > self.timeout:
-                        out.error = "timeout"
+                    chunks.append((time.perf_counter() - t0, json.loads(payload)))
+                    if chunks[-1][0] > self.timeout:
+                        error = "timeout"
                         break
-                    chunk = json.loads(payload)
-                    if chunk.get("error"):
-                        out.error = f"error: {chunk['error']}"
-                        break
-                    for choice in chunk.get("choices", []):
-                        if choice.get("text"):
-                            events.append((now, 1))
-                        if choice.get("finish_reason"):
-                            finish = choice
-                    usage = chunk.get("usage") or usage
         except (OSError, http.client.HTTPException, ValueError) as err:
-            out.error = type(err).__name__
+            error = type(err).__name__
         finally:
             conn.close()
-        out.e2e = time.perf_counter() - t0
-        out.ttft, out.itl = token_timings(events, per_token=False)
-        out.messages = len(events)
-        if not out.error and (finish is None or usage is None):
-            out.error = "stream ended without a finish reason and usage"
-        if not out.error:
-            out.ok = True
-            out.finish_reason = finish["finish_reason"]
-            out.prompt_tokens = usage.get("prompt_tokens", 0)
-            out.output_tokens = usage.get("completion_tokens", 0)
-            a = finish.get("spanserve", {}).get("attention", {})
-            out.kv_blocks_read, out.kv_blocks_dense = a.get("kv_blocks_read", 0), \
-                a.get("kv_blocks_dense", 0)
-            out.attended_tokens = a.get("attended_tokens", 0)
-            out.context_tokens = a.get("context_tokens", 0)
-        return out
+        return completion_outcome(chunks, time.perf_counter() - t0, error)
 
     def close(self):
         pass
@@ -461,7 +470,9 @@ def parse_metrics(text: str) -> Dict[str, float]:
 SERVER_COUNTERS = ("spanserve_generated_tokens_total", "spanserve_prompt_tokens_total",
                    "spanserve_kv_blocks_read_total", "spanserve_kv_blocks_dense_total",
                    "spanserve_preemptions_total", "spanserve_span_header_fallbacks_total",
-                   "spanserve_time_to_first_token_seconds_count")
+                   "spanserve_time_to_first_token_seconds_count",
+                   "spanserve_step_duration_seconds_sum", "spanserve_step_duration_seconds_count",
+                   "spanserve_batch_size_sum")
 
 
 def metric_deltas(before: Dict[str, float], after: Dict[str, float]) -> dict:
@@ -547,10 +558,13 @@ def run_load(backend, requests: List[BenchRequest], mode: str, load: Load, args,
     return outcomes, duration
 
 
-def scrape(host: str, port: Optional[int]) -> Optional[Dict[str, float]]:
+def scrape(host: str, port: Optional[int], api_key: str) -> Optional[Dict[str, float]]:
+    """The server's /metrics (with the key, for servers that protect it); None without a port."""
     if not port:
         return None
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = urllib.request.Request(f"http://{host}:{port}/metrics", headers=headers)
+    with urllib.request.urlopen(url, timeout=10) as response:
         return parse_metrics(response.read().decode())
 
 
@@ -576,13 +590,14 @@ def benchmark(args, backend, requests: List[BenchRequest]) -> dict:
     for load in loads:
         for mode in modes:
             progress = Progress(f"{mode}, {load.label()}", len(requests), args.progress_interval)
-            before = scrape(args.host, args.metrics_port)
+            before = scrape(args.host, args.metrics_port, args.api_key)
             outcomes, duration = run_load(backend, requests, mode, load, args, progress)
             progress.close()
             run = {"mode": mode, "load": load.to_json(), "summary": summarize(outcomes, duration)}
             if before is not None:
                 time.sleep(0.5)  # the engine counts a finish just after the client's answer
-                run["server_metrics"] = metric_deltas(before, scrape(args.host, args.metrics_port))
+                after = scrape(args.host, args.metrics_port, args.api_key)
+                run["server_metrics"] = metric_deltas(before, after)
             if args.save_requests:
                 run["requests"] = [dataclasses.asdict(o) for o in outcomes]
             runs.append(run)
@@ -610,42 +625,54 @@ def load_axis(load: dict) -> float:
 
 
 def plot(result: dict, path: str):
-    """Output tokens/s and p99 latencies (end to end, TTFT) against the load, one line per
-    mode. An infinite rate is drawn at twice the largest finite one."""
+    """Output tokens/s, p99 end-to-end latency and TTFT, and p99 ITL and TPOT against the load,
+    one colour per mode. An infinite rate is drawn at twice the largest finite one; a load
+    axis spanning more than 4x is logarithmic."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     loads = [load_axis(r["load"]) for r in result["runs"]]
     finite = [x for x in loads if not math.isinf(x)]
     inf_at = 2 * max(finite) if finite else 1.0
+    xs_all = sorted({inf_at if math.isinf(x) else x for x in loads})
     kind = result["runs"][0]["load"]["kind"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    panels = [(axes[0], "output tokens/s", "throughput",
+               [("output_throughput", None, "o-", "")]),
+              (axes[1], "p99 latency (ms)", "p99 end to end and TTFT",
+               [("e2e_ms", "p99", "o-", " end to end"), ("ttft_ms", "p99", "s--", " TTFT")]),
+              (axes[2], "p99 per token (ms)", "p99 ITL and TPOT",
+               [("itl_ms", "p99", "o-", " ITL"), ("tpot_ms", "p99", "s--", " TPOT")])]
     for mode, color in zip(result["config"]["span_modes"], ("tab:blue", "tab:orange", "tab:green")):
         runs = sorted((r for r in result["runs"] if r["mode"] == mode),
                       key=lambda r: load_axis(r["load"]))
         xs = [inf_at if math.isinf(load_axis(r["load"])) else load_axis(r["load"]) for r in runs]
         saved = runs[-1]["summary"]["attention"]["saved_fraction"] if runs else 0.0
-        label = f"{mode} (KV saved {100 * saved:.0f}%)"
-        left.plot(xs, [r["summary"]["output_throughput"] for r in runs], "o-", color=color,
-                  label=label)
-        right.plot(xs, [r["summary"]["e2e_ms"]["p99"] for r in runs], "o-", color=color,
-                   label=f"{mode} end to end")
-        right.plot(xs, [r["summary"]["ttft_ms"]["p99"] for r in runs], "s--", color=color,
-                   label=f"{mode} TTFT")
+        for ax, _, _, series in panels:
+            for key, stat, style, suffix in series:
+                ys = [r["summary"][key] if stat is None else r["summary"][key][stat]
+                      for r in runs]
+                label = mode + (suffix or f" (KV saved {100 * saved:.0f}%)")
+                ax.plot(xs, [math.nan if y is None else y for y in ys], style, color=color,
+                        label=label)
     xlabel = "concurrency (requests in flight)" if kind == "concurrency" else \
         "request rate (requests/s, Poisson)"
-    left.set(xlabel=xlabel, ylabel="output tokens/s", title="throughput")
-    right.set(xlabel=xlabel, ylabel="p99 latency (ms)", title="p99 latency")
-    for ax in (left, right):
+    for ax, ylabel, title, _ in panels:
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if xs_all[-1] > 4 * xs_all[0]:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs_all)
+        ax.set_xticklabels(["inf" if x == inf_at and len(finite) < len(loads) else f"{x:g}"
+                            for x in xs_all])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
         ax.set_ylim(bottom=0)
     name = result["server"].get("name") or result["config"]["dataset"]
-    fig.suptitle(f"spanserve {name}: {result['config']['dataset']}, "
-                 f"{result['config']['num_prompts']} prompts per run, {result['config']['backend']}",
-                 fontsize=10)
+    config = result["config"]
+    fig.suptitle(f"spanserve {name}: {config['dataset']}, {config['num_prompts']} prompts per "
+                 f"run, {config['backend']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -140,6 +140,42 @@ def test_sse_data():
     assert list(sb.sse_data([b'data: {"x": 0}\n'])) == ['{"x": 0}']  # no final blank line
 
 
+def completion_chunks():
+    """A streamed /v1/completions as server/openai_protocol.cc writes one: text chunks, the
+    finish chunk with the spanserve extension beside its choices, the include_usage chunk."""
+    envelope = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m"}
+    text = lambda t, now: (now, dict(envelope, choices=[  # noqa: E731
+        {"index": 0, "text": t, "logprobs": None, "finish_reason": None}]))
+    attention = {"kv_blocks_read": 30, "kv_blocks_dense": 40, "attended_tokens": 400,
+                 "context_tokens": 600, "saved_fraction": 0.25}
+    return [text("<a>0</a>", 0.2), text("7", 0.25), text("", 0.3), text("+6", 0.4),
+            (0.41, dict(envelope, choices=[{"index": 0, "text": "", "logprobs": None,
+                                            "finish_reason": "stop"}],
+                        spanserve={"span_mode": "self_selected", "seed": 3,
+                                   "attention": attention})),
+            (0.42, dict(envelope, choices=[], usage={"prompt_tokens": 9, "completion_tokens": 6,
+                                                     "total_tokens": 15}))]
+
+
+def test_completion_outcome():
+    out = sb.completion_outcome(completion_chunks(), e2e=0.45)
+    assert out.ok and out.error == "" and out.finish_reason == "stop"
+    assert out.ttft == 0.2 and out.itl == pytest.approx([0.05, 0.15])  # chunks with text
+    assert (out.messages, out.prompt_tokens, out.output_tokens) == (3, 9, 6)
+    assert (out.kv_blocks_read, out.kv_blocks_dense) == (30, 40)
+    assert (out.attended_tokens, out.context_tokens) == (400, 600)
+    assert sb.tpot(out) == pytest.approx(0.25 / 5)
+
+
+def test_completion_outcome_failures():
+    chunks = completion_chunks()
+    assert sb.completion_outcome(chunks[:-1], 0.4).error.startswith("stream ended")  # no usage
+    assert not sb.completion_outcome(chunks[:4], 0.4).ok  # no finish
+    assert sb.completion_outcome([], 0.01, "HTTP 401").error == "HTTP 401"
+    broken = chunks[:2] + [(0.3, {"error": {"type": "server_error", "message": "x"}})]
+    assert sb.completion_outcome(broken, 0.3).error == "stream error: server_error"
+
+
 def test_metric_deltas():
     before = sb.parse_metrics(
         "# TYPE spanserve_generated_tokens_total counter\n"
