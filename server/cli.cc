@@ -35,7 +35,10 @@ struct Options {
   bool ignore_eos = false;
   bool info = false;
   double timeout = 0;
+  std::string api_key;
   std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 const char* FinishName(v1::FinishReason reason) {
@@ -90,14 +93,37 @@ int Fail(const grpc::Status& status) {
   return 1;
 }
 
-std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(const std::string& ca_file) {
-  if (ca_file.empty()) return grpc::InsecureChannelCredentials();
-  std::ifstream file(ca_file);
-  std::stringstream pem;
-  pem << file.rdbuf();
+std::optional<std::string> ReadFile(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) return std::nullopt;
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+// Plaintext without --tls-ca; TLS with it, and a client certificate with --tls-cert/--tls-key.
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(const Options& o) {
+  if (o.tls_ca.empty()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions options;
-  options.pem_root_certs = pem.str();
+  const std::pair<const std::string*, std::string*> files[] = {
+      {&o.tls_ca, &options.pem_root_certs},
+      {&o.tls_cert, &options.pem_cert_chain},
+      {&o.tls_key, &options.pem_private_key}};
+  for (const auto& [path, pem] : files) {
+    if (path->empty()) continue;
+    std::optional<std::string> text = ReadFile(*path);
+    if (!text) {
+      std::cerr << "spanserve-cli: cannot read " << *path << "\n";
+      return nullptr;
+    }
+    *pem = std::move(*text);
+  }
   return grpc::SslCredentials(options);
+}
+
+// Every call carries the API key, when there is one.
+void Authorize(const Options& o, grpc::ClientContext* context) {
+  if (!o.api_key.empty()) context->AddMetadata("authorization", "Bearer " + o.api_key);
 }
 
 }  // namespace
@@ -122,12 +148,25 @@ int main(int argc, char** argv) {
   app.add_flag("--ignore-eos", o.ignore_eos, "generate up to max tokens");
   app.add_flag("--info", o.info, "print the model's description and exit");
   app.add_option("--timeout", o.timeout, "deadline in seconds (0: none)");
-  app.add_option("--tls-ca", o.tls_ca, "CA certificate: connect with TLS");
+  app.add_option("--api-key", o.api_key, "API key (sent as authorization: Bearer <key>)")
+      ->envname("SPANSERVE_API_KEY");
+  CLI::Option* tls_ca = app.add_option("--tls-ca", o.tls_ca, "CA certificate: connect with TLS");
+  app.add_option("--tls-cert", o.tls_cert, "client certificate (mutual TLS)")
+      ->needs(tls_ca);
+  app.add_option("--tls-key", o.tls_key, "client certificate's key (mutual TLS)")
+      ->needs(tls_ca);
   CLI11_PARSE(app, argc, argv);
+  if (o.tls_cert.empty() != o.tls_key.empty()) {
+    std::cerr << "spanserve-cli: --tls-cert and --tls-key go together\n";
+    return 2;
+  }
 
-  auto channel = grpc::CreateChannel(o.address, ChannelCredentials(o.tls_ca));
+  std::shared_ptr<grpc::ChannelCredentials> credentials = ChannelCredentials(o);
+  if (!credentials) return 2;
+  auto channel = grpc::CreateChannel(o.address, credentials);
   auto stub = v1::SpanServe::NewStub(channel);
   grpc::ClientContext context;
+  Authorize(o, &context);
   if (o.timeout > 0) {
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)));
@@ -158,6 +197,7 @@ int main(int argc, char** argv) {
   std::optional<spanserve::SegmentLines> lines;
   if (!o.show_spans && !o.joined) {
     grpc::ClientContext info_context;
+    Authorize(o, &info_context);
     v1::ModelInfo info;
     grpc::Status status = stub->GetModelInfo(&info_context, v1::GetModelInfoRequest(), &info);
     if (!status.ok()) return Fail(status);

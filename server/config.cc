@@ -51,6 +51,15 @@ Reader Number(T* out) {
   };
 }
 
+Reader Boolean(bool* out) {
+  return [out](const YAML::Node& node, const std::string& path) -> absl::Status {
+    if (!node.IsScalar() || !YAML::convert<bool>::decode(node, *out)) {
+      return BadValue(path, node, "true or false");
+    }
+    return absl::OkStatus();
+  };
+}
+
 Reader String(std::string* out) {
   return [out](const YAML::Node& node, const std::string& path) -> absl::Status {
     if (node.IsNull()) {
@@ -90,6 +99,8 @@ std::vector<std::pair<std::string, Reader>> Fields(ServerConfig* c) {
       {"tls.cert_file", String(&c->tls_cert_file)},
       {"tls.key_file", String(&c->tls_key_file)},
       {"tls.client_ca_file", String(&c->tls_client_ca_file)},
+      {"auth.api_keys_file", String(&c->auth_api_keys_file)},
+      {"auth.protect_metrics", Boolean(&c->auth_protect_metrics)},
       {"logging.level", String(&c->log_level)},
       {"logging.format", String(&c->log_format)},
       {"debug.step_delay_ms", Integer(&c->debug_step_delay_ms)},
@@ -202,6 +213,9 @@ absl::Status ValidateConfig(const ServerConfig& c) {
           : absl::OkStatus(),
       !c.tls_client_ca_file.empty() && c.tls_cert_file.empty()
           ? absl::InvalidArgumentError("tls.client_ca_file: needs cert_file and key_file")
+          : absl::OkStatus(),
+      c.auth_protect_metrics && c.auth_api_keys_file.empty()
+          ? absl::InvalidArgumentError("auth.protect_metrics: needs auth.api_keys_file")
           : absl::OkStatus(),
       OneOf("logging.level", c.log_level, {"trace", "debug", "info", "warn", "error", "off"}),
       OneOf("logging.format", c.log_format, {"text", "json"}),

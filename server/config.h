@@ -44,6 +44,10 @@ struct ServerConfig {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;
+  // auth: a file of API keys (server/api_keys.h); set, every SpanServe RPC (and the HTTP API)
+  // needs `authorization: Bearer <key>`. SIGHUP re-reads it.
+  std::string auth_api_keys_file;
+  bool auth_protect_metrics = false;    // /metrics needs a key too
   // logging:
   std::string log_level = "info";       // trace | debug | info | warn | error | off
   std::string log_format = "text";      // text (key=value) | json

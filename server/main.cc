@@ -1,5 +1,6 @@
 // spanserve: the gRPC inference server. Starts the gRPC and /metrics endpoints at once (health
-// NOT_SERVING), loads the model, serves; SIGTERM or SIGINT drains and exits 0.
+// NOT_SERVING), loads the model, serves; SIGHUP re-reads the API keys; SIGTERM or SIGINT drains
+// and exits 0.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -18,6 +19,7 @@
 
 #include "engine/backend_factory.h"
 #include "engine/engine.h"
+#include "server/api_keys.h"
 #include "server/config.h"
 #include "server/log.h"
 #include "server/metrics_http.h"
@@ -49,11 +51,11 @@ class DelayedBackend : public Backend {
   std::chrono::milliseconds delay_;
 };
 
-// SIGTERM and SIGINT, through a pipe: the handler (which may run on any thread, some started by
-// libraries before main) only writes the signal number; Wait reads it.
-class ShutdownSignal {
+// SIGTERM, SIGINT and SIGHUP, through a pipe: the handler (which may run on any thread, some
+// started by libraries before main) only writes the signal number; Wait reads it.
+class SignalPipe {
  public:
-  ShutdownSignal() {
+  SignalPipe() {
     if (pipe(pipe_) != 0) pipe_[0] = pipe_[1] = -1;
     write_end_ = pipe_[1];
     struct sigaction action = {};
@@ -65,6 +67,7 @@ class ShutdownSignal {
     action.sa_flags = SA_RESTART;
     sigaction(SIGTERM, &action, nullptr);
     sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGHUP, &action, nullptr);
   }
   // Blocks until a signal came; returns it.
   int Wait() {
@@ -105,6 +108,32 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
         GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
+}
+
+// Leaves server reflection out of a server (the plugin registers itself with every builder):
+// with API keys set, reflection would be the one unauthenticated service besides health.
+class WithoutReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const auto& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
+
+// SIGHUP: re-reads the API key file; a bad file keeps the keys in force. Logs counts, never keys.
+void ReloadApiKeys(ApiKeys* keys) {
+  if (keys == nullptr) {
+    LogInfo("sighup_ignored", {{"reason", "no auth.api_keys_file"}});
+    return;
+  }
+  if (absl::Status status = keys->Reload(); !status.ok()) {
+    LogError("api_keys_reload_failed", {{"message", status.message()},
+                                        {"count_kept", static_cast<int64_t>(keys->size())}});
+    return;
+  }
+  LogInfo("api_keys_reloaded", {{"count", static_cast<int64_t>(keys->size())}});
 }
 
 std::string HostPort(const std::string& host, int port) {
@@ -165,7 +194,7 @@ struct Flags {
 };
 
 int Run(int argc, char** argv) {
-  ShutdownSignal shutdown_signal;
+  SignalPipe signals;
 
   CLI::App app{"spanserve: gRPC LLM server with self-selected attention spans"};
   std::string config_path;
@@ -189,6 +218,8 @@ int Run(int argc, char** argv) {
                                             "sequences decoding at once");
   CLI::Option* max_waiting = app.add_option("--max-waiting", flags.max_waiting,
                                             "waiting queue limit");
+  CLI::Option* api_key_file = app.add_option("--api-key-file", flags.auth_api_keys_file,
+                                             "API keys, one a line: every RPC needs one");
   CLI11_PARSE(app, argc, argv);
 
   ServerConfig config;
@@ -212,6 +243,7 @@ int Run(int argc, char** argv) {
   if (kv_blocks->count()) config.kv_num_blocks = flags.kv_num_blocks;
   if (max_running->count()) config.max_running = flags.max_running;
   if (max_waiting->count()) config.max_waiting = flags.max_waiting;
+  if (api_key_file->count()) config.auth_api_keys_file = flags.auth_api_keys_file;
   if (absl::Status status = ValidateConfig(config); !status.ok()) {
     std::cerr << "spanserve: " << status.message() << "\n";
     return 2;
@@ -221,10 +253,26 @@ int Run(int argc, char** argv) {
   LogInfo("start", {{"version", "0.1.0"}, {"config", config_path}, {"model", config.model_path},
                     {"device", config.device}, {"pid", static_cast<int>(getpid())}});
 
+  std::unique_ptr<ApiKeys> api_keys;
+  if (!config.auth_api_keys_file.empty()) {
+    absl::StatusOr<std::unique_ptr<ApiKeys>> loaded = ApiKeys::Load(config.auth_api_keys_file);
+    if (!loaded.ok()) {
+      LogError("api_keys_error", {{"message", loaded.status().message()}});
+      return 1;
+    }
+    api_keys = std::move(*loaded);
+    LogInfo("api_keys_loaded", {{"count", static_cast<int64_t>(api_keys->size())},
+                                {"protect_metrics", config.auth_protect_metrics}});
+  }
+  // For /metrics and the HTTP API: the same keys as gRPC.
+  auto authorize = [keys = api_keys.get()](std::string_view header) {
+    return keys->Allows(header);
+  };
+
   metrics::Registry registry;
   ServerMetrics server_metrics(&registry);
   MetricsObserver observer(&server_metrics);
-  SpanServeService service(config, &server_metrics);
+  SpanServeService service(config, &server_metrics, api_keys.get());
   registry.AddCollectHook([&] {
     if (Engine* engine = service.engine()) server_metrics.SetEngineStats(engine->Stats());
   });
@@ -237,6 +285,7 @@ int Run(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (api_keys) builder.SetOption(std::make_unique<WithoutReflection>());
   int grpc_port = 0;
   builder.AddListeningPort(HostPort(config.bind_address, config.port), *credentials, &grpc_port);
   builder.RegisterService(&service);
@@ -250,7 +299,9 @@ int Run(int argc, char** argv) {
   health->SetServingStatus(kServiceName, false);
 
   absl::StatusOr<std::unique_ptr<MetricsHttpServer>> metrics_http =
-      MetricsHttpServer::Start(&registry, config.bind_address, config.metrics_port);
+      MetricsHttpServer::Start(&registry, config.bind_address, config.metrics_port,
+                               config.auth_protect_metrics ? MetricsHttpServer::Authorize(authorize)
+                                                           : nullptr);
   if (!metrics_http.ok()) {
     LogError("listen_failed", {{"message", metrics_http.status().message()}});
     server->Shutdown();
@@ -274,7 +325,8 @@ int Run(int argc, char** argv) {
   health->SetServingStatus(kServiceName, true);
   LogInfo("serving", {{"grpc_port", grpc_port}});
 
-  const int signal = shutdown_signal.Wait();
+  int signal = 0;
+  while ((signal = signals.Wait()) == SIGHUP) ReloadApiKeys(api_keys.get());
   health->Shutdown();  // NOT_SERVING from now on
   service.StartDraining();
   LogInfo("draining", {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},

@@ -7,11 +7,19 @@
 namespace spanserve {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const metrics::Registry* registry, const std::string& address, int port) {
+    const metrics::Registry* registry, const std::string& address, int port,
+    Authorize authorize) {
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
   server->http_ = std::make_unique<httplib::Server>();
   server->http_->new_task_queue = [] { return new httplib::ThreadPool(2); };
-  server->http_->Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
+  server->http_->Get("/metrics", [registry, authorize = std::move(authorize)](
+                                     const httplib::Request& req, httplib::Response& res) {
+    if (authorize && !authorize(req.get_header_value("Authorization"))) {
+      res.status = 401;
+      res.set_header("WWW-Authenticate", "Bearer");
+      res.set_content("missing or invalid API key\n", "text/plain");
+      return;
+    }
     res.set_content(registry->Serialize(), metrics::kContentType);
   });
   server->port_ = port == 0 ? server->http_->bind_to_any_port(address)

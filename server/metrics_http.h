@@ -1,8 +1,10 @@
 // The HTTP endpoint that serves GET /metrics (Prometheus text format) on its own port.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "absl/status/statusor.h"
@@ -17,9 +19,14 @@ namespace spanserve {
 class MetricsHttpServer {
  public:
   ~MetricsHttpServer();
-  // Binds address:port (port 0: any free port) and serves on a thread of its own.
+  // Checks a request's Authorization header (empty, as it arrived); false answers 401.
+  using Authorize = std::function<bool(std::string_view authorization_header)>;
+
+  // Binds address:port (port 0: any free port) and serves on a thread of its own. Without
+  // `authorize` anyone may scrape.
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const metrics::Registry* registry, const std::string& address, int port);
+      const metrics::Registry* registry, const std::string& address, int port,
+      Authorize authorize = nullptr);
   int port() const { return port_; }
   void Stop();
 

@@ -96,8 +96,10 @@ class GenerationCall : public Reactor {
 
   // Called in the method handler. On any error the RPC finishes at once.
   void Start(const v1::GenerateRequest& proto) {
+    grpc::Status status = service_->Authenticate(*context_);
+    if (!status.ok()) return Complete(status);
     return_spans_ = proto.return_spans();
-    grpc::Status status = service_->Availability();
+    status = service_->Availability();
     if (!status.ok()) return Complete(status);
     absl::StatusOr<GenerateRequest> request =
         ToEngineRequest(proto, service_->config(), &seed_);
@@ -338,6 +340,17 @@ grpc::Status SpanServeService::Availability() const {
   return grpc::Status::OK;
 }
 
+grpc::Status SpanServeService::Authenticate(const grpc::CallbackServerContext& context) const {
+  if (api_keys_ == nullptr) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  const auto header = metadata.find("authorization");
+  const std::string_view value =
+      header == metadata.end() ? std::string_view()
+                               : std::string_view(header->second.data(), header->second.size());
+  if (api_keys_->Allows(value)) return grpc::Status::OK;
+  return grpc::Status(grpc::UNAUTHENTICATED, "missing or invalid API key");
+}
+
 grpc::ServerUnaryReactor* SpanServeService::Generate(grpc::CallbackServerContext* context,
                                                      const v1::GenerateRequest* request,
                                                      v1::GenerateResponse* response) {
@@ -357,7 +370,8 @@ grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerCon
                                                          const v1::GetModelInfoRequest*,
                                                          v1::ModelInfo* info) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  grpc::Status status = Availability();
+  grpc::Status status = Authenticate(*context);
+  if (status.ok()) status = Availability();
   if (status.ok()) {
     const Engine& engine = *engine_.load();
     const Model& model = engine.model();

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "server/api_keys.h"
 #include "server/config.h"
 #include "server/server_metrics.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
@@ -15,8 +16,10 @@ namespace spanserve {
 
 class SpanServeService final : public v1::SpanServe::CallbackService {
  public:
-  SpanServeService(const ServerConfig& config, ServerMetrics* metrics)
-      : config_(config), metrics_(metrics) {}
+  // With api_keys, every RPC needs `authorization: Bearer <key>` for one of them.
+  SpanServeService(const ServerConfig& config, ServerMetrics* metrics,
+                   const ApiKeys* api_keys = nullptr)
+      : config_(config), metrics_(metrics), api_keys_(api_keys) {}
 
   // Until the engine is set, RPCs answer UNAVAILABLE (the model is loading).
   void SetEngine(Engine* engine, std::string backend_name);
@@ -38,10 +41,13 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   ServerMetrics* metrics() const { return metrics_; }
   // UNAVAILABLE while loading or draining, else OK.
   grpc::Status Availability() const;
+  // UNAUTHENTICATED unless the call carries one of the API keys (OK when none are set).
+  grpc::Status Authenticate(const grpc::CallbackServerContext& context) const;
 
  private:
   const ServerConfig config_;
   ServerMetrics* metrics_;
+  const ApiKeys* const api_keys_;
   std::atomic<Engine*> engine_{nullptr};
   std::string backend_name_;
   std::atomic<bool> draining_{false};

@@ -134,5 +134,32 @@ TEST(Config, ShippedExampleLoads) {
   EXPECT_EQ(config->default_span_mode, defaults.default_span_mode);
 }
 
+TEST(Config, Auth) {
+  absl::StatusOr<ServerConfig> config =
+      ParseConfig("auth: {api_keys_file: /etc/keys.txt, protect_metrics: true}");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->auth_api_keys_file, "/etc/keys.txt");
+  EXPECT_TRUE(config->auth_protect_metrics);
+  config = ParseConfig("auth: {api_keys_file: keys.txt}");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->auth_protect_metrics);
+
+  EXPECT_EQ(ErrorOf("auth: {api_keys_file: k, protect_metrics: maybe}"),
+            "auth.protect_metrics: expected true or false, got 'maybe'");
+  EXPECT_EQ(ErrorOf("auth: {protect_metrics: true}"),
+            "auth.protect_metrics: needs auth.api_keys_file");
+  EXPECT_EQ(ErrorOf("auth: {api_keys: k}"), "unknown key 'auth.api_keys'");
+
+  // Off by default, in the built-in defaults and in the shipped example alike.
+  const ServerConfig defaults;
+  EXPECT_TRUE(defaults.auth_api_keys_file.empty());
+  EXPECT_FALSE(defaults.auth_protect_metrics);
+  absl::StatusOr<ServerConfig> example =
+      LoadConfigFile(std::string(SPANSERVE_SOURCE_DIR) + "/deploy/spanserve.yaml");
+  ASSERT_TRUE(example.ok()) << example.status();
+  EXPECT_EQ(example->auth_api_keys_file, defaults.auth_api_keys_file);
+  EXPECT_EQ(example->auth_protect_metrics, defaults.auth_protect_metrics);
+}
+
 }  // namespace
 }  // namespace spanserve

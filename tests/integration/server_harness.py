@@ -46,6 +46,13 @@ def wait_for(condition, timeout: float, interval: float = 0.05, what: str = "con
         time.sleep(interval)
 
 
+def free_port() -> int:
+    """A loopback port free right now (for settings that cannot say 0: any free port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # ---- Server processes ----
 
 def _yaml(value) -> str:
