@@ -59,12 +59,17 @@ struct ModelWeights {
 
 enum class Segmentation { kWhole, kSentences, kParagraphs, kClient };
 
+// How the HTTP API's /v1/chat/completions turns messages into a prompt (server/openai_protocol.cc
+// renders them): "plain" role-prefixed lines, or "chatml" (<|im_start|>role ... <|im_end|>).
+enum class ChatFormat { kPlain, kChatML };
+
 // spanserve.json beside the weights.
 struct SpanConfig {
   std::string anchor_token = "<a>";
   std::string header_end_token = "</a>";
   Segmentation prompt_segmentation = Segmentation::kWhole;
   int32_t max_header_tokens = 32;
+  ChatFormat chat_format = ChatFormat::kPlain;
   int32_t anchor_id = -1;      // resolved through the tokenizer
   int32_t header_end_id = -1;
 };

@@ -305,6 +305,14 @@ TEST(SpanConfigTest, ParsesEveryField) {
     EXPECT_EQ(span->max_header_tokens, 17);
     EXPECT_EQ(span->anchor_token, "<a>");
     EXPECT_EQ(span->header_end_token, "</a>");
+    EXPECT_EQ(span->chat_format, ChatFormat::kPlain);  // the default
+  }
+  for (const auto& [name, value] : std::vector<std::pair<std::string, ChatFormat>>{
+           {"plain", ChatFormat::kPlain}, {"chatml", ChatFormat::kChatML}}) {
+    EditJson(path, [&](json& s) { s["chat_format"] = name; });
+    absl::StatusOr<SpanConfig> span = ParseSpanConfig(path);
+    ASSERT_TRUE(span.ok()) << span.status();
+    EXPECT_EQ(span->chat_format, value) << name;
   }
 }
 
@@ -615,7 +623,9 @@ TEST(MalformedModelTest, BadSpanConfigValue) {
                                                            {"max_header_tokens", 0},
                                                            {"span_protocol", 2},
                                                            {"anchor_token", ""},
-                                                           {"header_end_token", "<a>"}};
+                                                           {"header_end_token", "<a>"},
+                                                           {"chat_format", "llama3"},
+                                                           {"chat_format", 7}};
   for (const auto& [key, value] : cases) {
     const std::string dir = NewDir();
     EditJson(dir + "/spanserve.json", [&key = key, &value = value](json& s) { s[key] = value; });
