@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -153,6 +154,10 @@ class ArithSpec:
     max_depth: int = 3
     max_value: int = 1000       # every operand and intermediate has |value| < max_value
     allow_negative: bool = False
+    # False: the operator count is drawn, each operand's digits and the tree's shape at random
+    # (the old levels, kept draw for draw). True: every expression first draws its difficulty
+    # cell, operator count x operand digits x depth, each uniformly (see random_expr_balanced).
+    balanced: bool = False
 
     def check(self) -> None:
         if not (1 <= self.min_ops <= self.max_ops):
@@ -191,12 +196,113 @@ def _tree(n: int, d: int, spec: ArithSpec, rng: random.Random) -> Optional[Expr]
 
 
 def random_expr(spec: ArithSpec, rng: random.Random) -> Expr:
+    if spec.balanced:
+        return random_expr_balanced(spec, rng)
     n = rng.randint(spec.min_ops, spec.max_ops)
     for _ in range(1000):
         e = _tree(n, spec.max_depth, spec, rng)
         if e is not None:
             return e
     raise ValueError(f"cannot draw an expression for {spec}")
+
+
+# Balanced draws. The cell (operators, digits, depth) is drawn first, each uniformly, so a short
+# or shallow expression is as likely as a long or deep one. Then, per expression, what a model
+# must not come to rely on: the tree's lean (left-heavy, right-heavy or neither), an operator
+# mix (one operator favoured, or none) and, for two digits, the share of two-digit operands.
+SHAPES = ("any", "left", "right")
+MIXES = ("any",) + tuple(OPS)
+
+
+def min_depth(n: int) -> int:
+    """The least height of a tree of n operators."""
+    return n.bit_length()
+
+
+def depth_range(n: int, spec: ArithSpec) -> range:
+    return range(min_depth(n), min(n, spec.max_depth) + 1)
+
+
+@dataclass
+class Cell:
+    ops: int
+    digits: int
+    depth: int
+    shape: str = "any"
+    mix: str = "any"
+    two_digit_share: float = 0.0  # digits > 1: the chance that an operand has that many
+
+
+def draw_cell(spec: ArithSpec, rng: random.Random) -> Cell:
+    n = rng.randint(spec.min_ops, spec.max_ops)
+    digits = rng.randint(spec.min_digits, spec.max_digits)
+    return Cell(n, digits, rng.choice(depth_range(n, spec)), rng.choice(SHAPES), rng.choice(MIXES),
+                rng.uniform(0.25, 1.0) if digits > 1 else 0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _splits(n: int, d: int, shape: str) -> Tuple[tuple, tuple]:
+    """The ways to split a tree of n operators and height d below its root, (left operators,
+    left height, right height) with the taller side d - 1, and their weights for a lean."""
+    splits = tuple((k, dl, dr) for k in range(n)
+                   for dl in range(min_depth(k), min(k, d - 1) + 1)
+                   for dr in range(min_depth(n - 1 - k), min(n - 1 - k, d - 1) + 1)
+                   if max(dl, dr) == d - 1)
+    lean = {"any": lambda k: 1.0, "left": lambda k: (k + 1.0) ** 3,
+            "right": lambda k: (n - k) ** 3.0}[shape]
+    return splits, tuple(lean(k) for k, _, _ in splits)
+
+
+def _shape(n: int, d: int, cell: Cell, rng: random.Random):
+    """A tree shape of n operators and height exactly d: None for a leaf, else (left, right)."""
+    if n == 0:
+        return None
+    splits, weights = _splits(n, d, cell.shape)
+    k, dl, dr = rng.choices(splits, weights)[0]
+    return _shape(k, dl, cell, rng), _shape(n - 1 - k, dr, cell, rng)
+
+
+def _fill(shape, spec: ArithSpec, cell: Cell, rng: random.Random) -> Optional[Expr]:
+    """Operands and operators on a shape, bottom up, every value in bounds; None on a dead end.
+    A right operand that no operator can join to the left one is drawn again (a few times)
+    rather than the whole tree: long two-digit expressions would otherwise rarely come out."""
+    if shape is None:  # cell.digits digits at the share's odds, else fewer
+        long = cell.digits == 1 or rng.random() < cell.two_digit_share
+        digits = cell.digits if long else rng.randint(1, cell.digits - 1)
+        lo = 0 if digits == 1 else 10 ** (digits - 1)
+        return rng.randint(lo, min(10 ** digits, spec.max_value) - 1)
+    left = _fill(shape[0], spec, cell, rng)
+    if left is None:
+        return None
+    a = value(left)
+    for _ in range(8):
+        right = _fill(shape[1], spec, cell, rng)
+        if right is None:
+            continue
+        b = value(right)
+        ops = [op for op in OPS if abs(apply(op, a, b)) < spec.max_value
+               and (spec.allow_negative or apply(op, a, b) >= 0)]
+        if ops:
+            weights = [4.0 if op == cell.mix else 1.0 for op in ops]
+            return Op(rng.choices(ops, weights)[0], left, right)
+    return None
+
+
+def _max_digits(e: Expr) -> int:
+    return len(str(abs(e))) if isinstance(e, int) else max(_max_digits(e.left),
+                                                           _max_digits(e.right))
+
+
+def random_expr_balanced(spec: ArithSpec, rng: random.Random, cell: Optional[Cell] = None
+                         ) -> Expr:
+    """An expression of one difficulty cell (drawn when not given): exactly cell.ops operators,
+    height cell.depth, operands of at most cell.digits digits and at least one that long."""
+    cell = cell or draw_cell(spec, rng)
+    for _ in range(1000):
+        e = _fill(_shape(cell.ops, cell.depth, cell, rng), spec, cell, rng)
+        if e is not None and _max_digits(e) == cell.digits:
+            return e
+    raise ValueError(f"cannot draw an expression for {cell} within {spec}")
 
 
 def make_output(steps: List[str]) -> str:
@@ -231,14 +337,59 @@ def generate(spec: ArithSpec, n: int, seed: str, exclude: set) -> List[dict]:
     return records
 
 
-def make_splits(spec: ArithSpec, sizes: dict, seed: int) -> dict:
+def _generate_shard(job) -> List[dict]:
+    return generate(*job)
+
+
+def make_splits(spec: ArithSpec, sizes: dict, seed: int, shards: int = 1,
+                workers: int = 1) -> dict:
     """{"train", "val", "test"} -> records. Each split has its own seed; held-out splits are
-    drawn first and the later ones skip their expressions, so no expression is in two splits."""
+    drawn first and the later ones skip their expressions, so no expression is in two splits.
+
+    shards > 1 draws the train split in that many pieces of their own seeds (in `workers`
+    processes; the records depend on shards, not on workers), a few more than needed, then
+    keeps each expression's first occurrence in shard order and the first sizes["train"]."""
     splits, used = {}, set()
     for name in ("test", "val", "train"):
-        splits[name] = generate(spec, sizes[name], f"arith-{seed}-{name}", used)
+        if name == "train" and shards > 1:
+            splits[name] = _sharded(spec, sizes[name], seed, shards, workers, used)
+        else:
+            splits[name] = generate(spec, sizes[name], f"arith-{seed}-{name}", used)
         used.update(r["expr"] for r in splits[name])
     return splits
+
+
+def _sharded(spec: ArithSpec, n: int, seed: int, shards: int, workers: int, used: set
+             ) -> List[dict]:
+    per_shard = -(-n * 21 // 20 // shards)  # 5% spare for expressions two shards both drew
+    jobs = [(spec, per_shard, f"arith-{seed}-train-{i}", used) for i in range(shards)]
+    if workers > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(min(workers, shards)) as pool:
+            pieces = pool.map(_generate_shard, jobs)
+    else:
+        pieces = [_generate_shard(job) for job in jobs]
+    records, seen = [], set(used)
+    for record in (r for piece in pieces for r in piece):
+        if record["expr"] not in seen and len(records) < n:
+            seen.add(record["expr"])
+            records.append(record)
+    if len(records) < n:  # more collisions than the spare: the rest from a seed of its own
+        records += generate(spec, n - len(records), f"arith-{seed}-train-rest", seen)
+    return records
+
+
+# Evaluation buckets: operator count x operand digits (the longest operand's).
+OPS_BUCKETS = ((1, 2), (3, 4), (5, 7), (8, 10), (11, 12))
+
+
+def bucket_of(expr: str) -> Tuple[str, int]:
+    """("5-7", 2) for an expression of 5 to 7 operators whose longest operand has two digits;
+    operator counts past the buckets get their own label."""
+    e = parse(expr)
+    n = count_ops(e)
+    label = next((f"{lo}-{hi}" for lo, hi in OPS_BUCKETS if lo <= n <= hi), str(n))
+    return label, _max_digits(e)
 
 
 # ----------------------------------------------------------------------------- checking
@@ -356,6 +507,11 @@ def main(argv=None) -> None:
     parser.add_argument("--val", type=int)
     parser.add_argument("--test", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shards", type=int,
+                        help="draw the train split in this many seeded pieces (default: the "
+                             "preset's train_shards, else 1); the records depend on it")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that draw the shards (the records do not depend on it)")
     for f in dataclasses.fields(ArithSpec):
         kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else int
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind,
@@ -370,14 +526,15 @@ def main(argv=None) -> None:
     for name in sizes:
         if getattr(args, name) is not None:
             sizes[name] = getattr(args, name)
-    splits = make_splits(spec, sizes, args.seed)
+    shards = preset.get("train_shards", 1) if args.shards is None else args.shards
+    splits = make_splits(spec, sizes, args.seed, shards, args.workers)
     for name, records in splits.items():
         write_jsonl(os.path.join(args.out, f"{name}.jsonl"), records)
         steps = sum(len(r["steps"]) for r in records) / max(1, len(records))
         print(f"{name}: {len(records)} records, {steps:.1f} steps on average")
     with open(os.path.join(args.out, "spec.json"), "w", encoding="utf-8") as f:
-        json.dump({"spec": dataclasses.asdict(spec), "sizes": sizes, "seed": args.seed}, f,
-                  indent=2)
+        json.dump({"spec": dataclasses.asdict(spec), "sizes": sizes, "seed": args.seed,
+                   "train_shards": shards}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Sequence, Tuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .span_rule import DENSE, SELF_SELECTED, SpanVocab, attention_mask, encode_prompt, \
     segment_prompt_text, track
@@ -73,25 +75,184 @@ def malformed_segments(ex: Example, vocab: SpanVocab) -> int:
     return track(vocab, ex.ids, ex.prompt_len).malformed_count
 
 
+def _pack_lines(job) -> tuple:
+    """(Packed, kept, dropped, malformed) of JSONL lines [begin, end) of a file."""
+    import sentencepiece as spm
+    path, begin, end, tokenizer_path, max_header_tokens, segmentation, max_len = job
+    sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
+    vocab = make_span_vocab(sp, max_header_tokens)
+    examples, layouts, dropped, malformed = [], [], 0, 0
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i >= end:
+                break
+            if i < begin or not line.strip():
+                continue
+            ex = encode_record(json.loads(line), sp, vocab, segmentation)
+            if len(ex) > max_len:
+                dropped += 1
+                continue
+            tracker = track(vocab, ex.ids, ex.prompt_len)
+            malformed += tracker.malformed_count
+            examples.append(ex)
+            layouts.append(span_layout(tracker))
+    return Packed(examples, layouts), len(examples), dropped, malformed
+
+
+def pack_jsonl(path: str, tokenizer_path: str, max_header_tokens: int, segmentation: str,
+               max_len: int, workers: int = 0) -> tuple:
+    """(Packed, kept, dropped, malformed) of a JSONL file, examples longer than max_len dropped;
+    `workers` processes take contiguous slices, so the order is the file's."""
+    with open(path, encoding="utf-8") as f:
+        n = sum(1 for _ in f)
+    pieces = max(1, workers)
+    jobs = [(path, n * w // pieces, n * (w + 1) // pieces, tokenizer_path, max_header_tokens,
+             segmentation, max_len) for w in range(pieces)]
+    if workers > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_pack_lines, jobs)
+    else:
+        results = [_pack_lines(job) for job in jobs]
+    return (Packed.concat([r[0] for r in results]),
+            *(sum(r[k] for r in results) for k in (1, 2, 3)))
+
+
+# ----------------------------------------------------------------------------- span layouts
+#
+# A [T, T] mask per example is T^2 bytes made in Python; a batch's masks would keep a GPU
+# waiting. What the rule decides fits in O(T): each position's segment (-1 in the sink),
+# whether the position attends densely, and which earlier segments each segment names. The
+# mask follows (layout_mask, on any device): q attends k <= q when q is dense, or k is in the
+# sink, in q's own segment or in a segment q's segment names. tests/python/test_span_batches.py
+# checks it against span_rule.attention_mask.
+
+@dataclass
+class Layout:
+    segment: List[int]          # per position; -1 in the sink
+    dense: List[bool]           # per position: attends all of [0, q]
+    refs: List[Tuple[int, int]]  # (segment, a segment it names), restricted segments only
+
+
+def span_layout(tracker) -> Layout:
+    """The layout of a tracker's positions: tracker.is_dense(q) segment by segment (a
+    restricted segment is dense up to its header's end, any other one all through)."""
+    T, segments = len(tracker), tracker.segments
+    segment, dense = [-1] * tracker.sink_end, [True] * tracker.sink_end
+    for i, seg in enumerate(segments):
+        n = (segments[i + 1].start if i + 1 < len(segments) else T) - seg.start
+        segment += [i] * n
+        head = seg.header_end - seg.start if seg.restricted else n
+        dense += [True] * head + [False] * (n - head)
+    refs = [(i, r) for i, seg in enumerate(tracker.segments) if seg.restricted for r in seg.refs]
+    return Layout(segment, dense, refs)
+
+
+def layout_mask(segment: torch.Tensor, dense: torch.Tensor, refs: torch.Tensor,
+                lengths: torch.Tensor) -> torch.Tensor:
+    """bool [B, T, T] from segment [B, T] (long, -1 sink), dense [B, T] (bool), refs [B, S, S]
+    (bool, refs[b, s, r]: segment s names r) and lengths [B]. Positions past an example's length
+    are padding: no real position attends them and they attend only themselves."""
+    B, T = segment.shape
+    S = refs.shape[1]
+    pos = torch.arange(T, device=segment.device)
+    valid = pos[None] < lengths[:, None]
+    onehot = (F.one_hot(segment.clamp(min=0), S) * (segment >= 0)[..., None]).float()  # [B,T,S]
+    named = torch.bmm(onehot, refs.float()) + onehot  # segments q's row reads whole (or causally)
+    wanted = torch.bmm(named, onehot.transpose(1, 2)) > 0
+    wanted |= (segment < 0)[:, None, :]  # the sink
+    mask = (pos[:, None] >= pos[None, :]) & (dense[:, :, None] | wanted)
+    mask &= valid[:, None, :] & valid[:, :, None]
+    return mask | (torch.eye(T, dtype=torch.bool, device=segment.device) & ~valid[:, :, None])
+
+
+class Packed:
+    """Examples with their SELF_SELECTED layouts, flat in numpy arrays (cheap to slice in
+    DataLoader workers, which share them with the parent)."""
+
+    def __init__(self, examples: Sequence[Example], layouts: Sequence[Layout]):
+        lengths = [len(ex) for ex in examples]
+        self.starts = np.zeros(len(examples) + 1, dtype=np.int64)
+        self.starts[1:] = np.cumsum(lengths)
+        self.ids = np.fromiter((t for ex in examples for t in ex.ids), np.int32, self.starts[-1])
+        self.segment = np.fromiter((s for lo in layouts for s in lo.segment), np.int16,
+                                   self.starts[-1])
+        self.dense = np.fromiter((d for lo in layouts for d in lo.dense), np.bool_,
+                                 self.starts[-1])
+        self.prompt_len = np.array([ex.prompt_len for ex in examples], dtype=np.int32)
+        self.segments = np.array([max(lo.segment, default=-1) + 1 for lo in layouts], np.int32)
+        self.ref_starts = np.zeros(len(examples) + 1, dtype=np.int64)
+        self.ref_starts[1:] = np.cumsum([len(lo.refs) for lo in layouts])
+        self.refs = np.array([r for lo in layouts for r in lo.refs], np.int32).reshape(-1, 2)
+
+    @classmethod
+    def of(cls, examples: Sequence[Example], vocab: SpanVocab) -> "Packed":
+        return cls(examples, [span_layout(track(vocab, ex.ids, ex.prompt_len))
+                              for ex in examples])
+
+    @classmethod
+    def concat(cls, parts: Sequence["Packed"]) -> "Packed":
+        out = cls([], [])
+        for name in ("ids", "segment", "dense", "prompt_len", "segments", "refs"):
+            setattr(out, name, np.concatenate([getattr(p, name) for p in parts]))
+        for name in ("starts", "ref_starts"):
+            offsets = np.cumsum([0] + [getattr(p, name)[-1] for p in parts])
+            setattr(out, name, np.concatenate([[0]] + [getattr(p, name)[1:] + o
+                                                       for p, o in zip(parts, offsets)]))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.prompt_len)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+
+def collate_packed(packed: Packed, indices: Sequence[int], pad_id: int,
+                   dense: Sequence[bool] = (), with_mask: bool = True) -> dict:
+    """A padded batch of packed examples: input_ids, labels, positions, the layout tensors
+    (segment, dense, refs, lengths) and, with_mask, attention_mask [B, T, T] made from them.
+    Examples flagged in `dense` attend densely everywhere (the DENSE mode's mask)."""
+    lengths = packed.lengths()[list(indices)]
+    B, T = len(indices), int(lengths.max())
+    S = max(1, int(packed.segments[list(indices)].max()))
+    input_ids = np.full((B, T), pad_id, dtype=np.int64)
+    labels = np.full((B, T), IGNORE, dtype=np.int64)
+    segment = np.full((B, T), -1, dtype=np.int64)
+    dense_rows = np.zeros((B, T), dtype=np.bool_)
+    refs = np.zeros((B, S, S), dtype=np.bool_)
+    for b, i in enumerate(indices):
+        lo, hi, p = packed.starts[i], packed.starts[i + 1], packed.prompt_len[i]
+        n = hi - lo
+        input_ids[b, :n] = packed.ids[lo:hi]
+        labels[b, p - 1:n - 1] = packed.ids[lo + p:hi]
+        segment[b, :n] = packed.segment[lo:hi]
+        dense_rows[b, :n] = True if b < len(dense) and dense[b] else packed.dense[lo:hi]
+        pairs = packed.refs[packed.ref_starts[i]:packed.ref_starts[i + 1]]
+        refs[b, pairs[:, 0], pairs[:, 1]] = True
+    batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
+             "positions": torch.arange(T).expand(B, T).contiguous(),
+             "segment": torch.from_numpy(segment), "dense": torch.from_numpy(dense_rows),
+             "refs": torch.from_numpy(refs), "lengths": torch.from_numpy(lengths.astype(np.int64)),
+             "tokens": int(lengths.sum())}
+    if with_mask:
+        batch["attention_mask"] = batch_mask(batch)
+    return batch
+
+
+def batch_mask(batch: dict, device=None) -> torch.Tensor:
+    """The batch's attention mask, made on `device` from its layout (or as collated)."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].to(device)
+    return layout_mask(*(batch[k].to(device) for k in ("segment", "dense", "refs", "lengths")))
+
+
 def collate(examples: Sequence[Example], vocab: SpanVocab, pad_id: int,
             dense: Sequence[bool] = ()) -> dict:
     """Pads to the longest example. Padded positions get no loss and attend only themselves
     (a query with nothing to attend would give NaN); no real position attends them. Examples
     flagged in `dense` get the DENSE mode's causal mask instead of their spans."""
-    T = max(len(ex) for ex in examples)
-    B = len(examples)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    labels = torch.full((B, T), IGNORE, dtype=torch.long)
-    mask = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)
-    for b, ex in enumerate(examples):
-        n = len(ex)
-        input_ids[b, :n] = torch.tensor(ex.ids)
-        labels[b, ex.prompt_len - 1:n - 1] = torch.tensor(ex.ids[ex.prompt_len:])
-        mode = DENSE if b < len(dense) and dense[b] else SELF_SELECTED
-        mask[b, :n, :n] = example_mask(ex, vocab, mode)
-    positions = torch.arange(T).expand(B, T).contiguous()
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
-            "positions": positions, "tokens": sum(len(ex) for ex in examples)}
+    return collate_packed(Packed.of(examples, vocab), range(len(examples)), pad_id, dense)
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
@@ -114,48 +275,59 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
 def batches(examples: Sequence[Example], batch_size: int, seed: int,
             start_step: int = 0) -> Iterator[List[Example]]:
     """Endless stream of batches starting at `start_step`."""
-    per_epoch = len(examples) // batch_size
+    for batch in batch_indices([len(ex) for ex in examples], batch_size, seed, start_step):
+        yield [examples[i] for i in batch]
+
+
+def batch_indices(lengths: Sequence[int], batch_size: int, seed: int,
+                  start_step: int = 0) -> Iterator[List[int]]:
+    """Endless stream of the examples' indices of each batch, from `start_step`."""
+    per_epoch = len(lengths) // batch_size
     if per_epoch == 0:
-        raise ValueError(f"{len(examples)} examples are fewer than a batch of {batch_size}")
-    lengths = [len(ex) for ex in examples]
+        raise ValueError(f"{len(lengths)} examples are fewer than a batch of {batch_size}")
     step = start_step
     while True:
         epoch, index = divmod(step, per_epoch)
         for batch in batch_order(lengths, batch_size, seed, epoch)[index:]:
-            yield [examples[i] for i in batch]
+            yield batch
             step += 1
 
 
 class CollatedBatches(torch.utils.data.IterableDataset):
-    """The stream of `batches` from `start_step`, collated. With DataLoader workers, worker w of
-    W collates steps start + w, start + w + W, ...; DataLoader reads workers in turn, so the
-    order is the single-process order and a resumed run still sees the same batches."""
+    """The stream of `batch_indices` from `start_step`, collated. With DataLoader workers,
+    worker w of W collates steps start + w, start + w + W, ...; DataLoader reads workers in
+    turn, so the order is the single-process order and a resumed run still sees the same
+    batches."""
 
-    def __init__(self, examples, batch_size, seed, start_step, vocab, pad_id, dense_fraction):
+    def __init__(self, packed, batch_size, seed, start_step, pad_id, dense_fraction, with_mask):
         super().__init__()
-        self.examples, self.batch_size, self.seed, self.start_step = \
-            examples, batch_size, seed, start_step
-        self.vocab, self.pad_id, self.dense_fraction = vocab, pad_id, dense_fraction
+        self.packed, self.batch_size, self.seed, self.start_step = \
+            packed, batch_size, seed, start_step
+        self.pad_id, self.dense_fraction, self.with_mask = pad_id, dense_fraction, with_mask
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        stream = batches(self.examples, self.batch_size, self.seed, self.start_step)
+        stream = batch_indices(self.packed.lengths().tolist(), self.batch_size, self.seed,
+                               self.start_step)
         for i, batch in enumerate(stream):  # DataLoader reads worker 0 first: i, not the step
             if i % workers == worker:
                 step = self.start_step + i
                 rng = random.Random(f"dense-{self.seed}-{step}")  # a function of the step
                 dense = [rng.random() < self.dense_fraction for _ in batch]
-                yield collate(batch, self.vocab, self.pad_id, dense)
+                yield collate_packed(self.packed, batch, self.pad_id, dense, self.with_mask)
 
 
 def collated_batches(examples, batch_size: int, seed: int, start_step: int, vocab, pad_id: int,
-                     workers: int = 0, dense_fraction: float = 0.0) -> Iterator[dict]:
-    """Endless collated batches; `workers` > 0 collates in that many processes (the span masks
-    are built in Python and would otherwise keep a GPU waiting). A `dense_fraction` of the
-    examples, drawn per step, get the DENSE mode's causal mask (see train.py --dense-fraction)."""
-    dataset = CollatedBatches(examples, batch_size, seed, start_step, vocab, pad_id,
-                              dense_fraction)
+                     workers: int = 0, dense_fraction: float = 0.0,
+                     with_mask: bool = True) -> Iterator[dict]:
+    """Endless collated batches of `examples` (a list of Example, or Packed); `workers` > 0
+    collates in that many processes. A `dense_fraction` of the examples, drawn per step, get
+    the DENSE mode's causal mask (see train.py --dense-fraction). Without with_mask a batch
+    carries only its layout: batch_mask makes the mask where it is used (on the GPU)."""
+    packed = examples if isinstance(examples, Packed) else Packed.of(examples, vocab)
+    dataset = CollatedBatches(packed, batch_size, seed, start_step, pad_id, dense_fraction,
+                              with_mask)
     if workers <= 0:
         return iter(dataset)
     return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,

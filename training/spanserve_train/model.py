@@ -141,6 +141,9 @@ class Attention(nn.Module):
         group = self.num_heads // self.num_kv_heads  # query head h reads kv head h // group
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
+        if bias.dtype == torch.bool:  # the mask itself: PyTorch's fused attention (CUDA)
+            out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, attn_mask=bias)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) + bias
         probs = scores.softmax(-1).to(q.dtype)
@@ -218,9 +221,12 @@ class LlamaForCausalLM(nn.Module):
             attention_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         if attention_mask.dim() == 2:
             attention_mask = attention_mask[None]
-        work = torch.promote_types(x.dtype, torch.float32)
-        bias = torch.zeros(attention_mask.shape, dtype=work, device=x.device)
-        bias = bias.masked_fill(~attention_mask, float("-inf"))[:, None]  # [B or 1, 1, T, T]
+        if x.is_cuda and hasattr(F, "scaled_dot_product_attention"):  # torch >= 2.0
+            bias = attention_mask[:, None]  # fused kernels take the boolean mask
+        else:  # the plain math, in at least fp32 (float64 for the reference tests)
+            work = torch.promote_types(x.dtype, torch.float32)
+            bias = torch.zeros(attention_mask.shape, dtype=work, device=x.device)
+            bias = bias.masked_fill(~attention_mask, float("-inf"))[:, None]  # [B|1, 1, T, T]
         for layer in self.model.layers:
             x = layer(x, cos, sin, bias)
         return self.lm_head(self.model.norm(x))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .arith_data import check_output
+from .bucket_eval import bucket_table, evaluate_buckets
 from .hf_export import load_hf_dir, save_hf_dir
 from .lora import add_span_tokens, apply_lora, merge_lora, resize_vocab, train_rows
 from .model import LlamaConfig, LlamaForCausalLM
@@ -105,10 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
            "DENSE is a real baseline for SELF_SELECTED")
     a("--workers", type=int, default=0,
       help="processes that collate batches (span masks are built in Python; 0: in-process)")
+    a("--eval-per-bucket", type=int, default=0,
+      help="arithmetic: at each evaluation, also greedy-decode up to this many validation "
+           "records of each bucket (operators x operand digits) in both modes, batched, and "
+           "report exact match, all steps correct and malformed headers per bucket")
+    a("--export-only", action="store_true",
+      help="export the model of OUT's checkpoint (e.g. a run stopped by --run-minutes) and stop")
+    a("--run-minutes", type=float, default=0,
+      help="stop this invocation after this many minutes of training (checkpoint, no export), "
+           "as --run-steps; the schedule of --time-limit-min goes on where it stopped")
     a("--time-limit-min", type=float, default=0,
       help="train for at most this many minutes (for a machine lent for a fixed time): the "
            "cosine schedule runs on whichever of steps and time is further along, so the "
-           "learning rate still anneals, then checkpoint and export (0: no limit)")
+           "learning rate still anneals, then checkpoint and export (0: no limit). The minutes "
+           "of earlier invocations count (the checkpoint keeps them); --fresh-schedule does "
+           "not count them: a resumed run then starts a new cycle of that length")
+    a("--fresh-schedule", action="store_true",
+      help="resume the weights and optimizer but start the schedule anew (warmup, then the "
+           "cosine over --time-limit-min or the steps left): a warm restart")
     return p
 
 
@@ -189,10 +204,12 @@ def make_optimizer(model, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
 
 
-def lr_at(step: int, args, time_fraction: float = 0.0) -> float:
+def lr_at(step: int, args, time_fraction: float = 0.0, steps: Optional[int] = None) -> float:
+    """The learning rate at `step` of a schedule of `steps` (default --steps)."""
+    steps = args.steps if steps is None else steps
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = max((step - args.warmup) / max(1, args.steps - args.warmup), time_fraction)
+    progress = max((step - args.warmup) / max(1, steps - args.warmup), time_fraction)
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1, progress)))
 
 
@@ -200,7 +217,7 @@ def lr_at(step: int, args, time_fraction: float = 0.0) -> float:
 
 def loss_of(model, batch, device, autocast_dtype) -> torch.Tensor:
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+        logits = model(batch["input_ids"].to(device), D.batch_mask(batch, device),
                        batch["positions"].to(device))
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten(),
                            ignore_index=D.IGNORE)
@@ -247,11 +264,19 @@ def evaluate(model, val, records, sp, vocab, args, device, autocast_dtype) -> di
         if "prompt" in record and "answer" in record:  # arithmetic: the checker's verdict
             answers += check_output(record["prompt"], text).answer_correct
         shown = shown or text
+    result = {"val_loss": sum(losses) / max(1, len(losses))}
+    if n:  # no greedy examples asked for: no score (a 0.0 would read as a failure)
+        result["exact_match"] = exact / n
+        if records and "answer" in records[0]:
+            result["answer_accuracy"] = answers / n
+        result["sample"] = shown
+    if args.eval_per_bucket and records and "expr" in records[0]:
+        t = time.time()
+        result["buckets"] = evaluate_buckets(model, sp, vocab, records, args.eval_per_bucket,
+                                             device, autocast_dtype)
+        print(f"greedy by bucket ({time.time() - t:.0f} s):\n"
+              + bucket_table(result["buckets"]), flush=True)
     model.train()
-    result = {"val_loss": sum(losses) / max(1, len(losses)), "exact_match": exact / max(1, n)}
-    if records and "answer" in records[0]:
-        result["answer_accuracy"] = answers / max(1, n)
-    result["sample"] = shown
     return result
 
 
@@ -269,26 +294,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str, model, optimizer, step: int, args) -> None:
-    """Full state from scratch; for LoRA only what training changes (the base is on disk)."""
+def save_checkpoint(path: str, model, optimizer, step: int, args, schedule: dict = None
+                    ) -> None:
+    """Full state from scratch; for LoRA only what training changes (the base is on disk).
+    `schedule`: where the time-limited schedule stands ({"start_step", "seconds"})."""
     params = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {n: t for n, t in model.state_dict().items() if not args.base_model or n in params}
     tmp = path + ".tmp"
     torch.save({"step": step, "model": state, "optimizer": optimizer.state_dict(),
-                "rng": rng_state(), "args": vars(args)}, tmp)
+                "rng": rng_state(), "args": vars(args), "schedule": schedule or {}}, tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: str, model, optimizer, args) -> int:
     """Loads a checkpoint into model (and optimizer and RNG when an optimizer is given)."""
-    ckpt = torch.load(path, map_location="cpu")
+    return load_checkpoint_full(path, model, optimizer, args)[0]
+
+
+def load_checkpoint_full(path: str, model, optimizer, args) -> tuple:
+    """(step, schedule) of a checkpoint loaded into model (and optimizer and RNG)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
     _, unexpected = model.load_state_dict(ckpt["model"], strict=not args.base_model)
     if unexpected:
         raise ValueError(f"{path}: unexpected tensors {unexpected}")
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
-    return ckpt["step"]
+    return ckpt["step"], ckpt.get("schedule", {})
 
 
 def build_model(args) -> tuple:
@@ -343,12 +375,17 @@ def train(args) -> dict:
     model, config, sp, tokenizer_path = build_model(args)
     model.to(device)
     vocab = D.make_span_vocab(sp, args.max_header_tokens)
-    train_records = D.load_jsonl(args.train_data)
+    with open(args.train_data, encoding="utf-8") as f:
+        first = json.loads(f.readline())
     segmentation = args.segmentation
     if segmentation == "auto":
-        segmentation = "sentences" if "segments" in train_records[0] else "whole"
+        segmentation = "sentences" if "segments" in first else "whole"
+    ckpt_path = os.path.join(args.out, CHECKPOINT)
+    if args.export_only:
+        load_checkpoint(ckpt_path, model, None, args)
+        return {"export_dir": export(model, config, tokenizer_path, segmentation, args)}
     max_len = min(args.max_len or config.max_position_embeddings, config.max_position_embeddings)
-    train_set, _ = encode_split(args.train_data, sp, vocab, segmentation, max_len, "train")
+    train_set = encode_train(args, tokenizer_path, segmentation, max_len)
     val_set, val_records = encode_split(args.val_data, sp, vocab, segmentation, max_len, "val")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"model: {model.num_parameters() / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M "
@@ -356,26 +393,31 @@ def train(args) -> dict:
           f"{'bf16 autocast' if autocast_dtype else 'fp32'}, segmentation {segmentation}")
 
     optimizer = make_optimizer(model, args)
-    ckpt_path = os.path.join(args.out, CHECKPOINT)
-    step = 0
+    step, schedule = 0, {}
     if os.path.exists(ckpt_path) and not args.fresh:
-        step = load_checkpoint(ckpt_path, model, optimizer, args)
+        step, schedule = load_checkpoint_full(ckpt_path, model, optimizer, args)
         print(f"resumed from {ckpt_path} at step {step}")
+    if args.fresh_schedule or not schedule:
+        schedule = {"start_step": step, "seconds": 0.0}  # this invocation starts a cycle
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     if step == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)  # a fresh run starts a fresh log
     stream = D.collated_batches(train_set, args.batch_size, args.seed, step, vocab, sp.eos_id(),
-                                args.workers, args.dense_fraction)
+                                args.workers, args.dense_fraction, with_mask=False)
     model.train()
     t0, tokens, loss_sum, loss_n, start = time.time(), 0, 0.0, 0, step
     result = {}
     stop = min(args.steps, step + args.run_steps) if args.run_steps else args.steps
     out_of_time = False  # set when --time-limit-min has run out
+
+    def seconds() -> float:  # of this schedule, earlier invocations included
+        return schedule["seconds"] + time.time() - t0
+
     while step < stop:
-        time_fraction = ((time.time() - t0) / (60 * args.time_limit_min)
-                         if args.time_limit_min else 0.0)
+        time_fraction = seconds() / (60 * args.time_limit_min) if args.time_limit_min else 0.0
         out_of_time = time_fraction >= 1.0  # this step is the schedule's last
-        lr = lr_at(step, args, time_fraction)
+        lr = lr_at(step - schedule["start_step"], args, time_fraction,
+                   args.steps - schedule["start_step"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = next(stream)
@@ -388,6 +430,7 @@ def train(args) -> dict:
         tokens += batch["tokens"]
         loss_sum += loss.item()
         loss_n += 1
+        paused = bool(args.run_minutes) and time.time() - t0 >= 60 * args.run_minutes
         if step % args.log_every == 0 or step == args.steps:
             elapsed = time.time() - t0
             eta = elapsed / (step - start) * (args.steps - step)
@@ -399,7 +442,7 @@ def train(args) -> dict:
         if out_of_time:
             print(f"time limit of {args.time_limit_min} min reached at step {step} of "
                   f"{args.steps}: the schedule has ended; exporting", flush=True)
-        if step % args.eval_every == 0 or step == args.steps or out_of_time:
+        if step % args.eval_every == 0 or step == args.steps or out_of_time or paused:
             result = evaluate(model, val_set, val_records, sp, vocab, args, device,
                               autocast_dtype)
             result.update(step=step, train_tokens_per_s=tokens / (time.time() - t0))
@@ -407,15 +450,35 @@ def train(args) -> dict:
                 result["stopped_early"] = True
             print("eval " + json.dumps(result), flush=True)
             log(metrics_path, result)
-        if step % args.ckpt_every == 0 or step == stop or out_of_time:
-            save_checkpoint(ckpt_path, model, optimizer, step, args)
+        if step % args.ckpt_every == 0 or step == stop or out_of_time or paused:
+            save_checkpoint(ckpt_path, model, optimizer, step, args,
+                            {"start_step": schedule["start_step"], "seconds": seconds()})
         if out_of_time:
             break
+        if paused:
+            print(f"--run-minutes {args.run_minutes} reached at step {step}; run again to "
+                  f"continue", flush=True)
+            return result
     if step < args.steps and not out_of_time:
         print(f"stopped at step {step} of {args.steps}; run again to continue")
         return result
     result["export_dir"] = export(model, config, tokenizer_path, segmentation, args)
     return result
+
+
+def encode_train(args, tokenizer_path: str, segmentation: str, max_len: int) -> D.Packed:
+    """The training split, encoded with its span layouts (in --workers processes)."""
+    t = time.time()
+    packed, kept, dropped, malformed = D.pack_jsonl(args.train_data, tokenizer_path,
+                                                    args.max_header_tokens, segmentation,
+                                                    max_len, args.workers)
+    print(f"train: {kept} examples ({dropped} longer than {max_len} dropped), mean length "
+          f"{packed.lengths().mean():.1f}, longest {packed.lengths().max()}, encoded in "
+          f"{time.time() - t:.0f} s", flush=True)
+    if malformed:
+        print(f"warning: train has {malformed} malformed span headers "
+              f"(longer than --max-header-tokens {args.max_header_tokens}?)", file=sys.stderr)
+    return packed
 
 
 def export(model, config, tokenizer_path: str, segmentation: str, args) -> str:
