@@ -49,6 +49,9 @@ class EngineImpl : public Engine {
 
  private:
   absl::Status Validate(const GenerateRequest& request) const;
+  // Fills what the client left out from the model's files; refuses spans a plain model lacks.
+  absl::Status ApplyModelDefaults(GenerateRequest* request) const;
+  std::vector<const std::string*> ReservedSpanTokens() const;
   absl::StatusOr<std::vector<int32_t>> EncodeRequestPrompt(const GenerateRequest& request) const;
   absl::Status CheckLengths(const GenerateRequest& request, int32_t prompt_len) const;
 
@@ -109,7 +112,7 @@ absl::Status EngineImpl::Validate(const GenerateRequest& r) const {
       return absl::InvalidArgumentError(absl::StrCat("segments[", i, "]: must not be empty"));
     }
   }
-  for (const std::string* reserved : {&model_->span.anchor_token, &model_->span.header_end_token}) {
+  for (const std::string* reserved : ReservedSpanTokens()) {
     bool found = r.prompt.find(*reserved) != std::string::npos;
     for (const std::string& s : r.segments) found |= s.find(*reserved) != std::string::npos;
     if (found) {
@@ -179,12 +182,19 @@ absl::Status EngineImpl::CheckLengths(const GenerateRequest& r, int32_t prompt_l
                                                    " tokens, longer than the model's context of ",
                                                    context));
   }
+  // A prompt that alone leaves no room in the whole pool: named as such, whatever max_tokens
+  // (a default one is cut to that room, which is then none).
+  const int64_t capacity = int64_t{blocks_.num_total()} * blocks_.block_size();
+  if (prompt_len >= capacity) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", prompt_len, " tokens leave no room to generate in the KV cache of ", capacity,
+        " tokens (", blocks_.num_total(), " blocks of ", blocks_.block_size(), ")"));
+  }
   if (prompt_len + r.max_tokens > context) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_tokens: the prompt (", prompt_len, " tokens) plus max_tokens (", r.max_tokens,
         ") exceed the model's context of ", context));
   }
-  const int64_t capacity = int64_t{blocks_.num_total()} * blocks_.block_size();
   if (prompt_len + r.max_tokens > capacity) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_tokens: the prompt (", prompt_len, " tokens) plus max_tokens (", r.max_tokens,
@@ -193,13 +203,37 @@ absl::Status EngineImpl::CheckLengths(const GenerateRequest& r, int32_t prompt_l
   return absl::OkStatus();
 }
 
+std::vector<const std::string*> EngineImpl::ReservedSpanTokens() const {
+  if (!model_->has_span_config) return {};  // a plain model's text has no span markup
+  return {&model_->span.anchor_token, &model_->span.header_end_token};
+}
+
+absl::Status EngineImpl::ApplyModelDefaults(GenerateRequest* r) const {
+  const GenerationDefaults& g = model_->generation;
+  if (r->temperature_is_default && g.temperature) r->sampling.temperature = *g.temperature;
+  if (r->top_p_is_default && g.top_p) r->sampling.top_p = *g.top_p;
+  if (r->top_k_is_default && g.top_k) r->sampling.top_k = *g.top_k;
+  if (model_->has_span_config) return absl::OkStatus();
+  if (r->span_mode == SpanMode::kSelfSelected && !r->span_mode_is_default) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "span_mode: SELF_SELECTED needs the model's span config (spanserve.json), which ",
+        model_->dir, " has not: ask for DENSE or leave span_mode unset"));
+  }
+  r->span_mode = SpanMode::kDense;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Engine::RequestId> EngineImpl::Submit(GenerateRequest request, EventSink sink) {
+  if (absl::Status status = ApplyModelDefaults(&request); !status.ok()) return status;
   if (absl::Status status = Validate(request); !status.ok()) return status;
   absl::StatusOr<std::vector<int32_t>> prompt = EncodeRequestPrompt(request);
   if (!prompt.ok()) return prompt.status();
   if (request.max_tokens_is_default) {
-    const int32_t room = model_->config.max_position_embeddings - static_cast<int32_t>(prompt->size());
-    request.max_tokens = std::max(1, std::min(request.max_tokens, room));
+    // The room the prompt leaves in the context and in the whole KV pool.
+    const int64_t capacity = int64_t{blocks_.num_total()} * blocks_.block_size();
+    const int64_t limit = std::min<int64_t>(model_->config.max_position_embeddings, capacity);
+    const int64_t room = limit - static_cast<int64_t>(prompt->size());
+    request.max_tokens = static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>(request.max_tokens, room)));
   }
   if (absl::Status status = CheckLengths(request, prompt->size()); !status.ok()) return status;
 
@@ -506,7 +540,7 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateEngine(std::shared_ptr<const Model
                                                      EngineConfig config,
                                                      EngineObserver* observer) {
   if (!model || !backend) return absl::InvalidArgumentError("engine: model and backend needed");
-  if (model->span.anchor_id < 0 || model->span.header_end_id < 0) {
+  if (model->has_span_config && (model->span.anchor_id < 0 || model->span.header_end_id < 0)) {
     return absl::FailedPreconditionError("engine: the model's span tokens are not resolved");
   }
   if (backend->num_kv_blocks() < 1) {

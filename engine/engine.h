@@ -32,9 +32,13 @@ struct GenerateRequest {
   std::vector<int32_t> prompt_token_ids; // an encoded prompt, anchors included (benchmarks)
   int32_t max_tokens = 128;
   // max_tokens is a default the client did not ask for: fitted to the room the prompt leaves in
-  // the context instead of refused.
+  // the context and the KV pool instead of refused.
   bool max_tokens_is_default = false;
   SamplingParams sampling;
+  // Sampling fields and the span mode the client left out: the model's generation_config.json
+  // may fill the first; a plain checkpoint (no span config) serves the second DENSE.
+  bool temperature_is_default = false, top_p_is_default = false, top_k_is_default = false;
+  bool span_mode_is_default = false;
   std::vector<std::string> stop;
   SpanMode span_mode = SpanMode::kSelfSelected;
   bool ignore_eos = false;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,12 +75,24 @@ struct SpanConfig {
   int32_t header_end_id = -1;
 };
 
+// generation_config.json's sampling, for requests that leave a field out; a field the file does
+// not give falls back to the server's default. `do_sample: false` reads as temperature 0.
+struct GenerationDefaults {
+  std::optional<float> temperature;
+  std::optional<float> top_p;
+  std::optional<int32_t> top_k;
+};
+
 struct Model {
   std::string dir;
   ModelConfig config;
   ModelWeights weights;
   std::unique_ptr<Tokenizer> tokenizer;
   SpanConfig span;
+  // False for a plain checkpoint (no spanserve.json): served DENSE only, its prompt without
+  // anchors, and `span` left at its defaults with unresolved ids.
+  bool has_span_config = true;
+  GenerationDefaults generation;
 };
 
 struct LoadOptions {
@@ -91,7 +104,9 @@ struct LoadOptions {
 };
 
 // Loads a Hugging Face LLaMA directory: config.json, model.safetensors or
-// model.safetensors.index.json with its shards, tokenizer.model, spanserve.json.
+// model.safetensors.index.json with its shards, tokenizer.model, and where present
+// spanserve.json (without it: a plain checkpoint) and generation_config.json (default sampling,
+// more EOS ids).
 // Every failure is one clear error naming the file (and the tensor, where there is one).
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& dir,
                                                  const LoadOptions& options = {});

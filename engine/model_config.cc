@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -93,6 +94,20 @@ class Fields {
       return Fail(Error(key, absl::StrCat("must be a positive number, got ", value.dump())));
     }
     *out = static_cast<float>(value.get<double>());
+  }
+
+  // A number in [lo, hi] (lo excluded when lo_open).
+  void FloatIn(const char* key, double lo, double hi, bool lo_open, std::optional<float>* out) {
+    if (!Given(key, false)) return;
+    const json& value = object_.at(key);
+    const bool in_range = value.is_number() && (lo_open ? value.get<double>() > lo
+                                                       : value.get<double>() >= lo) &&
+                          value.get<double>() <= hi;
+    if (!in_range) {
+      return Fail(Error(key, absl::StrCat("must be a number in ", lo_open ? "(" : "[", lo, ", ",
+                                          hi, "], got ", value.dump())));
+    }
+    *out = value.get<float>();
   }
 
   void Bool(const char* key, bool* out) {
@@ -292,7 +307,37 @@ absl::StatusOr<SpanConfig> SpanConfigFromJson(const json& object, const std::str
                                    segmentation, "\""));
 }
 
+absl::StatusOr<GenerationConfig> GenerationConfigFromJson(const json& object,
+                                                         const std::string& path) {
+  Fields fields(object, path);
+  GenerationConfig g;
+  fields.FloatIn("temperature", 0.0, 100.0, false, &g.defaults.temperature);
+  fields.FloatIn("top_p", 0.0, 1.0, true, &g.defaults.top_p);
+  int32_t top_k = -1;
+  fields.Int("top_k", false, 0, &top_k);
+  if (top_k >= 0) g.defaults.top_k = top_k;
+  bool do_sample = true;
+  fields.Bool("do_sample", &do_sample);
+  if (fields.Has("eos_token_id")) fields.IntList("eos_token_id", 0, &g.eos_token_ids);
+  if (!fields.status().ok()) return fields.status();
+  if (!do_sample) g.defaults.temperature = 0.0f;  // Hugging Face: greedy, whatever temperature
+  return g;
+}
+
 }  // namespace
+
+absl::StatusOr<GenerationConfig> ParseGenerationConfig(const std::string& path) {
+  absl::StatusOr<json> object = ReadJsonFile(path);
+  if (!object.ok()) return object.status();
+  return GenerationConfigFromJson(*object, path);
+}
+
+absl::StatusOr<GenerationConfig> ParseGenerationConfigJson(std::string_view text,
+                                                           const std::string& name) {
+  absl::StatusOr<json> object = ParseJsonObject(text, name);
+  if (!object.ok()) return object.status();
+  return GenerationConfigFromJson(*object, name);
+}
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& path) {
   absl::StatusOr<json> object = ReadJsonFile(path);

@@ -32,4 +32,14 @@ absl::StatusOr<ModelConfig> ParseModelConfigJson(std::string_view text, const st
 absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path);
 absl::StatusOr<SpanConfig> ParseSpanConfigJson(std::string_view text, const std::string& name);
 
+// generation_config.json: the sampling defaults and EOS ids a checkpoint ships for generation.
+// Keys other than these are ignored (max_length, repetition_penalty, ...: not applied).
+struct GenerationConfig {
+  GenerationDefaults defaults;
+  std::vector<int32_t> eos_token_ids;  // empty when the file gives none
+};
+absl::StatusOr<GenerationConfig> ParseGenerationConfig(const std::string& path);
+absl::StatusOr<GenerationConfig> ParseGenerationConfigJson(std::string_view text,
+                                                           const std::string& name);
+
 }  // namespace spanserve

@@ -84,6 +84,25 @@ absl::StatusOr<SpanConfig> LoadSpanConfig(const std::string& path, const Tokeniz
   return span;
 }
 
+// generation_config.json, where present: the default sampling, and EOS ids beside config.json's
+// (Hugging Face stops generation at the file's ids; LLaMA-3 lists two there).
+absl::Status ApplyGenerationConfig(const std::string& path, Model* model) {
+  absl::StatusOr<GenerationConfig> generation = ParseGenerationConfig(path);
+  if (absl::IsNotFound(generation.status())) return absl::OkStatus();
+  if (!generation.ok()) return generation.status();
+  model->generation = generation->defaults;
+  std::vector<int32_t>& eos = model->config.eos_token_ids;
+  for (int32_t id : generation->eos_token_ids) {
+    if (id >= model->config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": key 'eos_token_id' (", id,
+                                                     ") is not below config.json's vocab_size (",
+                                                     model->config.vocab_size, ")"));
+    }
+    if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
+  }
+  return absl::OkStatus();
+}
+
 // One weight the config asks for: its Hugging Face name, shape, and where its view goes.
 struct WeightSlot {
   std::string name;
@@ -354,6 +373,10 @@ absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const LoadOp
   absl::StatusOr<ModelConfig> config = ParseModelConfig(PathIn(dir, "config.json"));
   if (!config.ok()) return config.status();
   model->config = *std::move(config);
+  if (absl::Status status = ApplyGenerationConfig(PathIn(dir, "generation_config.json"), model.get());
+      !status.ok()) {
+    return status;
+  }
 
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       LoadTokenizer(PathIn(dir, "tokenizer.model"), model->config);
@@ -362,8 +385,13 @@ absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const LoadOp
 
   absl::StatusOr<SpanConfig> span =
       LoadSpanConfig(PathIn(dir, "spanserve.json"), *model->tokenizer);
-  if (!span.ok()) return span.status();
-  model->span = *std::move(span);
+  if (absl::IsNotFound(span.status())) {
+    model->has_span_config = false;  // a plain checkpoint: DENSE only
+  } else if (!span.ok()) {
+    return span.status();
+  } else {
+    model->span = *std::move(span);
+  }
 
   ModelWeights& weights = model->weights;
   const std::vector<WeightSlot> slots = WeightSlots(model->config, &weights);

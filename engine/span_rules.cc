@@ -212,7 +212,7 @@ std::vector<int32_t> EncodePrompt(const Tokenizer& tokenizer, int32_t anchor_id,
                                   const std::vector<std::string>& segment_texts) {
   std::vector<int32_t> ids = {tokenizer.bos_id()};
   for (const std::string& text : segment_texts) {
-    ids.push_back(anchor_id);
+    if (anchor_id >= 0) ids.push_back(anchor_id);  // -1: a plain model, no anchors
     std::vector<int32_t> piece = tokenizer.Encode(text);
     ids.insert(ids.end(), piece.begin(), piece.end());
   }

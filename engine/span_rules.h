@@ -95,7 +95,8 @@ class SpanTracker {
 // Cuts a prompt into segment texts by a segmentation rule (kClient is the caller's job).
 std::vector<std::string> SegmentPromptText(const std::string& prompt, Segmentation rule);
 
-// [BOS] + concat([anchor] + encode(text)) over the segment texts.
+// [BOS] + concat([anchor] + encode(text)) over the segment texts; no anchors when anchor_id is
+// -1 (a plain model).
 std::vector<int32_t> EncodePrompt(const Tokenizer& tokenizer, int32_t anchor_id,
                                   const std::vector<std::string>& segment_texts);
 

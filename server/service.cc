@@ -301,18 +301,24 @@ absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& proto
   GenerateRequest request;
   request.prompt = proto.prompt();
   request.segments.assign(proto.segments().begin(), proto.segments().end());
-  request.max_tokens = proto.has_max_tokens() ? proto.max_tokens() : config.default_max_tokens;
+  const int32_t default_max_tokens =
+      config.default_max_tokens > 0 ? config.default_max_tokens : config.max_tokens_limit;
+  request.max_tokens = proto.has_max_tokens() ? proto.max_tokens() : default_max_tokens;
   request.max_tokens_is_default = !proto.has_max_tokens();
   request.sampling.temperature =
       proto.has_temperature() ? proto.temperature() : config.default_temperature;
   request.sampling.top_k = proto.has_top_k() ? proto.top_k() : config.default_top_k;
   request.sampling.top_p = proto.has_top_p() ? proto.top_p() : config.default_top_p;
+  request.temperature_is_default = !proto.has_temperature();
+  request.top_k_is_default = !proto.has_top_k();
+  request.top_p_is_default = !proto.has_top_p();
   *seed = proto.has_seed() ? proto.seed() : RandomSeed();
   request.sampling.seed = *seed;
   request.stop.assign(proto.stop().begin(), proto.stop().end());
   switch (proto.span_mode()) {
     case v1::SPAN_MODE_UNSPECIFIED:
       request.span_mode = ParseSpanMode(config.default_span_mode).value_or(SpanMode::kSelfSelected);
+      request.span_mode_is_default = true;
       break;
     case v1::SPAN_MODE_SELF_SELECTED:
       request.span_mode = SpanMode::kSelfSelected;
@@ -327,6 +333,12 @@ absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& proto
   request.include_span_markup = proto.include_span_markup();
   request.ignore_eos = proto.ignore_eos();
   return request;
+}
+
+std::string ModelName(const Model& model) {
+  const std::filesystem::path dir = std::filesystem::path(model.dir).lexically_normal();
+  const std::string name = dir.filename().string();
+  return name.empty() ? dir.parent_path().filename().string() : name;  // "models/x/"
 }
 
 void SpanServeService::SetEngine(Engine* engine, std::string backend_name) {
@@ -376,10 +388,7 @@ grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerCon
     const Engine& engine = *engine_.load();
     const Model& model = engine.model();
     const EngineStats stats = engine.Stats();
-    info->set_name(std::filesystem::path(model.dir).lexically_normal().filename().string());
-    if (info->name().empty()) {
-      info->set_name(std::filesystem::path(model.dir).parent_path().filename().string());
-    }
+    info->set_name(ModelName(model));
     info->set_path(model.dir);
     info->set_backend(backend_name_);
     info->set_vocab_size(model.config.vocab_size);
@@ -399,7 +408,9 @@ grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerCon
     info->set_default_max_tokens(config_.default_max_tokens);
     info->set_max_stop_sequences(engine.config().max_stop_sequences);
     info->set_max_stop_length(engine.config().max_stop_length);
-    info->set_default_span_mode(ToProto(engine.config().default_span_mode));
+    info->set_span_support(model.has_span_config);
+    info->set_default_span_mode(
+        ToProto(model.has_span_config ? engine.config().default_span_mode : SpanMode::kDense));
   }
   metrics_->CountRequest("GetModelInfo", CodeName(status.error_code()));
   reactor->Finish(status);

@@ -59,4 +59,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
 absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& request,
                                                 const ServerConfig& config, uint64_t* seed);
 
+// The served model's name: its directory's name (GetModelInfo.name, the HTTP API's model id).
+std::string ModelName(const Model& model);
+
 }  // namespace spanserve

@@ -612,10 +612,66 @@ TEST(MalformedModelTest, TokenizerLargerThanConfigVocab) {
                   {dir + "/tokenizer.model", "320", "vocab_size 300"});
 }
 
-TEST(MalformedModelTest, MissingSpanConfig) {
+TEST(PlainCheckpointTest, LoadsWithoutSpanConfig) {
   const std::string dir = NewDir();
   std::filesystem::remove(dir + "/spanserve.json");
-  ExpectLoadError(dir, absl::StatusCode::kNotFound, {dir + "/spanserve.json"});
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_FALSE((*model)->has_span_config);
+  EXPECT_EQ((*model)->span.anchor_id, -1);
+  EXPECT_EQ((*model)->span.header_end_id, -1);
+
+  absl::StatusOr<std::unique_ptr<Model>> with_spans = LoadModel(NewDir());
+  ASSERT_TRUE(with_spans.ok()) << with_spans.status();
+  EXPECT_TRUE((*with_spans)->has_span_config);
+  EXPECT_GE((*with_spans)->span.anchor_id, 0);
+}
+
+TEST(GenerationConfigTest, SamplingDefaultsAndEosIdsJoinConfigJsons) {
+  const std::string dir = NewDir();
+  WriteText(dir + "/generation_config.json",
+            R"({"do_sample": true, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [5, 2, 7],
+                "max_length": 4096, "transformers_version": "4.44.0"})");
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const GenerationDefaults& g = (*model)->generation;
+  EXPECT_FLOAT_EQ(g.temperature.value_or(-1), 0.6f);
+  EXPECT_FLOAT_EQ(g.top_p.value_or(-1), 0.9f);
+  EXPECT_FALSE(g.top_k.has_value());
+  // config.json's eos (2) first, then the file's others in their order.
+  EXPECT_EQ((*model)->config.eos_token_ids, (std::vector<int32_t>{2, 5, 7}));
+  EXPECT_EQ((*model)->tokenizer->eos_id(), 2);
+}
+
+TEST(GenerationConfigTest, DoSampleFalseIsGreedyAndAbsentFileChangesNothing) {
+  absl::StatusOr<GenerationConfig> greedy = ParseGenerationConfigJson(
+      R"({"do_sample": false, "temperature": 0.7, "top_k": 20, "eos_token_id": 3})", "g");
+  ASSERT_TRUE(greedy.ok()) << greedy.status();
+  EXPECT_FLOAT_EQ(greedy->defaults.temperature.value_or(-1), 0.0f);
+  EXPECT_EQ(greedy->defaults.top_k.value_or(-1), 20);
+  EXPECT_EQ(greedy->eos_token_ids, (std::vector<int32_t>{3}));
+
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(NewDir());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_FALSE((*model)->generation.temperature.has_value());
+  EXPECT_FALSE((*model)->generation.top_p.has_value());
+  EXPECT_FALSE((*model)->generation.top_k.has_value());
+}
+
+TEST(GenerationConfigTest, BadValuesNameTheFileAndKey) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"temperature": -1})", "temperature"}, {R"({"temperature": "hot"})", "temperature"},
+      {R"({"top_p": 0})", "top_p"},              {R"({"top_p": 1.5})", "top_p"},
+      {R"({"top_k": -3})", "top_k"},             {R"({"do_sample": 1})", "do_sample"},
+      {R"({"eos_token_id": []})", "eos_token_id"}, {R"({"eos_token_id": [1, "x"]})", "eos_token_id"},
+      {R"({"eos_token_id": 999})", "eos_token_id"}, {"[1, 2]", "top level"},
+      {"{not json", "not valid JSON"}};
+  for (const auto& [text, needle] : cases) {
+    const std::string dir = NewDir();
+    WriteText(dir + "/generation_config.json", text);
+    ExpectLoadError(dir, absl::StatusCode::kInvalidArgument,
+                    {dir + "/generation_config.json", needle});
+  }
 }
 
 TEST(MalformedModelTest, BadSpanConfigValue) {
