@@ -8,7 +8,9 @@ WORKDIR /src
 COPY scripts/install_deps.sh scripts/
 RUN scripts/install_deps.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN BUILD_DIR=/build scripts/build.sh -DSPANSERVE_TESTS=OFF -DSPANSERVE_BENCH=OFF
+# No fault-injection hook in the image (debug.fail_steps is refused there).
+RUN BUILD_DIR=/build scripts/build.sh -DSPANSERVE_TESTS=OFF -DSPANSERVE_BENCH=OFF \
+    -DSPANSERVE_FAULT_INJECTION=OFF
 RUN if [ -f models/arith-small/config.json ]; then cp -r models/arith-small /model; \
     else /usr/bin/python3 training/tools/make_random_model.py /model; fi
 

@@ -29,6 +29,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
     return absl::FailedPreconditionError(
         "device 'cuda' asked for, but this build has no CUDA backend or no GPU is visible");
   }
+  if (cuda && !options.cpu_faults.fail_steps.empty()) {
+    return absl::FailedPreconditionError("fail steps: only the CPU backend injects faults");
+  }
 #ifdef SPANSERVE_HAS_CUDA
   if (cuda) {
     CudaBackendOptions cuda_options;
@@ -37,7 +40,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
     return CreateCudaBackend(std::move(model), cuda_options);
   }
 #endif
-  return CreateCpuBackend(std::move(model), options.pool);
+  return CreateCpuBackend(std::move(model), options.pool, options.cpu_faults);
 }
 
 }  // namespace spanserve

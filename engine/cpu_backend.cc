@@ -1,5 +1,6 @@
 #include "engine/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -81,8 +82,8 @@ absl::Status CheckConfig(const ModelConfig& c, size_t num_layer_weights) {
 
 class CpuBackend : public Backend {
  public:
-  explicit CpuBackend(std::shared_ptr<const Model> model)
-      : model_(std::move(model)), config_(model_->config) {}
+  CpuBackend(std::shared_ptr<const Model> model, const CpuFaultOptions& faults)
+      : model_(std::move(model)), config_(model_->config), fail_steps_(faults.fail_steps) {}
 
   absl::Status Init(const KvPoolOptions& pool);
 
@@ -122,6 +123,9 @@ class CpuBackend : public Backend {
   std::vector<int32_t> seq_logits_;   // per seq: its row in the logits, -1 if none
   std::vector<float> logits_scratch_; // logits when the step returns none
   Sampler sampler_;
+
+  std::vector<int64_t> fail_steps_;   // fault injection (test builds)
+  int64_t num_steps_ = 0;             // calls of Step
 };
 
 absl::Status CpuBackend::Init(const KvPoolOptions& pool) {
@@ -349,6 +353,7 @@ void CpuBackend::Logits(const StepBatch& batch, StepOutput* out) {
 }
 
 absl::Status CpuBackend::Step(const StepBatch& batch, StepOutput* out) {
+  ++num_steps_;
   if (absl::Status s = ValidateStepBatch(batch, num_blocks_, layout_.block_size,
                                          config_.vocab_size);
       !s.ok()) {
@@ -356,17 +361,36 @@ absl::Status CpuBackend::Step(const StepBatch& batch, StepOutput* out) {
   }
   Resize(batch.num_rows());
   Embed(batch);
-  for (int32_t l = 0; l < config_.num_layers; ++l) RunLayer(l, batch);
+  for (int32_t l = 0; l < config_.num_layers; ++l) {
+    RunLayer(l, batch);
+#ifdef SPANSERVE_FAULT_INJECTION
+    if (l == 0 &&
+        std::find(fail_steps_.begin(), fail_steps_.end(), num_steps_) != fail_steps_.end()) {
+      return absl::InternalError(absl::StrCat("injected fault at step ", num_steps_));
+    }
+#endif
+  }
   Logits(batch, out);
   return absl::OkStatus();
 }
 
 }  // namespace
 
+#ifdef SPANSERVE_FAULT_INJECTION
+bool CpuFaultInjectionBuilt() { return true; }
+#else
+bool CpuFaultInjectionBuilt() { return false; }
+#endif
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(std::shared_ptr<const Model> model,
-                                                         const KvPoolOptions& pool) {
+                                                         const KvPoolOptions& pool,
+                                                         const CpuFaultOptions& faults) {
   if (model == nullptr) return absl::InvalidArgumentError("CreateCpuBackend: no model");
-  auto backend = std::make_unique<CpuBackend>(std::move(model));
+  if (!faults.fail_steps.empty() && !CpuFaultInjectionBuilt()) {
+    return absl::FailedPreconditionError(
+        "fail steps: this build has no fault injection (CMake SPANSERVE_FAULT_INJECTION is OFF)");
+  }
+  auto backend = std::make_unique<CpuBackend>(std::move(model), faults);
   if (absl::Status s = backend->Init(pool); !s.ok()) return s;
   return backend;
 }

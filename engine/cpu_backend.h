@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
@@ -20,7 +21,18 @@ struct KvPoolOptions {
 // Bytes one KV block takes over all layers (K and V) at the given element size.
 int64_t KvBlockBytes(const ModelConfig& config, int32_t block_size, int32_t element_bytes);
 
+// Test builds only (CMake SPANSERVE_FAULT_INJECTION, on with SPANSERVE_TESTS; config
+// debug.fail_steps): Step returns INTERNAL "injected fault at step N" on its Nth call (1-based:
+// one call per engine step) for each N listed. It fails after the first layer has written its
+// K and V, so the failed step leaves half-written blocks behind, as a real fault would.
+struct CpuFaultOptions {
+  std::vector<int64_t> fail_steps;
+};
+// Whether this build has the hook; without it CreateCpuBackend refuses fail steps.
+bool CpuFaultInjectionBuilt();
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(std::shared_ptr<const Model> model,
-                                                         const KvPoolOptions& pool);
+                                                         const KvPoolOptions& pool,
+                                                         const CpuFaultOptions& faults = {});
 
 }  // namespace spanserve

@@ -51,6 +51,21 @@ Reader Number(T* out) {
   };
 }
 
+Reader IntegerList(std::vector<int64_t>* out) {
+  return [out](const YAML::Node& node, const std::string& path) -> absl::Status {
+    if (!node.IsSequence()) return BadValue(path, node, "a list of integers");
+    out->clear();
+    for (size_t i = 0; i < node.size(); ++i) {
+      int64_t value = 0;
+      if (!node[i].IsScalar() || !YAML::convert<int64_t>::decode(node[i], value)) {
+        return BadValue(absl::StrCat(path, "[", i, "]"), node[i], "an integer");
+      }
+      out->push_back(value);
+    }
+    return absl::OkStatus();
+  };
+}
+
 Reader Boolean(bool* out) {
   return [out](const YAML::Node& node, const std::string& path) -> absl::Status {
     if (!node.IsScalar() || !YAML::convert<bool>::decode(node, *out)) {
@@ -105,6 +120,7 @@ std::vector<std::pair<std::string, Reader>> Fields(ServerConfig* c) {
       {"logging.format", String(&c->log_format)},
       {"debug.step_delay_ms", Integer(&c->debug_step_delay_ms)},
       {"debug.load_delay_ms", Integer(&c->debug_load_delay_ms)},
+      {"debug.fail_steps", IntegerList(&c->debug_fail_steps)},
   };
 }
 
@@ -145,6 +161,25 @@ absl::Status Range(const std::string& key, double value, double lo, double hi) {
   if (std::isfinite(value) && value >= lo && value <= hi) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat(key, ": must be between ", lo, " and ", hi, ", not ", value));
+}
+
+absl::Status CheckFailSteps(const ServerConfig& c) {
+  if (c.debug_fail_steps.empty()) return absl::OkStatus();
+  if (!CpuFaultInjectionBuilt()) {
+    return absl::InvalidArgumentError(
+        "debug.fail_steps: this build has no fault injection (CMake SPANSERVE_FAULT_INJECTION "
+        "is OFF; test builds only)");
+  }
+  if (c.device == "cuda") {
+    return absl::InvalidArgumentError("debug.fail_steps: only the CPU backend injects faults");
+  }
+  for (size_t i = 0; i < c.debug_fail_steps.size(); ++i) {
+    if (c.debug_fail_steps[i] < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "debug.fail_steps[", i, "]: must be >= 1, not ", c.debug_fail_steps[i]));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -221,6 +256,7 @@ absl::Status ValidateConfig(const ServerConfig& c) {
       OneOf("logging.format", c.log_format, {"text", "json"}),
       Range("debug.step_delay_ms", c.debug_step_delay_ms, 0, 60000),
       Range("debug.load_delay_ms", c.debug_load_delay_ms, 0, 600000),
+      CheckFailSteps(c),
   };
   for (const absl::Status& status : checks) {
     if (!status.ok()) return status;
@@ -256,6 +292,7 @@ absl::StatusOr<BackendOptions> ToBackendOptions(const ServerConfig& c) {
   options.pool.num_blocks = c.kv_num_blocks;
   options.pool.memory_bytes = c.kv_memory_mb << 20;
   options.gpu_memory_fraction = c.gpu_memory_fraction;
+  options.cpu_faults.fail_steps = c.debug_fail_steps;
   return options;
 }
 

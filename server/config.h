@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/backend_factory.h"
@@ -54,6 +55,9 @@ struct ServerConfig {
   // debug:
   int32_t debug_step_delay_ms = 0;      // sleeps before each engine step (tests, demos)
   int32_t debug_load_delay_ms = 0;      // sleeps before loading the model (tests)
+  // Engine steps (1-based) the CPU backend fails with INTERNAL; test builds only
+  // (engine/cpu_backend.h), refused elsewhere.
+  std::vector<int64_t> debug_fail_steps;
 };
 
 // Reads a YAML config file over the defaults. Unknown keys and bad values are errors naming

@@ -4,6 +4,8 @@
 
 #include <fstream>
 
+#include "absl/strings/match.h"
+
 #include "gtest/gtest.h"
 
 namespace spanserve {
@@ -132,6 +134,31 @@ TEST(Config, ShippedExampleLoads) {
   EXPECT_EQ(config->max_waiting, defaults.max_waiting);
   EXPECT_EQ(config->kv_block_size, defaults.kv_block_size);
   EXPECT_EQ(config->default_span_mode, defaults.default_span_mode);
+}
+
+TEST(Config, FailSteps) {
+  // Test builds (SPANSERVE_FAULT_INJECTION) take them and hand them to the CPU backend; other
+  // builds refuse them, naming the build option, rather than serve without the fault asked for.
+  absl::StatusOr<ServerConfig> config = ParseConfig("debug: {fail_steps: [3, 7]}");
+  if (CpuFaultInjectionBuilt()) {
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(config->debug_fail_steps, (std::vector<int64_t>{3, 7}));
+    absl::StatusOr<BackendOptions> backend = ToBackendOptions(*config);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    EXPECT_EQ(backend->cpu_faults.fail_steps, (std::vector<int64_t>{3, 7}));
+    EXPECT_EQ(ErrorOf("debug: {fail_steps: [3, 0]}"), "debug.fail_steps[1]: must be >= 1, not 0");
+    EXPECT_EQ(ErrorOf("device: cuda\ndebug: {fail_steps: [3]}"),
+              "debug.fail_steps: only the CPU backend injects faults");
+  } else {
+    ASSERT_FALSE(config.ok());
+    EXPECT_TRUE(absl::StrContains(config.status().message(), "SPANSERVE_FAULT_INJECTION is OFF"))
+        << config.status();
+  }
+  EXPECT_TRUE(ParseConfig("debug: {fail_steps: []}").ok());  // none: any build
+  EXPECT_EQ(ErrorOf("debug: {fail_steps: 3}"),
+            "debug.fail_steps: expected a list of integers, got '3'");
+  EXPECT_EQ(ErrorOf("debug: {fail_steps: [x]}"),
+            "debug.fail_steps[0]: expected an integer, got 'x'");
 }
 
 TEST(Config, Auth) {

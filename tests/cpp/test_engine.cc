@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -317,6 +318,24 @@ TEST_F(EngineTest, BadRequestsGetInvalidArgumentNamingTheField) {
   EXPECT_TRUE(engine->Submit(ok, [](GenerationEvent&&) {}).ok());
 }
 
+TEST_F(EngineTest, DefaultMaxTokensFillsTheRoomInTheContextAndThePool) {
+  // 32 blocks of 16: 512 tokens of cache under a context of 1024. An unset max_tokens (the
+  // server passes its limit) is cut to what the smaller of the two leaves after the prompt.
+  std::unique_ptr<Engine> engine = MakeEngine(32);
+  GenerateRequest request = Greedy("1+1=", 4096);
+  request.max_tokens_is_default = true;
+  Collector collector;
+  ASSERT_TRUE(engine->Submit(request, collector.Sink()).ok());
+  ASSERT_TRUE(collector.Wait());
+  const GenerationEvent& done = collector.final_event();
+  EXPECT_EQ(done.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(done.prompt_tokens + done.generated_tokens, 512);
+  request.max_tokens_is_default = false;  // asked for explicitly: refused, naming the field
+  absl::StatusOr<Engine::RequestId> refused = engine->Submit(request, [](GenerationEvent&&) {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StartsWith(refused.status().message(), "max_tokens")) << refused.status();
+}
+
 TEST_F(EngineTest, FullQueueIsResourceExhaustedAndShutdownIsUnavailable) {
   EngineConfig config;
   config.max_running = 1;
@@ -397,6 +416,230 @@ TEST_F(EngineTest, SubmitAndCancelFromManyThreadsWhileTheLoopRuns) {
   engine->Shutdown(0);
   EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
   EXPECT_EQ(engine->Stats().running + engine->Stats().waiting, 0);
+}
+
+// ---- Faults: a failed step, prompts against the pool (issue 21, part 5) ----
+
+// Passes steps on to the backend it wraps and counts each step's sequences; the first step waits
+// for Open(), so that requests submitted meanwhile all join the second step.
+class GatedBackend : public Backend {
+ public:
+  explicit GatedBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return inner_->name(); }
+  absl::Status Step(const StepBatch& batch, StepOutput* out) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      step_seqs_.push_back(static_cast<int>(batch.seqs.size()));
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return open_; });
+    }
+    return inner_->Step(batch, out);
+  }
+  int32_t num_kv_blocks() const override { return inner_->num_kv_blocks(); }
+  int32_t block_size() const override { return inner_->block_size(); }
+  int32_t vocab_size() const override { return inner_->vocab_size(); }
+
+  void WaitForFirstStep() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return !step_seqs_.empty(); });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  std::vector<int> step_seqs() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return step_seqs_;
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  std::vector<int> step_seqs_;  // sequences of each step so far
+};
+
+// An engine on a CPU backend that fails the given steps, behind a GatedBackend (*gate).
+std::unique_ptr<Engine> MakeFaultyEngine(std::shared_ptr<const Model> model, int32_t num_blocks,
+                                         std::vector<int64_t> fail_steps, EngineConfig config,
+                                         GatedBackend** gate) {
+  KvPoolOptions pool;
+  pool.num_blocks = num_blocks;
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      CreateCpuBackend(model, pool, {.fail_steps = std::move(fail_steps)});
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  auto gated = std::make_unique<GatedBackend>(std::move(*backend));
+  *gate = gated.get();
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      CreateEngine(model, std::move(gated), config);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return std::move(*engine);
+}
+
+std::vector<int32_t> Prefix(const std::vector<int32_t>& tokens, size_t n) {
+  return {tokens.begin(), tokens.begin() + std::min(n, tokens.size())};
+}
+
+TEST_F(EngineTest, FailedStepFailsItsRequestsAndTheOthersGiveTheirOutputsAlone) {
+  if (!CpuFaultInjectionBuilt()) GTEST_SKIP() << "built without SPANSERVE_FAULT_INJECTION";
+  std::vector<GenerateRequest> requests = {
+      Greedy("(12+34)*5=", 30), Greedy("7*(8-9)+10=", 30), Greedy("the cat sat. 1+1=", 12),
+      Greedy("99-98=", 16), Greedy("(1+2)*(3+4)=", 20)};
+  requests[1].sampling = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = 77};
+  requests[2].sampling = {.temperature = 1.0f, .seed = 5};
+  requests[4].sampling = {.temperature = 0.8f, .seed = 9};
+  std::vector<std::vector<int32_t>> alone;
+  {
+    std::unique_ptr<Engine> engine = MakeEngine(256);
+    for (const GenerateRequest& r : requests) alone.push_back(RunAll(engine.get(), {r})[0]);
+  }
+
+  // At most 2 running: step 1 is {0}, steps 2-4 are {0, 1} (4 fails), 2 and 3 wait meanwhile
+  // and run from step 5; 4 comes after the failure.
+  EngineConfig config;
+  config.max_running = 2;
+  GatedBackend* gate = nullptr;
+  std::unique_ptr<Engine> engine = MakeFaultyEngine(model_, 256, {4}, config, &gate);
+  std::vector<Collector> c(requests.size());
+  ASSERT_TRUE(engine->Submit(requests[0], c[0].Sink()).ok());
+  gate->WaitForFirstStep();
+  for (int i = 1; i <= 3; ++i) ASSERT_TRUE(engine->Submit(requests[i], c[i].Sink()).ok());
+  gate->Open();
+  for (int i = 0; i <= 3; ++i) ASSERT_TRUE(c[i].Wait()) << i;
+  ASSERT_TRUE(engine->Submit(requests[4], c[4].Sink()).ok());
+  ASSERT_TRUE(c[4].Wait());
+
+  const std::vector<int> seqs = gate->step_seqs();
+  ASSERT_GE(seqs.size(), 5u);
+  EXPECT_EQ(std::vector<int>(seqs.begin(), seqs.begin() + 5), (std::vector<int>{1, 2, 2, 2, 2}));
+  for (int i : {0, 1}) {
+    const GenerationEvent& done = c[i].final_event();
+    EXPECT_EQ(done.finish_reason, FinishReason::kError) << i;
+    EXPECT_EQ(done.error, "injected fault at step 4") << i;
+    // What came before the failure is what the request gives alone.
+    EXPECT_EQ(c[i].tokens(), Prefix(alone[i], 3 - i)) << i;
+  }
+  for (int i : {2, 3, 4}) {
+    EXPECT_EQ(c[i].final_event().finish_reason, FinishReason::kLength) << i;
+    EXPECT_EQ(c[i].tokens(), alone[i]) << i;
+  }
+  const EngineStats stats = engine->Stats();
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  EXPECT_EQ(stats.running, 0);
+  EXPECT_EQ(stats.waiting, 0);
+}
+
+TEST_F(EngineTest, FailedStepsUnderPreemptionLeaveTheOthersExactAndThePoolFree) {
+  if (!CpuFaultInjectionBuilt()) GTEST_SKIP() << "built without SPANSERVE_FAULT_INJECTION";
+  std::vector<GenerateRequest> requests = VariedRequests(12, 40);
+  for (size_t i = 0; i < requests.size(); i += 2) {
+    requests[i].sampling = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = 300 + i};
+  }
+  const std::vector<std::vector<int32_t>> alone = RunAll(MakeEngine(1024).get(), requests);
+
+  // A small pool and token budget: preemption, chunked prefill, running sequences left out of
+  // a step; two steps fail along the way.
+  EngineConfig config;
+  config.max_batched_tokens = 24;
+  config.max_running = 6;
+  const std::vector<int64_t> fail_steps = {4, 24};
+  GatedBackend* gate = nullptr;
+  std::unique_ptr<Engine> engine = MakeFaultyEngine(model_, 12, fail_steps, config, &gate);
+  std::vector<Collector> c(requests.size());
+  ASSERT_TRUE(engine->Submit(requests[0], c[0].Sink()).ok());
+  gate->WaitForFirstStep();  // the others arrive during step 1: the schedule is fixed
+  for (size_t i = 1; i < requests.size(); ++i) {
+    ASSERT_TRUE(engine->Submit(requests[i], c[i].Sink()).ok());
+  }
+  gate->Open();
+  std::set<std::string> errors;
+  int failed = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(c[i].Wait()) << i;
+    const GenerationEvent& done = c[i].final_event();
+    if (done.finish_reason == FinishReason::kError) {
+      ++failed;
+      errors.insert(done.error);
+      EXPECT_EQ(c[i].tokens(), Prefix(alone[i], c[i].tokens().size())) << i;
+    } else {
+      EXPECT_EQ(done.finish_reason, FinishReason::kLength) << i;
+      EXPECT_EQ(c[i].tokens(), alone[i]) << i;
+    }
+  }
+  // Each failed step failed someone (7 of 12 in all as the schedule stands); enough others
+  // lived through both to compare.
+  std::set<std::string> expected;
+  for (int64_t step : fail_steps) expected.insert("injected fault at step " + std::to_string(step));
+  EXPECT_EQ(errors, expected);
+  EXPECT_LE(failed, 9);
+  const EngineStats stats = engine->Stats();
+  EXPECT_GT(stats.preemptions, 0);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  EXPECT_EQ(stats.running, 0);
+  EXPECT_EQ(stats.waiting, 0);
+}
+
+TEST_F(EngineTest, PromptLongerThanThePoolIsRefusedNamingThePrompt) {
+  std::unique_ptr<Engine> engine = MakeEngine(4);  // 64 tokens of cache, context 1024
+  std::string prompt;
+  while (model_->tokenizer->Encode(prompt).size() < 100) prompt += "12+34*";
+  for (bool default_max_tokens : {true, false}) {
+    GenerateRequest request = Greedy(prompt, default_max_tokens ? 4096 : 1);
+    request.max_tokens_is_default = default_max_tokens;
+    absl::StatusOr<Engine::RequestId> id = engine->Submit(request, [](GenerationEvent&&) {});
+    ASSERT_FALSE(id.ok());
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StartsWith(id.status().message(), "prompt: ")) << id.status();
+    EXPECT_TRUE(absl::StrContains(id.status().message(), "KV cache of 64 tokens")) << id.status();
+  }
+  // A prompt that fits, with a max_tokens that does not: max_tokens is named.
+  absl::StatusOr<Engine::RequestId> id =
+      engine->Submit(Greedy("1+1=", 100), [](GenerationEvent&&) {});
+  ASSERT_FALSE(id.ok());
+  EXPECT_TRUE(absl::StartsWith(id.status().message(), "max_tokens: ")) << id.status();
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, PromptThatFillsThePoolAloneFinishesAmongOthers) {
+  // 8 blocks of 16: 128 tokens. The big request fills the whole pool, so it can run only when
+  // nothing else holds a block: the others must finish or be preempted, and later arrivals
+  // must not overtake it forever.
+  std::string prompt;
+  while (model_->tokenizer->Encode(prompt).size() < 90) prompt += "(5-3)*";
+  GenerateRequest big = Greedy(prompt, 8);
+  std::vector<GenerateRequest> others = VariedRequests(6, 30);
+  std::vector<std::vector<int32_t>> alone;
+  int32_t big_prompt_tokens = 0;
+  {
+    std::unique_ptr<Engine> engine = MakeEngine(1024);
+    Collector probe;
+    ASSERT_TRUE(engine->Submit(big, probe.Sink()).ok());
+    ASSERT_TRUE(probe.Wait());
+    big_prompt_tokens = probe.final_event().prompt_tokens;
+    ASSERT_LT(big_prompt_tokens, 128);
+    big.max_tokens = 128 - big_prompt_tokens;
+    alone.push_back(RunAll(engine.get(), {big})[0]);
+    for (const GenerateRequest& r : others) alone.push_back(RunAll(engine.get(), {r})[0]);
+  }
+  EngineConfig config;
+  config.max_batched_tokens = 32;
+  std::unique_ptr<Engine> engine = MakeEngine(8, config);
+  std::vector<Collector> c(1 + others.size());
+  for (size_t i = 0; i < 3; ++i) ASSERT_TRUE(engine->Submit(others[i], c[1 + i].Sink()).ok());
+  ASSERT_TRUE(engine->Submit(big, c[0].Sink()).ok());
+  for (size_t i = 3; i < others.size(); ++i) {
+    ASSERT_TRUE(engine->Submit(others[i], c[1 + i].Sink()).ok());
+  }
+  for (size_t i = 0; i < c.size(); ++i) {
+    ASSERT_TRUE(c[i].Wait(60)) << "request " << i << " did not finish";
+    EXPECT_EQ(c[i].final_event().finish_reason, FinishReason::kLength) << i;
+    EXPECT_EQ(c[i].tokens(), alone[i]) << i;
+  }
+  EXPECT_EQ(c[0].final_event().prompt_tokens + c[0].final_event().generated_tokens, 128);
+  EXPECT_GT(engine->Stats().preemptions, 0);
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
 }
 
 }  // namespace
