@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/cpu_math.h"
+#include "engine/model_config.h"
 #include "engine/sampler.h"
 
 namespace spanserve {
@@ -25,6 +26,7 @@ namespace {
 struct LayerF32 {
   const float* attn_norm;
   const float *wq, *wk, *wv, *wo;
+  const float *bq = nullptr, *bk = nullptr, *bv = nullptr;  // Qwen2's q/k/v biases
   const float* ffn_norm;
   const float *w_gate, *w_up, *w_down;
 };
@@ -83,7 +85,10 @@ absl::Status CheckConfig(const ModelConfig& c, size_t num_layer_weights) {
 class CpuBackend : public Backend {
  public:
   CpuBackend(std::shared_ptr<const Model> model, const CpuFaultOptions& faults)
-      : model_(std::move(model)), config_(model_->config), fail_steps_(faults.fail_steps) {}
+      : model_(std::move(model)),
+        config_(model_->config),
+        rope_inv_freq_(RopeInverseFrequencies(config_)),
+        fail_steps_(faults.fail_steps) {}
 
   absl::Status Init(const KvPoolOptions& pool);
 
@@ -107,6 +112,7 @@ class CpuBackend : public Backend {
 
   std::shared_ptr<const Model> model_;
   const ModelConfig& config_;
+  const std::vector<double> rope_inv_freq_;  // RopeInverseFrequencies(config_)
   std::map<const void*, std::vector<float>> converted_;
   const float* embed_ = nullptr;
   const float* final_norm_ = nullptr;
@@ -156,6 +162,9 @@ absl::Status CpuBackend::ConvertWeights() {
     if (s.ok()) s = get(lw.wq, {q_dim, hidden}, &out.wq);
     if (s.ok()) s = get(lw.wk, {kv_dim, hidden}, &out.wk);
     if (s.ok()) s = get(lw.wv, {kv_dim, hidden}, &out.wv);
+    if (s.ok() && c.qkv_bias) s = get(lw.bq, {q_dim}, &out.bq);
+    if (s.ok() && c.qkv_bias) s = get(lw.bk, {kv_dim}, &out.bk);
+    if (s.ok() && c.qkv_bias) s = get(lw.bv, {kv_dim}, &out.bv);
     if (s.ok()) s = get(lw.wo, {hidden, q_dim}, &out.wo);
     if (s.ok()) s = get(lw.ffn_norm, {hidden}, &out.ffn_norm);
     if (s.ok()) s = get(lw.w_gate, {inter, hidden}, &out.w_gate);
@@ -216,7 +225,7 @@ void CpuBackend::Embed(const StepBatch& batch) {
   for (int32_t r = 0; r < batch.num_rows(); ++r) {
     std::memcpy(&x_[int64_t{r} * hidden], embed_ + int64_t{batch.token_ids[r]} * hidden,
                 sizeof(float) * hidden);
-    RopeCosSin(batch.positions[r], config_.head_dim, config_.rope_theta, &rope_cos_[r * half],
+    RopeCosSin(batch.positions[r], rope_inv_freq_.data(), half, &rope_cos_[r * half],
                &rope_sin_[r * half]);
   }
 }
@@ -291,6 +300,11 @@ void CpuBackend::RunLayer(int32_t layer, const StepBatch& batch) {
   Linear(xn_.data(), n, hidden, w.wq, q_dim, q_.data());
   Linear(xn_.data(), n, hidden, w.wk, kv_dim, k_.data());
   Linear(xn_.data(), n, hidden, w.wv, kv_dim, v_.data());
+  if (w.bq != nullptr) {
+    AddBias(q_.data(), n, q_dim, w.bq);
+    AddBias(k_.data(), n, kv_dim, w.bk);
+    AddBias(v_.data(), n, kv_dim, w.bv);
+  }
   RopeAndWriteKv(layer, batch);
   Attention(layer, batch);
   Linear(attn_.data(), n, q_dim, w.wo, hidden, proj_.data());

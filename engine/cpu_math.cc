@@ -54,10 +54,10 @@ void RmsNorm(const float* x, const float* weight, int32_t n, float eps, float* o
   for (int32_t i = 0; i < n; ++i) out[i] = x[i] * inv_rms * weight[i];
 }
 
-void RopeCosSin(int32_t position, int32_t head_dim, float theta, float* cos_out, float* sin_out) {
-  for (int32_t i = 0; i < head_dim / 2; ++i) {
-    const double inv_freq = std::pow(double{theta}, -2.0 * i / head_dim);
-    const double angle = position * inv_freq;
+void RopeCosSin(int32_t position, const double* inv_freq, int32_t half, float* cos_out,
+                float* sin_out) {
+  for (int32_t i = 0; i < half; ++i) {
+    const double angle = position * inv_freq[i];
     cos_out[i] = static_cast<float>(std::cos(angle));
     sin_out[i] = static_cast<float>(std::sin(angle));
   }
@@ -74,6 +74,10 @@ void ApplyRope(float* x, int32_t num_heads, int32_t head_dim, const float* cos, 
       head[i + half] = x1 * cos[i] + x0 * sin[i];
     }
   }
+}
+
+void AddBias(float* x, int32_t rows, int32_t n, const float* bias) {
+  for (int32_t r = 0; r < rows; ++r) AddInPlace(x + int64_t{r} * n, bias, n);
 }
 
 void SiluMul(const float* gate, const float* up, int32_t n, float* out) {

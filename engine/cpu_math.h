@@ -22,8 +22,10 @@ void Linear(const float* x, int32_t rows, int32_t in, const float* w, int32_t ou
 // out = x / sqrt(mean(x^2) + eps) * weight, over n values (Hugging Face LlamaRMSNorm).
 void RmsNorm(const float* x, const float* weight, int32_t n, float eps, float* out);
 
-// cos and sin of position * theta^(-2i/head_dim) for i < head_dim/2, computed in double.
-void RopeCosSin(int32_t position, int32_t head_dim, float theta, float* cos_out, float* sin_out);
+// cos and sin of position * inv_freq[i] for i < half, computed in double (inv_freq: the
+// model's RopeInverseFrequencies).
+void RopeCosSin(int32_t position, const double* inv_freq, int32_t half, float* cos_out,
+                float* sin_out);
 
 // Rotates the pairs (x[i], x[i + head_dim/2]) of each head by the angles (rotate_half).
 void ApplyRope(float* x, int32_t num_heads, int32_t head_dim, const float* cos, const float* sin);
@@ -33,6 +35,9 @@ void SiluMul(const float* gate, const float* up, int32_t n, float* out);
 
 // x[i] += y[i].
 void AddInPlace(float* x, const float* y, int64_t n);
+
+// Adds bias[n] to each of x's rows [rows][n] (a Linear's bias).
+void AddBias(float* x, int32_t rows, int32_t n, const float* bias);
 
 // One layer's K or V pool: [num_blocks][num_kv_heads][block_size][head_dim], fp32.
 struct KvLayout {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/cpu_math.h"
+#include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
@@ -109,6 +110,7 @@ struct LayerWeightsGpu {
   const float* attn_norm;
   const float* ffn_norm;
   const uint16_t* wqkv;      // [q_dim + 2 kv_dim][hidden]: wq, wk, wv stacked
+  const float* bqkv = nullptr;  // [q_dim + 2 kv_dim]: bq, bk, bv stacked (Qwen2); else null
   const uint16_t* wo;        // [hidden][q_dim]
   const uint16_t* w_gate_up; // [2 inter][hidden]: w_gate, w_up stacked
   const uint16_t* w_down;    // [hidden][inter]
@@ -176,6 +178,7 @@ class CudaBackend : public Backend {
   DeviceBuffer blas_workspace_;
 
   DeviceBuffer weights_;
+  DeviceBuffer rope_inv_freq_;  // RopeInverseFrequencies, [head_dim / 2] doubles
   const uint16_t* embed_ = nullptr;
   const uint16_t* lm_head_ = nullptr;
   const float* final_norm_ = nullptr;
@@ -240,6 +243,9 @@ absl::Status CudaBackend::CheckModel() const {
     if (s.ok()) s = check(lw.wq, {q_dim(), hidden});
     if (s.ok()) s = check(lw.wk, {kv_dim(), hidden});
     if (s.ok()) s = check(lw.wv, {kv_dim(), hidden});
+    if (s.ok() && c_.qkv_bias) s = check(lw.bq, {q_dim()});
+    if (s.ok() && c_.qkv_bias) s = check(lw.bk, {kv_dim()});
+    if (s.ok() && c_.qkv_bias) s = check(lw.bv, {kv_dim()});
     if (s.ok()) s = check(lw.wo, {hidden, q_dim()});
     if (s.ok()) s = check(lw.ffn_norm, {hidden});
     if (s.ok()) s = check(lw.w_gate, {inter, hidden});
@@ -275,6 +281,12 @@ std::vector<WeightUpload> CudaBackend::LayoutWeights(size_t* total) const {
     add(lw.wk, false);
     add(lw.wv, false);
     align();
+    if (c_.qkv_bias) {
+      add(lw.bq, true);
+      add(lw.bk, true);
+      add(lw.bv, true);
+      align();
+    }
     add(lw.wo, false);
     align();
     add(lw.w_gate, false);
@@ -303,6 +315,10 @@ void CudaBackend::PointWeights(uint8_t* base) {
     lw.ffn_norm = reinterpret_cast<const float*>(next());
     lw.wqkv = reinterpret_cast<const uint16_t*>(next());
     i += 2;  // wk, wv follow wq
+    if (c_.qkv_bias) {
+      lw.bqkv = reinterpret_cast<const float*>(next());
+      i += 2;  // bk, bv follow bq
+    }
     lw.wo = reinterpret_cast<const uint16_t*>(next());
     lw.w_gate_up = reinterpret_cast<const uint16_t*>(next());
     i += 1;  // w_up follows w_gate
@@ -517,6 +533,14 @@ absl::Status CudaBackend::Init() {
   check(cublasSetWorkspace(blas_, blas_workspace_.as<void>(), kBlasWorkspaceBytes), "workspace");
   if (absl::Status s = weights_.Allocate(weight_bytes, "the weights"); !s.ok()) return s;
   if (absl::Status s = kv_.Allocate(kv_bytes, "the KV cache"); !s.ok()) return s;
+  const std::vector<double> inv_freq = RopeInverseFrequencies(c_);
+  if (absl::Status s = rope_inv_freq_.Allocate(inv_freq.size() * sizeof(double), "RoPE table");
+      !s.ok()) {
+    return s;
+  }
+  check(cudaMemcpy(rope_inv_freq_.as<double>(), inv_freq.data(), inv_freq.size() * sizeof(double),
+                   cudaMemcpyHostToDevice),
+        "RoPE table");
   if (absl::Status s = AllocateStepBuffers(cap); !s.ok()) return s;
   PointWeights(weights_.as<uint8_t>());
   if (absl::Status s = UploadWeights(uploads, weight_bytes); !s.ok()) return s;
@@ -577,7 +601,8 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
     gpu::RopeKvArgs rope{qkv_.as<float>(), Plan<int32_t>(layout_.positions),
                          Plan<int32_t>(layout_.kv_block), Plan<int32_t>(layout_.kv_offset),
                          n, c_.num_heads, c_.num_kv_heads, c_.head_dim, block_size_,
-                         c_.rope_theta, q_.as<uint16_t>(), KCache(l), VCache(l)};
+                         rope_inv_freq_.as<double>(), w.bqkv, q_.as<uint16_t>(), KCache(l),
+                         VCache(l)};
     check(gpu::LaunchRopeWriteKv(rope, stream_), "rope and KV write");
     gpu::PrefillAttentionArgs prefill{q_.as<uint16_t>(), KCache(l), VCache(l),
                                       Plan<gpu::PrefillJob>(layout_.prefill_jobs),

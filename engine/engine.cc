@@ -384,16 +384,8 @@ void EngineImpl::BuildBatch(const Schedule& schedule, StepStats* stats) {
     for (int32_t pos = seq->num_computed; pos < end; ++pos) {
       AttentionRow row;
       row.seq = static_cast<int32_t>(batch_.seqs.size());
-      // Rows of a prefill chunk that attend densely use the causal path; every other row
-      // gets its chunk list (a decode row's dense list is all its blocks).
-      if (work.num_rows > 1 && seq->tracker.IsDense(pos)) {
-        row.causal = true;
-      } else {
-        seq->tracker.AttendedRanges(pos, &ranges_);
-        row.chunk_begin = static_cast<int32_t>(batch_.chunks.size());
-        AppendRangeChunks(ranges_, seq->block_table, block_size, &batch_.chunks);
-        row.chunk_end = static_cast<int32_t>(batch_.chunks.size());
-      }
+      PlanAttentionRow(seq->tracker, pos, work.num_rows > 1, model_->config.sliding_window,
+                       seq->block_table, block_size, &ranges_, &batch_.chunks, &row);
       batch_.token_ids.push_back(seq->tokens[pos]);
       batch_.positions.push_back(pos);
       batch_.rows.push_back(row);

@@ -13,8 +13,20 @@
 
 namespace spanserve {
 
-// Hugging Face LLaMA config.json, the fields the engine uses.
+// How RoPE's frequencies are scaled (config.json's rope_scaling or rope_parameters).
+enum class RopeType { kDefault, kLinear, kLlama3 };
+struct RopeScaling {
+  RopeType type = RopeType::kDefault;
+  float factor = 1.0f;                     // linear and llama3
+  float low_freq_factor = 1.0f;            // llama3
+  float high_freq_factor = 4.0f;           // llama3
+  int32_t original_max_position_embeddings = 8192;  // llama3
+};
+
+// Hugging Face config.json of the LLaMA family (llama, mistral, qwen2), the fields the engine
+// uses.
 struct ModelConfig {
+  std::string model_type = "llama";
   int32_t hidden_size = 0;
   int32_t intermediate_size = 0;
   int32_t num_layers = 0;
@@ -25,6 +37,9 @@ struct ModelConfig {
   int32_t max_position_embeddings = 0;
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
+  RopeScaling rope_scaling;
+  bool qkv_bias = false;       // Qwen2: q, k and v projections have biases
+  int32_t sliding_window = 0;  // Mistral: a query attends its last sliding_window keys; 0: all
   bool tie_word_embeddings = false;
   int32_t bos_token_id = 1;
   std::vector<int32_t> eos_token_ids;  // config.json may give one id or a list
@@ -46,6 +61,7 @@ struct TensorView {
 struct LayerWeights {
   TensorView attn_norm;                 // [hidden]
   TensorView wq, wk, wv, wo;            // [heads*hd, hidden], [kv*hd, hidden] x2, [hidden, heads*hd]
+  TensorView bq, bk, bv;                // [heads*hd], [kv*hd] x2; only with qkv_bias
   TensorView ffn_norm;                  // [hidden]
   TensorView w_gate, w_up, w_down;      // [inter, hidden] x2, [hidden, inter]
 };

@@ -1,5 +1,6 @@
 #include "engine/model_config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -147,8 +148,11 @@ class Fields {
   // A key that must be absent, null or equal to `want` (a plain LLaMA's value).
   void Only(const char* key, const json& want) {
     if (!Given(key, false) || object_.at(key) == want) return;
-    Fail(absl::FailedPreconditionError(
-        absl::StrCat(path_, ": key '", key, "' is ", object_.at(key).dump(), ": not supported")));
+    Fail(Unsupported(key, object_.at(key).dump()));
+  }
+  absl::Status Unsupported(const char* key, const std::string& value) const {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_, ": key '", key, "' is ", value, ": not supported"));
   }
 
  private:
@@ -205,39 +209,66 @@ absl::Status CheckSizes(ModelConfig& c, const Fields& fields) {
   return absl::OkStatus();
 }
 
-// transformers 5 writes {"rope_parameters": {"rope_type": "default", "rope_theta": ...}} where
-// older configs have a top-level rope_theta. Only plain RoPE is supported.
-absl::Status ParseRopeParameters(const json& object, const std::string& path, ModelConfig* c) {
-  auto it = object.find("rope_parameters");
+// RoPE's parameters: older configs have a top-level rope_theta and a rope_scaling object
+// ({"type" or "rope_type": ..., "factor": ...}); transformers 5 writes both into one
+// rope_parameters object. Served: default, linear, and llama3 (LLaMA-3.1's long context).
+absl::Status ParseRope(const json& object, const char* key, ModelConfig* c) {
+  auto it = object.find(key);
   if (it == object.end() || it->is_null()) return absl::OkStatus();
   if (!it->is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": key 'rope_parameters' must be an object"));
+    return absl::InvalidArgumentError(absl::StrCat("key '", key, "' must be an object"));
   }
-  const json type = it->value("rope_type", json("default"));
-  if (type != "default") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, ": key 'rope_parameters.rope_type' is ", type.dump(), "; only \"default\" is supported"));
+  const std::string name = key;
+  Fields fields(*it, name);
+  std::string type = "default";
+  fields.String(it->contains("rope_type") ? "rope_type" : "type", &type);
+  fields.PositiveFloat("rope_theta", false, &c->rope_theta);
+  RopeScaling& r = c->rope_scaling;
+  if (type == "linear" || type == "llama3") {
+    r.type = type == "linear" ? RopeType::kLinear : RopeType::kLlama3;
+    fields.PositiveFloat("factor", true, &r.factor);
   }
-  if (auto theta = it->find("rope_theta"); theta != it->end()) {
-    if (!theta->is_number() || theta->get<double>() <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": key 'rope_parameters.rope_theta' must be a positive number"));
+  if (type == "llama3") {
+    fields.PositiveFloat("low_freq_factor", true, &r.low_freq_factor);
+    fields.PositiveFloat("high_freq_factor", true, &r.high_freq_factor);
+    fields.Int("original_max_position_embeddings", true, 1, &r.original_max_position_embeddings);
+    if (fields.status().ok() && !(r.high_freq_factor > r.low_freq_factor)) {
+      return fields.Error("high_freq_factor", "must be above low_freq_factor");
     }
-    c->rope_theta = theta->get<float>();
+  }
+  if (!fields.status().ok()) return fields.status();
+  if (type != "default" && type != "linear" && type != "llama3") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key '", key, "': rope type \"", type,
+                     "\" is not supported (default, linear, llama3)"));
   }
   return absl::OkStatus();
 }
 
+// model_type and what it changes: qwen2's q/k/v biases, mistral's sliding window. Anything that
+// would change the math in a way not served is refused, naming the key.
+void ParseArchitecture(Fields& fields, ModelConfig* c) {
+  fields.String("model_type", &c->model_type);
+  if (!fields.status().ok()) return;
+  if (c->model_type != "llama" && c->model_type != "mistral" && c->model_type != "qwen2") {
+    return fields.Fail(fields.Unsupported(
+        "model_type", absl::StrCat("\"", c->model_type, "\" (served: llama, mistral, qwen2)")));
+  }
+  fields.Only("hidden_act", "silu");
+  fields.Only("mlp_bias", false);
+  if (c->model_type == "qwen2") {
+    c->qkv_bias = true;  // Qwen2Attention: q, k, v with bias, o without
+    fields.Only("use_sliding_window", false);
+  } else {
+    fields.Only("attention_bias", false);
+  }
+  if (c->model_type == "mistral") fields.Int("sliding_window", false, 1, &c->sliding_window);
+}
+
 absl::StatusOr<ModelConfig> ModelConfigFromJson(const json& object, const std::string& path) {
   Fields fields(object, path);
-  // Keys that would change the model's math: only plain LLaMA's values.
-  fields.Only("model_type", "llama");
-  fields.Only("hidden_act", "silu");
-  fields.Only("attention_bias", false);
-  fields.Only("mlp_bias", false);
-  fields.Only("rope_scaling", nullptr);
-
   ModelConfig c;
+  ParseArchitecture(fields, &c);
   fields.Int("hidden_size", true, 1, &c.hidden_size);
   fields.Int("intermediate_size", true, 1, &c.intermediate_size);
   fields.Int("num_hidden_layers", true, 1, &c.num_layers);
@@ -253,7 +284,10 @@ absl::StatusOr<ModelConfig> ModelConfigFromJson(const json& object, const std::s
   fields.Int("bos_token_id", true, 0, &c.bos_token_id);
   fields.IntList("eos_token_id", 0, &c.eos_token_ids);
   if (!fields.status().ok()) return fields.status();
-  if (absl::Status status = ParseRopeParameters(object, path, &c); !status.ok()) return status;
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    absl::Status status = ParseRope(object, key, &c);
+    if (!status.ok()) return absl::Status(status.code(), absl::StrCat(path, ": ", status.message()));
+  }
   if (absl::Status status = CheckSizes(c, fields); !status.ok()) return status;
   return c;
 }
@@ -325,6 +359,31 @@ absl::StatusOr<GenerationConfig> GenerationConfigFromJson(const json& object,
 }
 
 }  // namespace
+
+std::vector<double> RopeInverseFrequencies(const ModelConfig& c) {
+  const int32_t half = c.head_dim / 2;
+  const RopeScaling& r = c.rope_scaling;
+  std::vector<double> inv_freq(half);
+  for (int32_t i = 0; i < half; ++i) {
+    double f = std::pow(double{c.rope_theta}, -2.0 * i / c.head_dim);
+    if (r.type == RopeType::kLinear) f /= r.factor;
+    if (r.type == RopeType::kLlama3) {
+      // Wavelengths longer than the original context / low_freq_factor are stretched by
+      // `factor`, shorter than it / high_freq_factor kept, and the band between blended.
+      const double original = r.original_max_position_embeddings;
+      const double wavelength = 2 * M_PI / f;
+      if (wavelength > original / r.low_freq_factor) {
+        f /= r.factor;
+      } else if (wavelength >= original / r.high_freq_factor) {
+        const double smooth = (original / wavelength - r.low_freq_factor) /
+                              (r.high_freq_factor - r.low_freq_factor);
+        f = (1 - smooth) * f / r.factor + smooth * f;
+      }
+    }
+    inv_freq[i] = f;
+  }
+  return inv_freq;
+}
 
 absl::StatusOr<GenerationConfig> ParseGenerationConfig(const std::string& path) {
   absl::StatusOr<json> object = ReadJsonFile(path);

@@ -10,6 +10,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -31,6 +32,11 @@ absl::StatusOr<ModelConfig> ParseModelConfigJson(std::string_view text, const st
 // resolves them through the tokenizer.
 absl::StatusOr<SpanConfig> ParseSpanConfig(const std::string& path);
 absl::StatusOr<SpanConfig> ParseSpanConfigJson(std::string_view text, const std::string& name);
+
+// RoPE's inverse frequencies theta^(-2i/head_dim), i < head_dim/2, scaled as rope_scaling says
+// (Hugging Face's rope init functions), in double: the CPU backend and the CUDA kernel both take
+// this table.
+std::vector<double> RopeInverseFrequencies(const ModelConfig& config);
 
 // generation_config.json: the sampling defaults and EOS ids a checkpoint ships for generation.
 // Keys other than these are ignored (max_length, repetition_penalty, ...: not applied).

@@ -124,6 +124,11 @@ std::vector<WeightSlot> WeightSlots(const ModelConfig& c, ModelWeights* w) {
     slots.push_back({p + "self_attn.q_proj.weight", {q, D}, &l.wq, false});
     slots.push_back({p + "self_attn.k_proj.weight", {kv, D}, &l.wk, false});
     slots.push_back({p + "self_attn.v_proj.weight", {kv, D}, &l.wv, false});
+    if (c.qkv_bias) {
+      slots.push_back({p + "self_attn.q_proj.bias", {q}, &l.bq, false});
+      slots.push_back({p + "self_attn.k_proj.bias", {kv}, &l.bk, false});
+      slots.push_back({p + "self_attn.v_proj.bias", {kv}, &l.bv, false});
+    }
     slots.push_back({p + "self_attn.o_proj.weight", {D, q}, &l.wo, false});
     slots.push_back({p + "post_attention_layernorm.weight", {D}, &l.ffn_norm, true});
     slots.push_back({p + "mlp.gate_proj.weight", {I, D}, &l.w_gate, false});

@@ -28,16 +28,19 @@ cudaError_t LaunchAddRmsNorm(float* x, const float* delta, const float* weight,
                              const int32_t* row_map, int32_t rows, int32_t hidden, float eps,
                              bool write_back, uint16_t* out, cudaStream_t stream);
 
-// qkv: fp32 [rows][(heads + 2 kv_heads) * head_dim] (Q, K, V per row). Rotates Q and K by the
-// row's position (rotate_half, angles as the CPU backend computes them, in double), writes Q as
-// bf16 [rows][heads][head_dim], and K and V as bf16 into slot kv_offset[r] of block kv_block[r].
+// qkv: fp32 [rows][(heads + 2 kv_heads) * head_dim] (Q, K, V per row), plus qkv_bias (the
+// same width, one for all rows) where it is not null. Rotates Q and K by the row's position
+// (rotate_half; angle = position * inv_freq[i], i < head_dim/2, in double as the CPU backend
+// computes it), writes Q as bf16 [rows][heads][head_dim], and K and V as bf16 into slot
+// kv_offset[r] of block kv_block[r].
 struct RopeKvArgs {
   const float* qkv;
   const int32_t* positions;
   const int32_t* kv_block;
   const int32_t* kv_offset;
   int32_t rows, num_heads, num_kv_heads, head_dim, block_size;
-  float rope_theta;
+  const double* inv_freq;  // [head_dim / 2]
+  const float* qkv_bias;   // null: no bias
   uint16_t* q_out;
   uint16_t* k_cache;
   uint16_t* v_cache;

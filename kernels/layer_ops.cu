@@ -61,19 +61,20 @@ __global__ void __launch_bounds__(kRowThreads) RopeWriteKvKernel(const RopeKvArg
   const int hd = a.head_dim, half = hd / 2, H = a.num_heads, KVH = a.num_kv_heads;
   const int32_t position = a.positions[r];
   for (int i = threadIdx.x; i < half; i += kRowThreads) {
-    const double inv_freq = pow(static_cast<double>(a.rope_theta), -2.0 * i / hd);
-    const double angle = position * inv_freq;
+    const double angle = position * a.inv_freq[i];
     cos_sin[0][i] = static_cast<float>(cos(angle));
     cos_sin[1][i] = static_cast<float>(sin(angle));
   }
   __syncthreads();
   const float* row = a.qkv + r * (H + 2 * KVH) * hd;
+  const float* bias = a.qkv_bias;
+  auto at = [row, bias](int j) { return bias != nullptr ? row[j] + bias[j] : row[j]; };
   const int64_t slot = (int64_t{a.kv_block[r]} * KVH * a.block_size + a.kv_offset[r]) * hd;
   const int64_t head_stride = int64_t{a.block_size} * hd;  // between KV heads of a block
   // Rotated pairs of Q (heads [0, H)) and K (heads [H, H + KVH)).
   for (int idx = threadIdx.x; idx < (H + KVH) * half; idx += kRowThreads) {
     const int h = idx / half, i = idx % half;
-    const float x0 = row[h * hd + i], x1 = row[h * hd + i + half];
+    const float x0 = at(h * hd + i), x1 = at(h * hd + i + half);
     const float c = cos_sin[0][i], s = cos_sin[1][i];
     const uint16_t y0 = FloatToBf16Bits(x0 * c - x1 * s);
     const uint16_t y1 = FloatToBf16Bits(x1 * c + x0 * s);
@@ -81,10 +82,10 @@ __global__ void __launch_bounds__(kRowThreads) RopeWriteKvKernel(const RopeKvArg
     dst[i] = y0;
     dst[i + half] = y1;
   }
-  const float* v = row + (H + KVH) * hd;
+  const int v_begin = (H + KVH) * hd;
   for (int idx = threadIdx.x; idx < KVH * hd; idx += kRowThreads) {
     const int h = idx / hd, d = idx % hd;
-    a.v_cache[slot + h * head_stride + d] = FloatToBf16Bits(v[idx]);
+    a.v_cache[slot + h * head_stride + d] = FloatToBf16Bits(at(v_begin + idx));
   }
 }
 

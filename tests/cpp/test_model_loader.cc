@@ -237,7 +237,8 @@ TEST(ModelConfigTest, DefaultsAndOptionalFields) {
   EXPECT_FLOAT_EQ(config->rope_theta, 500000.0f);
 }
 
-// transformers 5 nests rope_theta in rope_parameters; other rope types are refused.
+// transformers 5 nests rope_theta in rope_parameters; rope types other than default, linear and
+// llama3 are refused.
 TEST(ModelConfigTest, RopeParametersOfTransformers5) {
   const std::string dir = NewDir();
   const std::string path = dir + "/config.json";
@@ -248,10 +249,85 @@ TEST(ModelConfigTest, RopeParametersOfTransformers5) {
   absl::StatusOr<ModelConfig> config = ParseModelConfig(path);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_FLOAT_EQ(config->rope_theta, 500000.0f);
-  EditJson(path, [](json& c) { c["rope_parameters"]["rope_type"] = "llama3"; });
+  EditJson(path, [](json& c) { c["rope_parameters"]["rope_type"] = "yarn"; });
   config = ParseModelConfig(path);
   EXPECT_EQ(config.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(absl::StrContains(config.status().message(), "rope_parameters.rope_type"));
+  EXPECT_TRUE(absl::StrContains(config.status().message(), "rope_parameters"));
+  EXPECT_TRUE(absl::StrContains(config.status().message(), "yarn")) << config.status();
+}
+
+TEST(ModelConfigTest, FamiliesLlama3RopeQwen2BiasesMistralWindow) {
+  const std::string dir = NewDir();
+  const std::string path = dir + "/config.json";
+  EditJson(path, [](json& c) {
+    c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  });
+  absl::StatusOr<ModelConfig> llama3 = ParseModelConfig(path);
+  ASSERT_TRUE(llama3.ok()) << llama3.status();
+  EXPECT_EQ(llama3->rope_scaling.type, RopeType::kLlama3);
+  EXPECT_FLOAT_EQ(llama3->rope_scaling.factor, 8.0f);
+  EXPECT_EQ(llama3->rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_FALSE(llama3->qkv_bias);
+
+  EditJson(path, [](json& c) {
+    c.erase("rope_scaling");
+    c.erase("attention_bias");
+    c["model_type"] = "qwen2";
+    c["use_sliding_window"] = false;
+    c["sliding_window"] = 32;
+  });
+  absl::StatusOr<ModelConfig> qwen2 = ParseModelConfig(path);
+  ASSERT_TRUE(qwen2.ok()) << qwen2.status();
+  EXPECT_TRUE(qwen2->qkv_bias);
+  EXPECT_EQ(qwen2->sliding_window, 0);  // use_sliding_window false: not in use
+
+  EditJson(path, [](json& c) { c["use_sliding_window"] = true; });
+  EXPECT_EQ(ParseModelConfig(path).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  EditJson(path, [](json& c) {
+    c["model_type"] = "mistral";
+    c.erase("use_sliding_window");
+  });
+  absl::StatusOr<ModelConfig> mistral = ParseModelConfig(path);
+  ASSERT_TRUE(mistral.ok()) << mistral.status();
+  EXPECT_EQ(mistral->sliding_window, 32);
+  EXPECT_FALSE(mistral->qkv_bias);
+  EditJson(path, [](json& c) { c["sliding_window"] = nullptr; });
+  EXPECT_EQ(ParseModelConfig(path)->sliding_window, 0);
+  EditJson(path, [](json& c) { c["sliding_window"] = 0; });
+  EXPECT_EQ(ParseModelConfig(path).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ModelConfigTest, Llama3RopeStretchesLowFrequenciesKeepsHighOnesBlendsBetween) {
+  ModelConfig c;
+  c.head_dim = 128;
+  c.rope_theta = 500000.0f;
+  const std::vector<double> plain = RopeInverseFrequencies(c);
+  c.rope_scaling = {RopeType::kLlama3, 8.0f, 1.0f, 4.0f, 8192};
+  const std::vector<double> scaled = RopeInverseFrequencies(c);
+  ASSERT_EQ(scaled.size(), 64u);
+  int high = 0, low = 0, medium = 0;
+  for (size_t i = 0; i < scaled.size(); ++i) {
+    const double wavelength = 2 * M_PI / plain[i];
+    if (wavelength < 8192.0 / 4) {
+      EXPECT_DOUBLE_EQ(scaled[i], plain[i]) << i;
+      ++high;
+    } else if (wavelength > 8192.0 / 1) {
+      EXPECT_DOUBLE_EQ(scaled[i], plain[i] / 8) << i;
+      ++low;
+    } else {
+      EXPECT_LT(scaled[i], plain[i]) << i;
+      EXPECT_GT(scaled[i], plain[i] / 8) << i;
+      ++medium;
+    }
+    if (i > 0) EXPECT_LT(scaled[i], scaled[i - 1]) << i;  // still one frequency per pair
+  }
+  EXPECT_GT(high, 0);
+  EXPECT_GT(low, 0);
+  EXPECT_GT(medium, 0);
+  c.rope_scaling = {RopeType::kLinear, 2.0f};
+  EXPECT_DOUBLE_EQ(RopeInverseFrequencies(c)[5], plain[5] / 2);
 }
 
 TEST(ModelConfigTest, EosListGivesTheTokenizerTheFirst) {
@@ -496,14 +572,14 @@ TEST(MalformedModelTest, MissingRequiredField) {
 
 TEST(MalformedModelTest, UnsupportedModelType) {
   const std::string dir = NewDir();
-  EditJson(dir + "/config.json", [](json& c) { c["model_type"] = "mistral"; });
+  EditJson(dir + "/config.json", [](json& c) { c["model_type"] = "gemma2"; });
   ExpectLoadError(dir, absl::StatusCode::kFailedPrecondition,
-                  {dir + "/config.json", "model_type", "mistral", "not supported"});
+                  {dir + "/config.json", "model_type", "gemma2", "not supported"});
 }
 
 TEST(MalformedModelTest, UnsupportedRopeScalingBiasAndActivation) {
   const std::vector<std::pair<std::string, json>> cases = {
-      {"rope_scaling", {{"type", "linear"}, {"factor", 2.0}}},
+      {"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}},
       {"attention_bias", true},
       {"mlp_bias", true},
       {"hidden_act", "gelu"}};

@@ -59,11 +59,12 @@ std::vector<double> RefRmsNorm(std::span<const float> y, std::span<const float> 
   return out;
 }
 
-std::vector<double> RefRope(std::span<const float> head, int32_t position, double theta) {
+std::vector<double> RefRope(std::span<const double> head, int32_t position,
+                            std::span<const double> inv_freq) {
   const size_t hd = head.size(), half = hd / 2;
   std::vector<double> out(hd);
   for (size_t i = 0; i < half; ++i) {
-    const double angle = position * std::pow(theta, -2.0 * i / hd);
+    const double angle = position * inv_freq[i];
     const double c = std::cos(angle), s = std::sin(angle);
     out[i] = head[i] * c - head[i + half] * s;
     out[i + half] = head[i + half] * c + head[i] * s;

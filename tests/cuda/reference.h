@@ -28,8 +28,9 @@ std::vector<KvChunk> CausalChunks(std::span<const int32_t> block_table, int32_t 
 // y / sqrt(mean(y^2) + eps) * weight.
 std::vector<double> RefRmsNorm(std::span<const float> y, std::span<const float> weight, double eps);
 
-// rotate_half RoPE of one head at a position, angles in double.
-std::vector<double> RefRope(std::span<const float> head, int32_t position, double theta);
+// rotate_half RoPE of one head at a position, angles position * inv_freq[i] in double.
+std::vector<double> RefRope(std::span<const double> head, int32_t position,
+                            std::span<const double> inv_freq);
 
 // The sampler's kept tokens (top_k by logit, ties by id; softmax at the temperature; the
 // smallest prefix reaching top_p) with their probabilities, and the draw a GPU walk in id order

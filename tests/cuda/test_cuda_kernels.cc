@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/attention_plan.h"
+#include "engine/model_config.h"
 #include "engine/sampler.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
@@ -327,10 +328,16 @@ TEST(RopeWriteKv, RotatesQAndKAndWritesTheSlots) {
   std::mt19937 rng(14);
   for (const auto& [hd, heads, kvh] : {std::tuple{64, 4, 2}, std::tuple{128, 32, 8}}) {
     const int32_t rows = 37, B = 16, pool = 8, width = (heads + 2 * kvh) * hd;
-    const double theta = hd == 64 ? 10000.0 : 500000.0;
+    // The 128 shape as LLaMA-3.1 (llama3 rope scaling) with Qwen2's q/k/v biases.
+    ModelConfig config;
+    config.head_dim = hd;
+    config.rope_theta = hd == 64 ? 10000.0f : 500000.0f;
+    if (hd == 128) config.rope_scaling = {RopeType::kLlama3, 8.0f, 1.0f, 4.0f, 8192};
+    const std::vector<double> inv_freq = RopeInverseFrequencies(config);
     std::uniform_real_distribution<float> dist(-2, 2);
-    std::vector<float> qkv(size_t(rows) * width);
+    std::vector<float> qkv(size_t(rows) * width), bias(hd == 128 ? width : 0);
     for (float& x : qkv) x = dist(rng);
+    for (float& x : bias) x = dist(rng);
     std::vector<int32_t> positions(rows), slots(pool * B), kv_block(rows), kv_offset(rows);
     std::iota(slots.begin(), slots.end(), 0);
     std::shuffle(slots.begin(), slots.end(), rng);
@@ -339,7 +346,8 @@ TEST(RopeWriteKv, RotatesQAndKAndWritesTheSlots) {
       kv_block[r] = slots[r] / B;
       kv_offset[r] = slots[r] % B;
     }
-    DeviceArray<float> qkv_dev(qkv);
+    DeviceArray<float> qkv_dev(qkv), bias_dev(bias);
+    DeviceArray<double> inv_freq_dev(inv_freq);
     DeviceArray<int32_t> pos_dev(positions), block_dev(kv_block), offset_dev(kv_offset);
     const KvLayout layout{kvh, B, hd};
     DeviceArray<uint16_t> q_out(size_t(rows) * heads * hd), k_cache(pool * layout.block_elems()),
@@ -348,16 +356,21 @@ TEST(RopeWriteKv, RotatesQAndKAndWritesTheSlots) {
     k_cache.Poison();
     v_cache.Poison();
     const gpu::RopeKvArgs args{qkv_dev.get(), pos_dev.get(), block_dev.get(), offset_dev.get(),
-                               rows, heads, kvh, hd, B, static_cast<float>(theta),
-                               q_out.get(), k_cache.get(), v_cache.get()};
+                               rows, heads, kvh, hd, B, inv_freq_dev.get(),
+                               bias.empty() ? nullptr : bias_dev.get(), q_out.get(), k_cache.get(),
+                               v_cache.get()};
     SyncOk(gpu::LaunchRopeWriteKv(args, nullptr));
     const std::vector<float> q = ToFloats(q_out.Download());
     const std::vector<uint16_t> k = k_cache.Download(), v = v_cache.Download();
     int64_t written = 0;
     for (int32_t r = 0; r < rows; ++r) {
-      const float* row = &qkv[size_t(r) * width];
+      std::vector<double> row(width);  // with the bias, as the projection gives it
+      for (int32_t j = 0; j < width; ++j) {
+        row[j] = qkv[size_t(r) * width + j] + (bias.empty() ? 0.0f : bias[j]);
+      }
       for (int32_t h = 0; h < heads + kvh; ++h) {
-        const std::vector<double> want = RefRope({row + h * hd, size_t(hd)}, positions[r], theta);
+        const std::vector<double> want =
+            RefRope({row.data() + h * hd, size_t(hd)}, positions[r], inv_freq);
         std::vector<float> head(hd);
         for (int32_t d = 0; d < hd; ++d) {
           head[d] = h < heads ? q[(size_t(r) * heads + h) * hd + d]
@@ -368,8 +381,9 @@ TEST(RopeWriteKv, RotatesQAndKAndWritesTheSlots) {
       }
       for (int32_t h = 0; h < kvh; ++h) {
         for (int32_t d = 0; d < hd; ++d) {
+          const int32_t j = (heads + kvh + h) * hd + d;
           ASSERT_EQ(v[layout.TileOffset(kv_block[r], h) + kv_offset[r] * hd + d],
-                    ToBf16(row[(heads + kvh + h) * hd + d]));
+                    ToBf16(qkv[size_t(r) * width + j] + (bias.empty() ? 0.0f : bias[j])));
         }
       }
       written += 2 * kvh * hd;

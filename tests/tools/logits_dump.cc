@@ -56,24 +56,17 @@ std::vector<int32_t> StepSizes(const std::string& phase, int32_t len, int32_t pr
   return sizes;
 }
 
-// One step of rows [begin, end): a dense row of a multi-row step runs causal, every other row
-// reads the chunks of its attended ranges.
+// One step of rows [begin, end), each row planned as the engine plans it (PlanAttentionRow).
 StepBatch MakeStep(const std::vector<int32_t>& tokens, const SpanTracker& tracker,
-                   const std::vector<int32_t>& table, int32_t block_size, int32_t begin,
-                   int32_t end) {
+                   const std::vector<int32_t>& table, int32_t block_size, int32_t sliding_window,
+                   int32_t begin, int32_t end) {
   StepBatch batch;
   batch.logits_mode = LogitsMode::kAllRows;
   std::vector<TokenRange> ranges;
   for (int32_t q = begin; q < end; ++q) {
     AttentionRow row;
-    if (tracker.IsDense(q) && end - begin > 1) {
-      row.causal = true;
-    } else {
-      tracker.AttendedRanges(q, &ranges);
-      row.chunk_begin = static_cast<int32_t>(batch.chunks.size());
-      AppendRangeChunks(ranges, table, block_size, &batch.chunks);
-      row.chunk_end = static_cast<int32_t>(batch.chunks.size());
-    }
+    PlanAttentionRow(tracker, q, end - begin > 1, sliding_window, table, block_size, &ranges,
+                     &batch.chunks, &row);
     batch.rows.push_back(row);
     batch.token_ids.push_back(tokens[q]);
     batch.positions.push_back(q);
@@ -115,7 +108,8 @@ absl::Status Run(const Args& args) {
   int32_t begin = 0;
   for (int32_t size : StepSizes(args.phase, len, args.prompt_len)) {
     StepOutput out;
-    const StepBatch batch = MakeStep(tokens, tracker, table, args.block_size, begin, begin + size);
+    const StepBatch batch = MakeStep(tokens, tracker, table, args.block_size,
+                                     model->config.sliding_window, begin, begin + size);
     if (absl::Status s = (*backend)->Step(batch, &out); !s.ok()) return s;
     logits.insert(logits.end(), out.logits.begin(), out.logits.end());
     begin += size;
