@@ -157,3 +157,87 @@ def test_random_expressions_round_trip_through_the_parser():
     for _ in range(300):
         e = ad.random_expr(spec, rng)
         assert ad.parse(ad.to_text(e)) == e
+
+
+# ----------------------------------------------------------------------------- the shipped range
+
+def range_spec():
+    return ad.spec_from_preset(ad.load_preset("arith-range"))
+
+
+def test_range_preset_covers_the_whole_range_in_every_bucket():
+    spec = range_spec()
+    assert (spec.min_ops, spec.max_ops, spec.min_digits, spec.max_digits, spec.max_depth,
+            spec.max_value, spec.allow_negative, spec.balanced) == (1, 12, 1, 2, 5, 100, False,
+                                                                      True)
+    records = ad.generate(spec, 3000, "range", set())
+    ops = [ad.count_ops(ad.parse(r["expr"])) for r in records]
+    assert set(ops) == set(range(1, 13))  # every operator count, no gap between old levels
+    depths = {ad.depth(ad.parse(r["expr"])) for r in records}
+    assert depths == set(range(1, 6))
+    buckets = [ad.bucket_of(r["expr"]) for r in records]
+    counts = {b: buckets.count(b) for b in set(buckets)}
+    labels = [f"{lo}-{hi}" for lo, hi in ad.OPS_BUCKETS]
+    assert set(counts) == {(label, d) for label in labels for d in (1, 2)}
+    # Operators are drawn uniformly, so a bucket's share is its width over 12, per digit count
+    for (label, _), n in counts.items():
+        lo, hi = map(int, label.split("-"))
+        expected = len(records) * (hi - lo + 1) / 12 / 2
+        assert 0.7 * expected < n < 1.3 * expected, (label, n, expected)
+    for r in records:
+        report = ad.check_output(r["prompt"], r["output"])
+        assert report.ok and report.headers_chain, report.errors
+        for text in [r["expr"]] + r["steps"]:
+            assert 0 <= ad.value(ad.parse(text)) < 100
+        assert all(0 <= int(x) < 100 for x in ad._TOKEN.findall(r["expr"]) if x.isdigit())
+
+
+def test_balanced_draw_hits_the_cell_it_is_given():
+    spec, rng = range_spec(), random.Random(7)
+    for ops in (1, 5, 12):
+        for digits in (1, 2):
+            for depth in ad.depth_range(ops, spec):
+                for shape in ad.SHAPES:
+                    cell = ad.Cell(ops, digits, depth, shape, "*", 0.5 if digits > 1 else 0.0)
+                    e = ad.random_expr_balanced(spec, rng, cell)
+                    assert ad.count_ops(e) == ops and ad.depth(e) == depth
+                    assert ad.bucket_of(ad.to_text(e))[1] == digits
+
+
+def test_bucket_of_labels_operators_and_the_longest_operand():
+    assert ad.bucket_of("3+4") == ("1-2", 1)
+    assert ad.bucket_of("(12+4)*3") == ("1-2", 2)
+    assert ad.bucket_of("((1+2)*(3-1))+5") == ("3-4", 1)
+    chain = "1+2"
+    for _ in range(12):
+        chain = f"({chain})+1"
+    assert ad.bucket_of(chain) == ("13", 1)  # past the buckets: its own label
+
+
+def test_sharded_splits_are_disjoint_and_do_not_depend_on_workers():
+    spec = ad.ArithSpec(min_ops=1, max_ops=3, max_digits=1, max_depth=2, max_value=100,
+                        balanced=True)
+    sizes = {"train": 2000, "val": 200, "test": 200}  # a small space: shards collide
+    one = ad.make_splits(spec, sizes, seed=4, shards=4, workers=1)
+    two = ad.make_splits(spec, sizes, seed=4, shards=4, workers=2)
+    assert one == two
+    exprs = {name: [r["expr"] for r in rs] for name, rs in one.items()}
+    for name, xs in exprs.items():
+        assert len(xs) == sizes[name] == len(set(xs))
+    assert not set(exprs["train"]) & (set(exprs["val"]) | set(exprs["test"]))
+    assert not set(exprs["val"]) & set(exprs["test"])
+    assert one["test"] == ad.make_splits(spec, sizes, seed=4)["test"]  # held out: unsharded
+    assert ad.make_splits(spec, sizes, seed=5, shards=4)["train"] != one["train"]
+
+
+@pytest.mark.parametrize("preset,ops,digits,depth", [("arith-l1", (2, 4), 2, 3),
+                                                     ("arith-l2", (8, 10), 1, 4)])
+def test_old_levels_stay_named_presets_and_draw_as_before(preset, ops, digits, depth):
+    spec = ad.spec_from_preset(ad.load_preset(preset))
+    assert (spec.min_ops, spec.max_ops) == ops and spec.max_digits == digits
+    assert spec.max_depth == depth and spec.max_value == 100 and not spec.balanced
+    records = ad.generate(spec, 100, f"arith-{preset}", set())
+    # balanced=False keeps the old draws: the same records as the unbalanced generator
+    rng = random.Random(f"arith-{preset}")
+    assert ad.random_expr(spec, rng) == ad.parse(records[0]["expr"])
+    assert all(ops[0] <= len(r["steps"]) <= ops[1] for r in records)
