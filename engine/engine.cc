@@ -33,7 +33,7 @@ class EngineImpl : public Engine {
         vocab_(SpanVocab::FromModel(*model_)),
         blocks_(backend_->num_kv_blocks(), backend_->block_size()),
         scheduler_({config.max_running, config.max_batched_tokens,
-                    backend_->num_kv_blocks() / 100},
+                    backend_->num_kv_blocks() / 100, config.prefix_caching},
                    &blocks_) {
     thread_ = std::thread([this] { Loop(); });
   }
@@ -44,6 +44,7 @@ class EngineImpl : public Engine {
   void Cancel(RequestId id) override;
   void Shutdown(double grace_seconds) override;
   EngineStats Stats() const override;
+  void DropPrefixCache() override;
   const Model& model() const override { return *model_; }
   const EngineConfig& config() const override { return config_; }
 
@@ -87,6 +88,10 @@ class EngineImpl : public Engine {
   std::vector<std::unique_ptr<Sequence>> inbox_;
   std::vector<RequestId> cancels_;
   bool draining_ = false;
+  int64_t drops_asked_ = 0;   // DropPrefixCache calls, and those the engine thread served
+  int64_t drops_done_ = 0;
+  bool loop_stopped_ = false;
+  std::condition_variable dropped_;
   Clock::time_point drain_deadline_;
   RequestId next_id_ = 1;
 
@@ -281,7 +286,16 @@ EngineStats EngineImpl::Stats() const {
   stats.kv_blocks_used = blocks_.num_used();
   stats.preemptions = preemptions_.load();
   stats.steps = steps_.load();
+  stats.kv_blocks_cached = blocks_.num_evictable();
   return stats;
+}
+
+void EngineImpl::DropPrefixCache() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t ticket = ++drops_asked_;
+  wake_.notify_one();
+  dropped_.wait(lock, [&] { return drops_done_ >= ticket || loop_stopped_; });
+  if (drops_done_ < ticket) blocks_.DropCache();  // the loop has ended: no other user
 }
 
 // ---- The engine loop ----
@@ -295,6 +309,7 @@ bool EngineImpl::TakeInbox(std::unique_lock<std::mutex>& lock) {
     inbox_.clear();
     cancels_.clear();
     const bool draining = draining_;
+    const int64_t drops = drops_asked_;
     const bool past_deadline = draining && Clock::now() >= drain_deadline_;
     lock.unlock();
 
@@ -311,11 +326,16 @@ bool EngineImpl::TakeInbox(std::unique_lock<std::mutex>& lock) {
       while (!sequences_.empty()) Finish(sequences_.begin()->second.get(), FinishReason::kCancelled);
     }
     PublishCounts();
+    if (drops > drops_done_) blocks_.DropCache();
 
     lock.lock();
+    if (drops > drops_done_) {
+      drops_done_ = drops;
+      dropped_.notify_all();
+    }
     if (!scheduler_.idle()) return true;
     if (draining_ && inbox_.empty()) return false;
-    if (inbox_.empty() && cancels_.empty()) {
+    if (inbox_.empty() && cancels_.empty() && drops_asked_ == drops_done_) {
       if (draining_) {
         wake_.wait_until(lock, drain_deadline_);
       } else {
@@ -336,6 +356,9 @@ void EngineImpl::Loop() {
       preemptions_ += schedule.num_preempted;
       for (int i = 0; i < schedule.num_preempted; ++i) observer_->OnPreemption();
     }
+    if (schedule.prefix_query_tokens > 0) {
+      observer_->OnPrefixCacheQuery(schedule.prefix_query_tokens, schedule.prefix_hit_tokens);
+    }
     if (schedule.empty()) continue;
 
     StepStats stats;
@@ -355,6 +378,9 @@ void EngineImpl::Loop() {
     PublishCounts();
   }
   PublishCounts();
+  std::lock_guard<std::mutex> lock(mu_);
+  loop_stopped_ = true;
+  dropped_.notify_all();
 }
 
 void EngineImpl::PublishCounts() {
@@ -423,6 +449,7 @@ void EngineImpl::ApplyStep(const Schedule& schedule) {
   for (size_t i = 0; i < schedule.work.size(); ++i) {
     Sequence* seq = schedule.work[i].seq;
     seq->num_computed += schedule.work[i].num_rows;
+    scheduler_.CacheComputedBlocks(seq);
     if (batch_.seqs[i].sample) AppendToken(seq, output_.tokens[i]);
   }
 }

@@ -24,6 +24,7 @@ struct EngineConfig {
   int32_t max_stop_sequences = 8;
   int32_t max_stop_length = 64;        // bytes
   SpanMode default_span_mode = SpanMode::kSelfSelected;
+  bool prefix_caching = true;          // reuse the KV of cached prompt blocks (docs/prefix_caching.md)
 };
 
 struct GenerateRequest {
@@ -80,6 +81,7 @@ struct EngineStats {
   int32_t waiting = 0;
   int32_t kv_blocks_used = 0;
   int32_t kv_blocks_total = 0;
+  int32_t kv_blocks_cached = 0;  // cached prefix blocks no request holds (free, not in used)
   int64_t preemptions = 0;
   int64_t steps = 0;
 };
@@ -110,6 +112,8 @@ class EngineObserver {
   virtual void OnRequestFinished(const RequestStats&) {}
   virtual void OnPreemption() {}
   virtual void OnHeaderFallback() {}
+  // Prefix caching, over a step's admissions: tokens they needed KV for, and those found cached.
+  virtual void OnPrefixCacheQuery(int64_t /*query_tokens*/, int64_t /*hit_tokens*/) {}
 };
 
 class Engine {
@@ -128,6 +132,9 @@ class Engine {
   virtual void Shutdown(double grace_seconds) = 0;
 
   virtual EngineStats Stats() const = 0;
+  // Forgets every cached prefix block no request holds (they become plain free blocks).
+  // Returns once the engine thread has done it.
+  virtual void DropPrefixCache() = 0;
   virtual const Model& model() const = 0;
   virtual const EngineConfig& config() const = 0;
 };

@@ -3,7 +3,9 @@
 // decode is one row, a prefill chunk many) under a token budget. Running sequences go first;
 // when blocks run out the newest running sequence is preempted by recompute (its blocks freed,
 // its tokens kept, sent back to the front of the queue). Waiting ones are admitted in order
-// while blocks, the running limit and the budget allow.
+// while blocks, the running limit and the budget allow. With prefix caching an admitted
+// sequence starts from the cached blocks of its prompt's longest cached prefix, computed
+// already, keeping at least one token to compute (its logits give the next token).
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,7 @@ struct SchedulerLimits {
   int32_t max_running = 64;
   int32_t max_batched_tokens = 2048;
   int32_t watermark_blocks = 0;  // admissions leave at least this many blocks free
+  bool prefix_caching = false;   // reuse cached prompt blocks (docs/prefix_caching.md)
 };
 
 struct ScheduledWork {
@@ -29,6 +32,9 @@ struct ScheduledWork {
 struct Schedule {
   std::vector<ScheduledWork> work;
   int32_t num_preempted = 0;
+  // Prefix caching, over this step's admissions: tokens looked up and tokens found cached.
+  int64_t prefix_query_tokens = 0;
+  int64_t prefix_hit_tokens = 0;
   bool empty() const { return work.empty(); }
 };
 
@@ -40,6 +46,8 @@ class Scheduler {
   Schedule Next();
   // Takes a sequence out of the queues and frees its blocks.
   void Remove(Sequence* seq);
+  // After a step: caches the sequence's full prompt blocks whose KV is now computed.
+  void CacheComputedBlocks(Sequence* seq);
 
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }

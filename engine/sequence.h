@@ -37,6 +37,10 @@ struct Sequence {
   const int32_t prompt_len;
   int32_t num_computed = 0;     // tokens whose K and V are in the cache
   std::vector<int32_t> block_table;
+  // Prefix caching: chain hashes of the prompt's full blocks (set on arrival), and how many
+  // leading blocks of the table are cached or were tried (registration goes on from there).
+  std::vector<uint64_t> prompt_block_hashes;
+  int32_t num_cached_blocks = 0;
   SpanTracker tracker;
   TextStream text;
 
