@@ -96,6 +96,7 @@ std::vector<std::pair<std::string, Reader>> Fields(ServerConfig* c) {
       {"kv_cache.num_blocks", Integer(&c->kv_num_blocks)},
       {"kv_cache.memory_mb", Integer(&c->kv_memory_mb)},
       {"kv_cache.gpu_memory_fraction", Number(&c->gpu_memory_fraction)},
+      {"kv_cache.prefix_caching", Boolean(&c->kv_prefix_caching)},
       {"scheduler.max_running", Integer(&c->max_running)},
       {"scheduler.max_batched_tokens", Integer(&c->max_batched_tokens)},
       {"scheduler.max_waiting", Integer(&c->max_waiting)},
@@ -285,6 +286,7 @@ EngineConfig ToEngineConfig(const ServerConfig& c) {
 
 absl::StatusOr<BackendOptions> ToBackendOptions(const ServerConfig& c) {
   absl::StatusOr<Device> device = ParseDevice(c.device);
+  engine.prefix_caching = c.kv_prefix_caching;
   if (!device.ok()) return device.status();
   BackendOptions options;
   options.device = *device;

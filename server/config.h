@@ -22,6 +22,7 @@ struct ServerConfig {
   int32_t kv_num_blocks = 0;            // 0: sized from kv_memory_mb (cpu) / gpu_memory_fraction
   int64_t kv_memory_mb = 256;           // cpu: memory for the KV cache when kv_num_blocks is 0
   double gpu_memory_fraction = 0.9;     // cuda: share of free GPU memory, (0, 1]
+  bool kv_prefix_caching = true;        // reuse cached prompt blocks (docs/prefix_caching.md)
   // scheduler:
   int32_t max_running = 64;
   int32_t max_batched_tokens = 2048;

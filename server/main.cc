@@ -222,6 +222,8 @@ int Run(int argc, char** argv) {
                                              "API keys, one a line: every RPC needs one");
   CLI11_PARSE(app, argc, argv);
 
+  bool no_prefix_caching = false;
+  app.add_flag("--no-prefix-caching", no_prefix_caching, "turn kv_cache.prefix_caching off");
   ServerConfig config;
   if (!config_path.empty()) {
     absl::StatusOr<ServerConfig> loaded = LoadConfigFile(config_path);
@@ -250,6 +252,7 @@ int Run(int argc, char** argv) {
   }
 
   InitLogging(config.log_level, config.log_format);
+  if (no_prefix_caching) config.kv_prefix_caching = false;
   LogInfo("start", {{"version", "0.1.0"}, {"config", config_path}, {"model", config.model_path},
                     {"device", config.device}, {"pid", static_cast<int>(getpid())}});
 

@@ -55,7 +55,17 @@ ServerMetrics::ServerMetrics(metrics::Registry* r)
                                     "decode tokens.").Get({})),
       header_fallbacks(r->AddCounter("spanserve_span_header_fallbacks_total",
                                      "Output segments whose malformed span header made them "
-                                     "dense.").Get({})) {}
+                                     "dense.").Get({})),
+      kv_blocks_cached(r->AddGauge("spanserve_kv_blocks_cached",
+                                   "Free KV-cache blocks that keep a cached prompt prefix "
+                                   "(reusable, evicted when the pool needs room; not in "
+                                   "spanserve_kv_blocks_used).").Get({})),
+      prefix_cache_queries(r->AddCounter("spanserve_prefix_cache_queries_total",
+                                         "Tokens admitted generations needed KV for, looked up "
+                                         "in the prefix cache.").Get({})),
+      prefix_cache_hits(r->AddCounter("spanserve_prefix_cache_hits_total",
+                                      "Of those tokens, the ones found in the prefix cache (their "
+                                      "prefill skipped).").Get({})) {}
 
 void ServerMetrics::CountRequest(const std::string& rpc, const std::string& code) {
   requests.Get({rpc, code}).Inc();
@@ -66,6 +76,7 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   waiting.Set(stats.waiting);
   kv_blocks_used.Set(stats.kv_blocks_used);
   kv_blocks_capacity.Set(stats.kv_blocks_total);
+  kv_blocks_cached.Set(stats.kv_blocks_cached);
 }
 
 void MetricsObserver::OnStep(const StepStats& stats) {
@@ -91,5 +102,10 @@ void MetricsObserver::OnRequestFinished(const RequestStats& stats) {
 void MetricsObserver::OnPreemption() { m_->preemptions.Inc(); }
 
 void MetricsObserver::OnHeaderFallback() { m_->header_fallbacks.Inc(); }
+
+void MetricsObserver::OnPrefixCacheQuery(int64_t query_tokens, int64_t hit_tokens) {
+  m_->prefix_cache_queries.Inc(static_cast<double>(query_tokens));
+  m_->prefix_cache_hits.Inc(static_cast<double>(hit_tokens));
+}
 
 }  // namespace spanserve

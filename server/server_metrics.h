@@ -36,6 +36,9 @@ class ServerMetrics {
   metrics::Counter& kv_blocks_read;
   metrics::Counter& kv_blocks_dense;
   metrics::Counter& header_fallbacks;
+  metrics::Gauge& kv_blocks_cached;
+  metrics::Counter& prefix_cache_queries;
+  metrics::Counter& prefix_cache_hits;
 };
 
 // Called on the engine thread: only atomic updates and short locks.
@@ -47,6 +50,7 @@ class MetricsObserver : public EngineObserver {
   void OnRequestFinished(const RequestStats& stats) override;
   void OnPreemption() override;
   void OnHeaderFallback() override;
+  void OnPrefixCacheQuery(int64_t query_tokens, int64_t hit_tokens) override;
 
  private:
   ServerMetrics* m_;
