@@ -385,7 +385,8 @@ TEST(SpanConfigTest, ParsesEveryField) {
   }
   for (const auto& [name, value] : std::vector<std::pair<std::string, ChatFormat>>{
            {"plain", ChatFormat::kPlain}, {"chatml", ChatFormat::kChatML}}) {
-    EditJson(path, [&](json& s) { s["chat_format"] = name; });
+    // clang 14 cannot capture a structured binding: an init-capture copies it.
+    EditJson(path, [&, name = name](json& s) { s["chat_format"] = name; });
     absl::StatusOr<SpanConfig> span = ParseSpanConfig(path);
     ASSERT_TRUE(span.ok()) << span.status();
     EXPECT_EQ(span->chat_format, value) << name;
