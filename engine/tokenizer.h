@@ -13,7 +13,14 @@ namespace spanserve {
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
+  // Control (special) tokens typed in `text`, such as `<s>` or a span marker, are encoded as
+  // plain text: a prompt cannot forge one (docs/tokenizers.md).
   virtual std::vector<int32_t> Encode(const std::string& text) const = 0;
+  // Encode with the special tokens typed in `text` read as those tokens, for callers whose
+  // model config allows it. Tokenizers without the distinction encode as Encode does.
+  virtual std::vector<int32_t> EncodeWithSpecialTokens(const std::string& text) const {
+    return Encode(text);
+  }
   virtual std::string Decode(const std::vector<int32_t>& ids) const = 0;
   // The piece text of an id, SentencePiece's space marker (U+2581) kept.
   virtual std::string IdToPiece(int32_t id) const = 0;
@@ -27,5 +34,11 @@ class Tokenizer {
 // Loads a SentencePiece model file. On failure returns null and sets *error.
 std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& path,
                                                       std::string* error);
+
+// The tokenizer of a model directory: tokenizer.json (Hugging Face) when present, else
+// tokenizer.model (SentencePiece). Null with *error (naming the file) on failure; *path, when
+// given, is set to the file chosen (empty when neither exists).
+std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& model_dir, std::string* error,
+                                         std::string* path = nullptr);
 
 }  // namespace spanserve

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/tokenizer.h"
+#include "engine/tokenizer_hf.h"
 
 namespace spanserve {
 namespace {
@@ -78,6 +79,34 @@ std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& path,
   LoadFunction load = FindLoad(error);
   if (!load) return nullptr;
   return std::unique_ptr<Tokenizer>(load(path.c_str(), error));
+}
+
+}  // namespace spanserve
+
+namespace spanserve {
+
+std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& model_dir, std::string* error,
+                                         std::string* path) {
+  std::string chosen;
+  std::error_code ec;
+  for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+    const std::string candidate = (std::filesystem::path(model_dir) / name).string();
+    if (std::filesystem::is_regular_file(candidate, ec)) {
+      chosen = candidate;
+      break;
+    }
+  }
+  if (path) *path = chosen;
+  if (chosen.empty()) {
+    *error = model_dir + ": no tokenizer.json or tokenizer.model";
+    return nullptr;
+  }
+  std::string why;
+  std::unique_ptr<Tokenizer> tokenizer =
+      chosen.ends_with(".json") ? std::unique_ptr<Tokenizer>(LoadHfTokenizer(chosen, &why))
+                                : LoadSentencePieceTokenizer(chosen, &why);
+  if (!tokenizer) *error = chosen + ": " + why;
+  return tokenizer;
 }
 
 }  // namespace spanserve

@@ -9,7 +9,7 @@
 // Each kind is written as the JSON a checkpoint carries (vocab and merges learned here by a small
 // BPE trainer on a fixed corpus), loaded by `tokenizers`, and saved back by it, so the committed
 // tokenizer.json is the library's own serialisation. Kinds:
-//   gpt2         ByteLevel pre-tokenizer with its GPT-2 regex, merges as "a b" strings
+//   gpt2         ByteLevel pre-tokenizer with its GPT-2 regex
 //   llama3       Split(LLaMA-3 regex) + ByteLevel(use_regex false), ignore_merges, BOS template
 //   qwen2        NFC normalizer, Split(Qwen2 regex) + ByteLevel, no BOS
 //   sp_prepend   LLaMA-2 style: Prepend("▁")+Replace(" ","▁") normalizer, byte fallback, BOS
@@ -17,7 +17,8 @@
 // expected.json per kind: for each text, `ids` with special tokens read as plain text (the
 // library's encode_special_tokens = true, which the Node bindings lack: the same tokenizer with
 // its special added tokens left out of added_tokens, which is what that flag does in
-// added_vocabulary.rs find_matches: the match is skipped), `ids_special_matched` (the library's
+// added_vocabulary.rs find_matches: the match is skipped; ids mapped back from its pieces),
+// `ids_special_matched` (the library's
 // default), `ids_template` (matched, add_special_tokens = true: the post-processor), `tokens`
 // (the pieces of `ids`) and the decoded text of both id lists (skip_special_tokens = false).
 import { createRequire } from 'node:module';
@@ -292,10 +293,12 @@ async function references(json) {
   const tok = Tokenizer.fromString(JSON.stringify(json));
   const plainJson = { ...json, added_tokens: json.added_tokens.filter((t) => !t.special) };
   const plain = Tokenizer.fromString(JSON.stringify(plainJson));
+  const renumber = new Map(plainJson.added_tokens.map((t) => [plain.tokenToId(t.content), t.id]));
   const cases = [];
   for (const text of TEXTS) {
     const plainEncoding = await plain.encode(text, null, { addSpecialTokens: false });
-    const ids = plainEncoding.getIds();
+    // The copy renumbers the added tokens it keeps: their ids back to the original's.
+    const ids = plainEncoding.getIds().map((id) => renumber.get(id) ?? id);
     const matched = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
     const withTemplate = (await tok.encode(text, null, { addSpecialTokens: true })).getIds();
     cases.push({ text, ids, tokens: plainEncoding.getTokens(), ids_special_matched: matched,
