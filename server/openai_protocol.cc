@@ -400,7 +400,7 @@ json SpanserveObject(const ResponseMeta& meta, const GenerationEvent& finish) {
   json segments = json::array();
   for (const SegmentReport& segment : finish.segments) {
     segments.push_back({{"id", segment.id},
-                        {"refs", segment.refs},
+                        {"referenced_ids", segment.refs},
                         {"text", segment.text},
                         {"in_prompt", segment.in_prompt},
                         {"dense_fallback", segment.dense_fallback}});

@@ -398,9 +398,10 @@ void ExpectSpanserve(const json& spanserve, bool with_segments) {
   if (!with_segments) return;
   const json& segments = spanserve["segments"];
   ASSERT_EQ(segments.size(), 3u);
-  EXPECT_EQ(segments[0], json::parse(R"({"id": 0, "refs": [], "text": "((3+4)*(5-2))+6=",
-                                         "in_prompt": true, "dense_fallback": false})"));
-  EXPECT_EQ(segments[1]["refs"], json::array({0}));
+  EXPECT_EQ(segments[0], json::parse(R"({"id": 0, "referenced_ids": [],
+                                         "text": "((3+4)*(5-2))+6=", "in_prompt": true,
+                                         "dense_fallback": false})"));
+  EXPECT_EQ(segments[1]["referenced_ids"], json::array({0}));
   EXPECT_EQ(segments[2]["dense_fallback"], true);
 }
 
