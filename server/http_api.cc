@@ -163,7 +163,7 @@ class HttpApi::Routes {
     return [this, endpoint](const httplib::Request& req, httplib::Response& res,
                             const httplib::ContentReader& content) {
       std::string body;
-      if (std::optional<ApiError> error = ReadBody(res, content, &body)) {
+      if (std::optional<ApiError> error = ReadBody(req, res, content, &body)) {
         return Fail(req, res, *error);
       }
       if (!Authorized(req)) return Fail(req, res, Unauthorized());
@@ -174,9 +174,15 @@ class HttpApi::Routes {
   // The request body, at most kMaxBodyBytes. cpp-httplib 0.11 holds a body to its limit only by
   // the Content-Length: a chunked body, or a gzip one once inflated, would grow without end.
   // Past the limit the rest is read and dropped, so that the connection stays in step.
-  static std::optional<ApiError> ReadBody(const httplib::Response& res,
+  static std::optional<ApiError> ReadBody(const httplib::Request& req,
+                                          const httplib::Response& res,
                                           const httplib::ContentReader& content,
                                           std::string* body) {
+    // Neither header: the body is empty (RFC 9112 6.3), where cpp-httplib would read until
+    // the client closes or its read times out.
+    if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
+      return std::nullopt;
+    }
     bool too_large = false;
     const bool read = content([&](const char* data, size_t size) {
       if (!too_large && body->size() + size > kMaxBodyBytes) {
@@ -347,8 +353,9 @@ class HttpGeneration {
                         (!include_usage_ ||
                          write(openai::SseEvent(openai::UsageChunk(meta_, *finish))));
         if (!written || !write(std::string(openai::kSseDone))) return ClientGone();
-        sink.done();
+        // Counted before the stream's last bytes go: a client that reads the count next sees it.
         Finish(error ? error->http_status : 200, error ? &*error : nullptr);
+        sink.done();
         return true;
       }
       if (ClientClosed(socket_)) return ClientGone();

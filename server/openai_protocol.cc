@@ -52,6 +52,14 @@ int32_t ClampToInt32(const json& value) {
                                                   std::numeric_limits<int32_t>::max()));
 }
 
+// A double past float's range becomes its infinity: a plain cast is undefined there.
+float ToFloat(double value) {
+  constexpr double kMax = std::numeric_limits<float>::max();
+  if (value > kMax) return std::numeric_limits<float>::infinity();
+  if (value < -kMax) return -std::numeric_limits<float>::infinity();
+  return static_cast<float>(value);
+}
+
 // Reads the fields of one JSON object; absent and null fields are "not given". The first error
 // sticks and later reads do nothing.
 class Reader {
@@ -88,7 +96,7 @@ class Reader {
     const json* value = Get(key);
     if (!value) return;
     if (!value->is_number()) return Fail(TypeError(key, "a number", *value));
-    set(static_cast<float>(value->get<double>()));
+    set(ToFloat(value->get<double>()));
   }
   void String(const char* key, std::string* out) {
     const json* value = Get(key);

@@ -97,6 +97,16 @@ TEST(OpenAiCompletionRequest, IntegersOutsideInt32AreClampedForTheEngineToRefuse
   EXPECT_EQ(ParseOk(R"({"prompt": "x", "top_k": -3})").proto.top_k(), -3);
 }
 
+TEST(OpenAiCompletionRequest, NumbersPastFloatBecomeInfinityForTheEngineToRefuse) {
+  // A plain double-to-float cast is undefined out of float's range (UBSan's
+  // float-cast-overflow); the engine refuses the infinity as not finite.
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(ParseOk(R"({"prompt": "x", "temperature": 1e300})").proto.temperature(), kInf);
+  EXPECT_EQ(ParseOk(R"({"prompt": "x", "temperature": -1e300})").proto.temperature(), -kInf);
+  EXPECT_EQ(ParseOk(R"({"prompt": "x", "top_p": 3.5e38})").proto.top_p(), kInf);
+  EXPECT_FLOAT_EQ(ParseOk(R"({"prompt": "x", "top_p": 3.4e38})").proto.top_p(), 3.4e38f);
+}
+
 TEST(OpenAiChatRequest, PlainFormatRendersRolePrefixedLines) {
   const ParsedRequest parsed = ParseChatOk(R"({"messages": [
       {"role": "system", "content": "Be terse."},

@@ -5,13 +5,15 @@ equal to gRPC's, and a bad-input table whose every row gets OpenAI's error shape
 import gzip
 import http.client
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
-from server_harness import ServerProcess, free_port, pb, request, wait_for
+from server_harness import REPO, ServerProcess, free_port, pb, request, wait_for
 
 PROMPT = "((3+4)*(5-2))+6="
 MB = 1 << 20
@@ -303,6 +305,49 @@ def test_span_modes_and_return_spans(api, port):
     assert chunks[-1]["spanserve"]["attention"] == attention
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl(port, tmp_path):
+    """README's curl commands, and a body large enough that curl waits for 100 Continue."""
+    base = f"http://127.0.0.1:{port}"
+
+    def curl(*args):
+        result = subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    body = json.loads(curl(f"{base}/v1/completions", "-H", "Content-Type: application/json",
+                           "-d", json.dumps(prompt(max_tokens=8, temperature=0))).stdout)
+    assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] <= 8
+    chunks = sse_events(curl("-N", f"{base}/v1/chat/completions", "-H",
+                             "Content-Type: application/json", "-d",
+                             json.dumps(chat(PROMPT, max_tokens=8, stream=True,
+                                             stream_options={"include_usage": True}))).stdout)
+    assert chunks[-1]["usage"]["total_tokens"] > 0
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(prompt(padding="x" * (2 * MB))))
+    answer = curl("-v", f"{base}/v1/completions", "-H", "Content-Type: application/json",
+                  "--data-binary", f"@{big}")
+    assert b"< HTTP/1.1 100 Continue" in answer.stderr
+    assert_error_shape(json.loads(answer.stdout), 400, "padding: unknown field", "padding")
+
+
+def test_shipped_model_computes_through_http(start_server):
+    """models/arith-small over HTTP: the right answer, segment by segment, the same as gRPC, and
+    a real saving of attention."""
+    server = start_server({"model.path": str(REPO / "models" / "arith-small"),
+                           "server.http_port": free_port()})
+    port = http_port(server)
+    status, body = complete(port, max_tokens=64, temperature=0, return_spans=True)
+    assert status == 200, body
+    segments = [s["text"] for s in body["spanserve"]["segments"]]
+    assert segments == [PROMPT, "(7*(5-2))+6", "(7*3)+6", "21+6", "27"]
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["model"] == "arith-small"
+    expected = server.stub().Generate(request(max_tokens=64, temperature=0), timeout=60)
+    assert body["choices"][0]["text"] == expected.text
+    assert body["spanserve"]["attention"]["saved_fraction"] > 0
+
+
 # ---- Models, health, routes ----
 
 def test_models(api, port):
@@ -322,6 +367,23 @@ def test_models(api, port):
     assert json.loads(raw)["error"]["code"] == "model_not_found"
     status, body = complete(port, model=name, max_tokens=2)
     assert status == 200 and body["model"] == name
+
+
+def test_answers_are_counted_by_route_and_status(api, port):
+    def count(rpc, code):
+        return api.metric("spanserve_requests_total", {"rpc": rpc, "code": code})
+
+    before = {key: count(*key) for key in [("http_chat_completions", "200"),
+                                           ("http_chat_completions", "400"),
+                                           ("http_models", "200"), ("http_models", "404")]}
+    assert post(port, CHAT, chat(max_tokens=2))[0] == 200
+    stream(port, CHAT, chat(max_tokens=2))
+    assert post(port, CHAT, chat(n=3))[0] == 400
+    assert call(port, "GET", "/v1/models")[0] == 200
+    assert call(port, "GET", "/v1/models/other")[0] == 404
+    assert {key: count(*key) - value for key, value in before.items()} == {
+        ("http_chat_completions", "200"): 2, ("http_chat_completions", "400"): 1,
+        ("http_models", "200"): 1, ("http_models", "404"): 1}
 
 
 def test_health_serving(port):
@@ -518,6 +580,41 @@ def test_compressed_body_over_8_mb_is_413(port):
     small = gzip.compress(json.dumps({"prompt": PROMPT, "max_tokens": 2}).encode())
     status, _, raw = call(port, "POST", COMPLETIONS, small, headers={"Content-Encoding": "gzip"})
     assert status == 200, raw
+
+
+def raw_exchange(port, data: bytes, timeout=10) -> bytes:
+    """What the server answers to `data` on a raw socket, until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while block := sock.recv(65536):
+            answer += block
+    return answer
+
+
+def test_post_without_a_length_has_an_empty_body(port):
+    """Neither Content-Length nor Transfer-Encoding: an empty body, answered at once (not after
+    waiting for the client to close)."""
+    start = time.monotonic()
+    answer = raw_exchange(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n")
+    assert time.monotonic() - start < 2
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert_error_shape(json.loads(body), 400, "body: not valid JSON")
+
+
+@pytest.mark.parametrize("headers,body", [
+    (b"Transfer-Encoding: chunked", b"zz\r\n"),
+    (b"Content-Encoding: gzip\r\nContent-Length: 10", b"0123456789"),
+    (b"Content-Encoding: br\r\nContent-Length: 10", b"0123456789"),
+], ids=["bad chunk", "bad gzip", "bad brotli"])
+def test_unreadable_body_is_400(port, headers, body):
+    answer = raw_exchange(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                          b"Connection: close\r\n" + headers + b"\r\n\r\n" + body)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert_error_shape(json.loads(body), 400, "the request body could not be read")
 
 
 # Bodies of every odd kind: each gets an answer (400, or 200 where the request is valid), never a
