@@ -75,7 +75,7 @@ def test_completion(sdk_run):
 def test_completion_stream_joins_to_the_same_text(sdk_run):
     out, _ = sdk_run
     stream = out["completion_stream"]
-    assert len(stream["chunks"]) > 2
+    assert len(stream["chunks"]) >= 2  # text, then the finish (a fast server may batch all text)
     assert stream["text"] == out["completion"]["choices"][0]["text"]
     assert stream["chunks"][-1]["choices"][0]["finish_reason"] == "length"
     assert all(c["object"] == "text_completion" for c in stream["chunks"])
