@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Time to first token with a shared prefix, prefix caching on and off, side by side.
 
-Starts two spanserve servers on the CPU with the same model, one with kv_cache.prefix_caching on
-(the default) and one with it off, and sends each, in turn and one at a time, requests whose
-prompts share a prefix of --prefix-tokens tokens and end in a suffix of their own. The first
-request per server warms the cache (and the process); the next --requests are timed: TTFT is the
-time from the stream's call to its first message. Not a test: it prints figures and writes JSON.
+Starts two spanserve servers (--device cpu or cuda) with the same model, one with
+kv_cache.prefix_caching on (the default) and one with it off, and sends each, in turn and one at
+a time, requests whose prompts share a prefix of --prefix-tokens tokens and end in a suffix of
+their own. The first request per server warms the cache (and the process); the next --requests
+are timed: TTFT is the time from the stream's call to its first message. Not a test: it
+prints figures and writes JSON.
 
     /usr/bin/python3 bench/prefix_bench.py --model DIR --out bench/results/prefix/DATE/results.json
 
@@ -63,12 +64,15 @@ def main():
     parser.add_argument("--prefix-tokens", type=int, default=1024)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--memory-mb", type=int, default=256, help="KV cache per server")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     prefix = prefix_text(args.model, args.prefix_tokens)
     work = Path(tempfile.mkdtemp(prefix="prefix_bench_"))
-    settings = {"kv_cache.memory_mb": 256, "limits.max_tokens": 64}
+    settings = {"kv_cache.memory_mb": args.memory_mb, "limits.max_tokens": 64,
+                "device": args.device}
     servers = {}
     for name, caching in (("on", True), ("off", False)):
         (work / name).mkdir()
@@ -91,7 +95,8 @@ def main():
     finally:
         for server in servers.values():
             server.close()
-    result = {"prefix_tokens_asked": args.prefix_tokens, "prompt_tokens": prompt_tokens,
+    result = {"device": args.device, "prefix_tokens_asked": args.prefix_tokens,
+              "prompt_tokens": prompt_tokens,
               "requests": args.requests, "max_tokens": args.max_tokens,
               "ttft_seconds": {name: summary(v) for name, v in times.items()},
               "speedup_p50": statistics.median(times["off"]) / statistics.median(times["on"]),

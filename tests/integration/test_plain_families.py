@@ -42,3 +42,24 @@ def test_plain_family_directory_serves_its_reference_greedy_tokens(tmp_path, nam
         assert list(reply.token_ids) == want, name
     finally:
         server.close()
+
+
+HF_DATA = REPO / "tests" / "data" / "hf_families"
+
+
+@pytest.mark.parametrize("name", ["llama", "llama2-gqa", "llama3", "qwen2", "mistral"])
+def test_transformers_checkpoint_serves_transformers_greedy_tokens(tmp_path, name):
+    """A directory saved by transformers' save_pretrained (tokenizer.json, generation_config.json
+    with sampling defaults, no spanserve.json), served as is: the prompt tokenizes as HF
+    tokenizers does and greedy decoding gives transformers' generate() tokens."""
+    import json
+    ref = json.loads((HF_DATA / name / "reference.json").read_text())
+    server = ServerProcess(tmp_path, HF_DATA / name).wait_serving()
+    try:
+        reply = server.stub().Generate(
+            pb.GenerateRequest(prompt=ref["prompt"], max_tokens=len(ref["greedy"]),
+                               temperature=0.0, ignore_eos=True), timeout=60)
+        assert reply.usage.prompt_tokens == len(ref["prompt_ids"])
+        assert list(reply.token_ids) == ref["greedy"], name
+    finally:
+        server.close()
