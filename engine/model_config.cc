@@ -94,7 +94,13 @@ class Fields {
     if (!value.is_number() || !(value.get<double>() > 0)) {
       return Fail(Error(key, absl::StrCat("must be a positive number, got ", value.dump())));
     }
-    *out = static_cast<float>(value.get<double>());
+    // The model math runs in float: 1e-55 would become 0 and 1e300 infinity.
+    const float as_float = static_cast<float>(value.get<double>());
+    if (!(as_float > 0) || !std::isfinite(as_float)) {
+      return Fail(Error(key, absl::StrCat("must be a positive number a float holds (about 1.2e-38 "
+                                          "to 3.4e38), got ", value.dump())));
+    }
+    *out = as_float;
   }
 
   // A number in [lo, hi] (lo excluded when lo_open).

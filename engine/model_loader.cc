@@ -36,6 +36,9 @@ class ConfigIdsTokenizer : public Tokenizer {
   std::vector<int32_t> Encode(const std::string& text) const override {
     return inner_->Encode(text);
   }
+  std::vector<int32_t> EncodeWithSpecialTokens(const std::string& text) const override {
+    return inner_->EncodeWithSpecialTokens(text);
+  }
   std::string Decode(const std::vector<int32_t>& ids) const override { return inner_->Decode(ids); }
   std::string IdToPiece(int32_t id) const override { return inner_->IdToPiece(id); }
   int32_t PieceToId(const std::string& piece) const override { return inner_->PieceToId(piece); }
@@ -48,18 +51,16 @@ class ConfigIdsTokenizer : public Tokenizer {
   int32_t bos_, eos_;
 };
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
+// tokenizer.json when the directory has one, else tokenizer.model (tokenizer_loader.cc).
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& dir,
                                                          const ModelConfig& config) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) {
-    return absl::NotFoundError(absl::StrCat(path, ": file not found"));
+  std::string error, path;
+  std::unique_ptr<Tokenizer> tokenizer = spanserve::LoadTokenizer(dir, &error, &path);
+  if (path.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat(PathIn(dir, "tokenizer.model"), ": file not found (nor tokenizer.json)"));
   }
-  std::string error;
-  std::unique_ptr<Tokenizer> tokenizer = LoadSentencePieceTokenizer(path, &error);
-  if (tokenizer == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not a valid SentencePiece model: ", error));
-  }
+  if (tokenizer == nullptr) return absl::InvalidArgumentError(error);
   if (tokenizer->vocab_size() > config.vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", tokenizer->vocab_size(),
                                                    " pieces, more than config.json's vocab_size ",
@@ -384,7 +385,7 @@ absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const LoadOp
   }
 
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-      LoadTokenizer(PathIn(dir, "tokenizer.model"), model->config);
+      LoadTokenizer(dir, model->config);
   if (!tokenizer.ok()) return tokenizer.status();
   model->tokenizer = *std::move(tokenizer);
 

@@ -19,14 +19,21 @@ namespace {
 
 constexpr char kModuleName[] = "libspanserve_sentencepiece.so";
 
-// The ASan and TSan runtimes refuse RTLD_DEEPBIND (google/sanitizers#611: the module's calls
-// would bypass their malloc), so their builds (cmake/sanitizers.cmake) open it without: fine in
-// a process without gRPC's protobuf (the unit tests), see scripts/sanitize.sh for the rest.
+// The ASan and TSan runtimes intercept dlopen and refuse RTLD_DEEPBIND (google/sanitizers#611:
+// a deep-bound library that calls malloc itself gets libc's, not theirs). Neither the module nor
+// libsentencepiece calls malloc, only operator new (libstdc++'s, whose malloc is the runtime's),
+// so their builds (cmake/sanitizers.cmake) call libc's dlopen past the interceptor and bind the
+// module as release builds do.
+void* OpenModule(const std::string& path) {
+  constexpr int kFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
 #ifdef SPANSERVE_SANITIZED
-constexpr int kDeepBind = 0;
+  using Dlopen = void* (*)(const char*, int);
+  static const auto libc_dlopen = reinterpret_cast<Dlopen>(dlsym(RTLD_NEXT, "dlopen"));
+  return libc_dlopen(path.c_str(), kFlags);
 #else
-constexpr int kDeepBind = RTLD_DEEPBIND;
+  return dlopen(path.c_str(), kFlags);
 #endif
+}
 
 using LoadFunction = Tokenizer* (*)(const char*, std::string*);
 
@@ -56,7 +63,7 @@ LoadFunction FindLoad(std::string* error) {
         tried += " " + path;
         continue;
       }
-      void* module = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
+      void* module = OpenModule(path);
       if (!module) {
         load_error = "cannot load the SentencePiece module " + path + ": " + dlerror();
         return;
@@ -73,6 +80,15 @@ LoadFunction FindLoad(std::string* error) {
 }
 
 }  // namespace
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+// Deep-bound, the module allocates with libstdc++'s operator new (the runtime's malloc inside)
+// while the strings and tokenizers it returns are freed by the runtime's operator delete: one
+// allocator, two tags, which ASan would report as a malloc/delete mismatch.
+extern "C" const char* __asan_default_options() { return "alloc_dealloc_mismatch=0"; }
+#endif
+#endif
 
 std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& path,
                                                       std::string* error) {
@@ -105,7 +121,9 @@ std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& model_dir, std::stri
   std::unique_ptr<Tokenizer> tokenizer =
       chosen.ends_with(".json") ? std::unique_ptr<Tokenizer>(LoadHfTokenizer(chosen, &why))
                                 : LoadSentencePieceTokenizer(chosen, &why);
-  if (!tokenizer) *error = chosen + ": " + why;
+  if (!tokenizer) {
+    *error = chosen + (chosen.ends_with(".json") ? ": " : ": not a valid SentencePiece model: ") + why;
+  }
   return tokenizer;
 }
 

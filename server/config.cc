@@ -111,6 +111,7 @@ std::vector<std::pair<std::string, Reader>> Fields(ServerConfig* c) {
       {"server.bind_address", String(&c->bind_address)},
       {"server.port", Integer(&c->port)},
       {"server.metrics_port", Integer(&c->metrics_port)},
+      {"server.http_port", Integer(&c->http_port)},
       {"server.drain_grace_seconds", Number(&c->drain_grace_seconds)},
       {"tls.cert_file", String(&c->tls_cert_file)},
       {"tls.key_file", String(&c->tls_key_file)},
@@ -229,7 +230,7 @@ absl::Status ValidateConfig(const ServerConfig& c) {
       Range("limits.max_tokens", c.max_tokens_limit, 1, kInt),
       Range("limits.max_stop_sequences", c.max_stop_sequences, 0, 1024),
       Range("limits.max_stop_length", c.max_stop_length, 1, 65536),
-      Range("defaults.max_tokens", c.default_max_tokens, 1, c.max_tokens_limit),
+      Range("defaults.max_tokens", c.default_max_tokens, 0, c.max_tokens_limit),
       Range("defaults.temperature", c.default_temperature, 0, 1e6),
       Range("defaults.top_k", c.default_top_k, 0, kInt),
       c.default_top_p > 0 && c.default_top_p <= 1
@@ -242,6 +243,11 @@ absl::Status ValidateConfig(const ServerConfig& c) {
       Range("server.metrics_port", c.metrics_port, 0, 65535),
       c.port != 0 && c.port == c.metrics_port
           ? absl::InvalidArgumentError("server.metrics_port: must differ from server.port")
+          : absl::OkStatus(),
+      Range("server.http_port", c.http_port, 0, 65535),
+      c.http_port != 0 && (c.http_port == c.port || c.http_port == c.metrics_port)
+          ? absl::InvalidArgumentError(
+                "server.http_port: must differ from server.port and server.metrics_port")
           : absl::OkStatus(),
       Range("server.drain_grace_seconds", c.drain_grace_seconds, 0, 86400),
       c.tls_cert_file.empty() != c.tls_key_file.empty()
@@ -280,13 +286,13 @@ EngineConfig ToEngineConfig(const ServerConfig& c) {
   engine.max_tokens_limit = c.max_tokens_limit;
   engine.max_stop_sequences = c.max_stop_sequences;
   engine.max_stop_length = c.max_stop_length;
+  engine.prefix_caching = c.kv_prefix_caching;
   engine.default_span_mode = ParseSpanMode(c.default_span_mode).value_or(SpanMode::kSelfSelected);
   return engine;
 }
 
 absl::StatusOr<BackendOptions> ToBackendOptions(const ServerConfig& c) {
   absl::StatusOr<Device> device = ParseDevice(c.device);
-  engine.prefix_caching = c.kv_prefix_caching;
   if (!device.ok()) return device.status();
   BackendOptions options;
   options.device = *device;

@@ -32,7 +32,9 @@ struct ServerConfig {
   int32_t max_stop_sequences = 8;
   int32_t max_stop_length = 64;
   // defaults: (for request fields left unset)
-  int32_t default_max_tokens = 128;
+  // 0: the room the prompt leaves in the context and the KV cache, at most max_tokens_limit
+  // (vLLM's behaviour); else that many, cut to the same room.
+  int32_t default_max_tokens = 0;
   float default_temperature = 0.0f;
   int32_t default_top_k = 0;
   float default_top_p = 1.0f;
@@ -41,6 +43,7 @@ struct ServerConfig {
   std::string bind_address = "0.0.0.0";
   int32_t port = 50051;                 // 0: any free port (logged)
   int32_t metrics_port = 9090;          // 0: any free port (logged)
+  int32_t http_port = 8000;             // the OpenAI-compatible HTTP API; 0: off
   double drain_grace_seconds = 30;
   // tls: both files set turns TLS on; client_ca_file also asks for client certificates.
   std::string tls_cert_file;

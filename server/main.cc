@@ -21,6 +21,7 @@
 #include "engine/engine.h"
 #include "server/api_keys.h"
 #include "server/config.h"
+#include "server/http_api.h"
 #include "server/log.h"
 #include "server/metrics_http.h"
 #include "server/server_metrics.h"
@@ -185,6 +186,11 @@ absl::StatusOr<std::unique_ptr<Engine>> LoadEngine(const ServerConfig& config,
                            {"vocab", mc.vocab_size}, {"context", mc.max_position_embeddings},
                            {"kv_blocks", kv_blocks}, {"kv_block_size", config.kv_block_size},
                            {"seconds", seconds}});
+  if (!shared_model->has_span_config) {
+    LogWarn("plain_checkpoint", {{"path", config.model_path},
+                                 {"message", "no spanserve.json: served DENSE only; "
+                                             "SELF_SELECTED requests are refused"}});
+  }
   return engine;
 }
 
@@ -205,6 +211,8 @@ int Run(int argc, char** argv) {
   CLI::Option* port = app.add_option("--port", flags.port, "gRPC port (0: any free port)");
   CLI::Option* metrics_port =
       app.add_option("--metrics-port", flags.metrics_port, "/metrics port (0: any free port)");
+  CLI::Option* http_port =
+      app.add_option("--http-port", flags.http_port, "OpenAI-compatible HTTP API port (0: off)");
   CLI::Option* bind = app.add_option("--bind-address", flags.bind_address, "address to bind");
   CLI::Option* log_level = app.add_option("--log-level", flags.log_level, "log level");
   CLI::Option* log_format = app.add_option("--log-format", flags.log_format, "text or json");
@@ -214,6 +222,8 @@ int Run(int argc, char** argv) {
                                            "tokens per KV block");
   CLI::Option* kv_blocks = app.add_option("--kv-blocks", flags.kv_num_blocks,
                                           "KV blocks in the pool (0: from memory)");
+  bool no_prefix_caching = false;
+  app.add_flag("--no-prefix-caching", no_prefix_caching, "turn kv_cache.prefix_caching off");
   CLI::Option* max_running = app.add_option("--max-running", flags.max_running,
                                             "sequences decoding at once");
   CLI::Option* max_waiting = app.add_option("--max-waiting", flags.max_waiting,
@@ -222,8 +232,6 @@ int Run(int argc, char** argv) {
                                              "API keys, one a line: every RPC needs one");
   CLI11_PARSE(app, argc, argv);
 
-  bool no_prefix_caching = false;
-  app.add_flag("--no-prefix-caching", no_prefix_caching, "turn kv_cache.prefix_caching off");
   ServerConfig config;
   if (!config_path.empty()) {
     absl::StatusOr<ServerConfig> loaded = LoadConfigFile(config_path);
@@ -237,12 +245,14 @@ int Run(int argc, char** argv) {
   if (device->count()) config.device = flags.device;
   if (port->count()) config.port = flags.port;
   if (metrics_port->count()) config.metrics_port = flags.metrics_port;
+  if (http_port->count()) config.http_port = flags.http_port;
   if (bind->count()) config.bind_address = flags.bind_address;
   if (log_level->count()) config.log_level = flags.log_level;
   if (log_format->count()) config.log_format = flags.log_format;
   if (grace->count()) config.drain_grace_seconds = flags.drain_grace_seconds;
   if (block_size->count()) config.kv_block_size = flags.kv_block_size;
   if (kv_blocks->count()) config.kv_num_blocks = flags.kv_num_blocks;
+  if (no_prefix_caching) config.kv_prefix_caching = false;
   if (max_running->count()) config.max_running = flags.max_running;
   if (max_waiting->count()) config.max_waiting = flags.max_waiting;
   if (api_key_file->count()) config.auth_api_keys_file = flags.auth_api_keys_file;
@@ -252,7 +262,6 @@ int Run(int argc, char** argv) {
   }
 
   InitLogging(config.log_level, config.log_format);
-  if (no_prefix_caching) config.kv_prefix_caching = false;
   LogInfo("start", {{"version", "0.1.0"}, {"config", config_path}, {"model", config.model_path},
                     {"device", config.device}, {"pid", static_cast<int>(getpid())}});
 
@@ -310,8 +319,23 @@ int Run(int argc, char** argv) {
     server->Shutdown();
     return 1;
   }
+  std::unique_ptr<HttpApi> http_api;  // the OpenAI-compatible API, unless http_port is 0
+  if (config.http_port != 0) {
+    HttpApiOptions http_options;
+    if (api_keys) http_options.authorize = authorize;
+    absl::StatusOr<std::unique_ptr<HttpApi>> started =
+        HttpApi::Start(&service, std::move(http_options));
+    if (!started.ok()) {
+      LogError("listen_failed", {{"message", started.status().message()}});
+      server->Shutdown();
+      (*metrics_http)->Stop();
+      return 1;
+    }
+    http_api = std::move(*started);
+  }
   LogInfo("listening", {{"address", config.bind_address}, {"grpc_port", grpc_port},
                         {"metrics_port", (*metrics_http)->port()},
+                        {"http_port", http_api ? http_api->port() : 0},
                         {"tls", !config.tls_cert_file.empty()}});
 
   std::string backend_name;
@@ -321,6 +345,7 @@ int Run(int argc, char** argv) {
                                    {"message", engine.status().message()}});
     server->Shutdown();
     (*metrics_http)->Stop();
+    if (http_api) http_api->Stop();
     return 1;
   }
   service.SetEngine(engine->get(), backend_name);
@@ -337,6 +362,7 @@ int Run(int argc, char** argv) {
   (*engine)->Shutdown(config.drain_grace_seconds);
   // Every generation has finished; give the last writes a moment to reach their clients.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (http_api) http_api->Stop();  // its handlers touch the engine until they return
   (*metrics_http)->Stop();
   service.SetEngine(nullptr, backend_name);
   engine->reset();

@@ -101,7 +101,7 @@ TEST(Config, BadValuesNameTheirKey) {
   EXPECT_EQ(ErrorOf("defaults: {temperature: .nan}"),
             "defaults.temperature: must be between 0 and 1e+06, not nan");
   EXPECT_EQ(ErrorOf("limits: {max_tokens: 10}\ndefaults: {max_tokens: 20}"),
-            "defaults.max_tokens: must be between 1 and 10, not 20");
+            "defaults.max_tokens: must be between 0 and 10, not 20");
   EXPECT_EQ(ErrorOf("tls: {cert_file: a.pem}"), "tls: cert_file and key_file go together");
   EXPECT_EQ(ErrorOf("logging: {level: loud}"),
             "logging.level: must be one of trace, debug, info, warn, error, off, not 'loud'");
@@ -128,12 +128,55 @@ TEST(Config, ShippedExampleLoads) {
   absl::StatusOr<ServerConfig> config =
       LoadConfigFile(std::string(SPANSERVE_SOURCE_DIR) + "/deploy/spanserve.yaml");
   ASSERT_TRUE(config.ok()) << config.status();
-  // The example spells out the defaults.
+  // The example spells out the built-in defaults: a server started without --config behaves
+  // as one started with it (the request defaults once disagreed, 128 against 256 tokens).
   const ServerConfig defaults;
+  EXPECT_EQ(config->model_path, defaults.model_path);
+  EXPECT_EQ(config->device, defaults.device);
   EXPECT_EQ(config->port, defaults.port);
-  EXPECT_EQ(config->max_waiting, defaults.max_waiting);
+  EXPECT_EQ(config->metrics_port, defaults.metrics_port);
+  EXPECT_EQ(config->http_port, defaults.http_port);
+  EXPECT_EQ(config->bind_address, defaults.bind_address);
+  EXPECT_EQ(config->drain_grace_seconds, defaults.drain_grace_seconds);
   EXPECT_EQ(config->kv_block_size, defaults.kv_block_size);
+  EXPECT_EQ(config->kv_num_blocks, defaults.kv_num_blocks);
+  EXPECT_EQ(config->kv_memory_mb, defaults.kv_memory_mb);
+  EXPECT_EQ(config->gpu_memory_fraction, defaults.gpu_memory_fraction);
+  EXPECT_EQ(config->max_running, defaults.max_running);
+  EXPECT_EQ(config->max_batched_tokens, defaults.max_batched_tokens);
+  EXPECT_EQ(config->max_waiting, defaults.max_waiting);
+  EXPECT_EQ(config->max_tokens_limit, defaults.max_tokens_limit);
+  EXPECT_EQ(config->max_stop_sequences, defaults.max_stop_sequences);
+  EXPECT_EQ(config->max_stop_length, defaults.max_stop_length);
+  EXPECT_EQ(config->default_max_tokens, defaults.default_max_tokens);
+  EXPECT_EQ(config->default_temperature, defaults.default_temperature);
+  EXPECT_EQ(config->default_top_k, defaults.default_top_k);
+  EXPECT_EQ(config->default_top_p, defaults.default_top_p);
   EXPECT_EQ(config->default_span_mode, defaults.default_span_mode);
+  EXPECT_EQ(config->log_level, defaults.log_level);
+  EXPECT_EQ(config->log_format, defaults.log_format);
+}
+
+TEST(Config, HttpPort) {
+  EXPECT_EQ(ServerConfig().http_port, 8000);
+  absl::StatusOr<ServerConfig> config = ParseConfig("server: {http_port: 8123}");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->http_port, 8123);
+  config = ParseConfig("server: {http_port: 0}");  // off
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->http_port, 0);
+  // With port and metrics_port 0 (any free port), an explicit HTTP port clashes with neither.
+  EXPECT_TRUE(ParseConfig("server: {port: 0, metrics_port: 0, http_port: 8123}").ok());
+  EXPECT_EQ(ErrorOf("server: {http_port: 50051}"),
+            "server.http_port: must differ from server.port and server.metrics_port");
+  EXPECT_EQ(ErrorOf("server: {http_port: 9090}"),
+            "server.http_port: must differ from server.port and server.metrics_port");
+  EXPECT_EQ(ErrorOf("server: {http_port: 65536}"),
+            "server.http_port: must be between 0 and 65535, not 65536");
+  EXPECT_EQ(ErrorOf("server: {http_port: -1}"),
+            "server.http_port: must be between 0 and 65535, not -1");
+  EXPECT_EQ(ErrorOf("server: {http_port: web}"),
+            "server.http_port: expected an integer, got 'web'");
 }
 
 TEST(Config, FailSteps) {

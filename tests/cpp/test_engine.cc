@@ -12,43 +12,11 @@
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
+#include "tests/cpp/event_collector.h"
 #include "tests/cpp/tiny_model.h"
 
 namespace spanserve {
 namespace {
-
-// Collects one request's events; waits for its finish.
-class Collector {
- public:
-  EventSink Sink() {
-    return [this](GenerationEvent&& event) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (event.token >= 0) tokens_.push_back(event.token);
-      text_ += event.text;
-      if (event.finished) {
-        done_ = true;
-        final_ = std::move(event);
-        cv_.notify_all();
-      }
-    };
-  }
-  bool Wait(double seconds = 60) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; });
-  }
-  std::vector<int32_t> tokens() const { std::lock_guard<std::mutex> l(mu_); return tokens_; }
-  std::string text() const { std::lock_guard<std::mutex> l(mu_); return text_; }
-  const GenerationEvent& final_event() const { return final_; }
-  size_t num_tokens() const { std::lock_guard<std::mutex> l(mu_); return tokens_.size(); }
-
- private:
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> tokens_;
-  std::string text_;
-  bool done_ = false;
-  GenerationEvent final_;
-};
 
 class EngineTest : public ::testing::Test {
  protected:

@@ -13,38 +13,11 @@
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
+#include "tests/cpp/event_collector.h"
 #include "tests/cpp/tiny_model.h"
 
 namespace spanserve {
 namespace {
-
-class Collector {
- public:
-  EventSink Sink() {
-    return [this](GenerationEvent&& event) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (event.token >= 0) tokens_.push_back(event.token);
-      if (event.finished) {
-        done_ = true;
-        reason_ = event.finish_reason;
-        cv_.notify_all();
-      }
-    };
-  }
-  bool Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(120), [this] { return done_; });
-  }
-  std::vector<int32_t> tokens() const { std::lock_guard<std::mutex> l(mu_); return tokens_; }
-  FinishReason reason() const { std::lock_guard<std::mutex> l(mu_); return reason_; }
-
- private:
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> tokens_;
-  bool done_ = false;
-  FinishReason reason_ = FinishReason::kNone;
-};
 
 struct CountingObserver : EngineObserver {
   void OnStep(const StepStats& s) override { rows += s.num_rows; }

@@ -347,6 +347,9 @@ TEST(ModelConfigTest, BadValuesNameTheKey) {
       {[](json& c) { c["num_hidden_layers"] = 0; }, "num_hidden_layers"},
       {[](json& c) { c["num_key_value_heads"] = 3; }, "num_key_value_heads"},
       {[](json& c) { c["rms_norm_eps"] = -1; }, "rms_norm_eps"},
+      // Positive doubles that a float holds as 0 or infinity (found by fuzz_model_config).
+      {[](json& c) { c["rms_norm_eps"] = 1e-55; }, "rms_norm_eps"},
+      {[](json& c) { c["rope_theta"] = 1e300; }, "rope_theta"},
       {[](json& c) { c["eos_token_id"] = json::array(); }, "eos_token_id"},
       {[](json& c) { c["bos_token_id"] = 320; }, "bos_token_id"},
       {[](json& c) { c["vocab_size"] = 1ll << 40; }, "vocab_size"},

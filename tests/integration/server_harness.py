@@ -71,7 +71,8 @@ class ServerProcess:
         self.workdir = workdir
         self.log_path = workdir / "server.log"
         config = {"model.path": str(model), "device": "cpu", "server.bind_address": "127.0.0.1",
-                  "server.port": 0, "server.metrics_port": 0, "kv_cache.memory_mb": 64,
+                  "server.port": 0, "server.metrics_port": 0, "server.http_port": 0,
+                  "kv_cache.memory_mb": 64,
                   "server.drain_grace_seconds": 10}
         config.update(settings or {})
         sections: dict = {}

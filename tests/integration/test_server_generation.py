@@ -63,8 +63,9 @@ def test_stream_messages_and_last_message(server):
 
 
 def test_unset_fields_take_the_configured_defaults(server):
-    response = server.stub().Generate(request(ignore_eos=True), timeout=60)
-    assert len(response.token_ids) == 128  # defaults.max_tokens
+    response = server.stub().Generate(request(ignore_eos=True), timeout=120)
+    # defaults.max_tokens 0: the room the prompt leaves (1024 - 14), cut to limits.max_tokens
+    assert len(response.token_ids) == 512
     greedy = server.stub().Generate(request(ignore_eos=True, max_tokens=16, temperature=0.0,
                                             seed=5), timeout=60)
     assert list(greedy.token_ids) == list(response.token_ids[:16])  # default temperature 0
@@ -120,7 +121,7 @@ def test_model_info(server):
     assert info.anchor_token == "<a>" and info.header_end_token == "</a>"
     assert info.backend == "cpu"
     assert info.max_tokens_limit == 512
-    assert info.default_max_tokens == 128
+    assert info.default_max_tokens == 0  # the room the prompt leaves
     assert info.kv_block_size == 16 and info.kv_blocks_total > 0
     assert info.default_span_mode == pb.SPAN_MODE_SELF_SELECTED
 
@@ -216,13 +217,16 @@ def test_stream_deadline_frees_its_kv_blocks(slow_server):
 
 
 def test_default_max_tokens_fits_what_the_prompt_leaves(server):
-    """An unset max_tokens is the server's default (128) cut to the room the prompt leaves in
-    the context (1024); an explicit one that does not fit is refused."""
+    """An unset max_tokens is the room the prompt leaves in the context (1024); an explicit one
+    that does not fit is refused."""
     prompt = "1+" * 470 + "1="
     response = server.stub().Generate(request(prompt=prompt), timeout=120)
     room = 1024 - response.usage.prompt_tokens
-    assert 0 < room < 128, room  # the default would not fit
+    assert 0 < room < 128, room
     assert response.usage.generated_tokens <= room
+    filled = server.stub().Generate(request(prompt=prompt, ignore_eos=True), timeout=120)
+    assert filled.usage.generated_tokens == room
+    assert filled.finish_reason == pb.FINISH_REASON_LENGTH
     with pytest.raises(grpc.RpcError) as error:
         server.stub().Generate(request(prompt=prompt, max_tokens=128), timeout=60)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

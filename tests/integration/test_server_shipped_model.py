@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from server_harness import CLI_BIN, REPO, SERVER_BIN, ServerProcess, pb
+from server_harness import CLI_BIN, REPO, SERVER_BIN, ServerProcess, free_port, pb
 
 sys.path.insert(0, str(REPO / "training"))
 from spanserve_train import arith_data as ad  # noqa: E402
@@ -44,7 +44,7 @@ class NoConfigServer(ServerProcess):
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([str(SERVER_BIN), "--model", str(model), "--device", "cpu",
                                       "--bind-address", "127.0.0.1", "--port", "0",
-                                      "--metrics-port", "0"],
+                                      "--metrics-port", "0", "--http-port", str(free_port())],
                                      stdout=self._log, stderr=subprocess.STDOUT)
         self.grpc_port = self.metrics_port = None
         self._channel = None
