@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The C++ unit tests (tests/cpp) built with clang under ASan + UBSan (build-asan/) and under TSan
 # (build-tsan/), then the real server built with TSan under a short gRPC load
-# (tests/integration/test_tsan_server.py). Any sanitizer report fails the run. CUDA and the
-# benchmarks are off in these builds; only the test binaries (and the TSan server) are built.
+# (tests/integration/test_tsan_server.py, which says which of its reports count). Any sanitizer
+# report fails the run. CUDA and the benchmarks are off in these builds; only the test binaries
+# (and the TSan server) are built.
 #   SANITIZE="address,undefined thread"  the default; name one to run only it
 set -euo pipefail
 cd "$(dirname "$0")/.."
