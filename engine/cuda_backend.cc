@@ -4,10 +4,12 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -106,6 +108,47 @@ struct WeightUpload {
   bool to_f32;
 };
 
+// CUDA events recorded after each launch of a profiled step, named by phase; read after the
+// step's synchronisation as GPU time per phase (a phase's launches in all layers summed).
+class PhaseEvents {
+ public:
+  ~PhaseEvents() {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  void Begin(cudaStream_t stream) {
+    used_ = 0;
+    names_.clear();
+    Record(nullptr, stream);
+  }
+  void Record(const char* phase, cudaStream_t stream) {
+    if (used_ == events_.size()) {
+      cudaEvent_t e = nullptr;
+      if (cudaEventCreate(&e) != cudaSuccess) return;
+      events_.push_back(e);
+    }
+    cudaEventRecord(events_[used_++], stream);
+    names_.push_back(phase);
+  }
+  // After the stream is synchronised.
+  std::vector<std::pair<std::string, double>> Sums() const {
+    std::vector<std::pair<std::string, double>> sums;
+    for (size_t i = 1; i < used_; ++i) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, events_[i - 1], events_[i]);
+      auto it = std::find_if(sums.begin(), sums.end(),
+                             [&](const auto& p) { return p.first == names_[i]; });
+      if (it == sums.end()) it = sums.insert(sums.end(), {names_[i], 0.0});
+      it->second += ms;
+    }
+    return sums;
+  }
+
+ private:
+  std::vector<cudaEvent_t> events_;
+  std::vector<const char*> names_;
+  size_t used_ = 0;
+};
+
 struct LayerWeightsGpu {
   const float* attn_norm;
   const float* ffn_norm;
@@ -161,6 +204,8 @@ class CudaBackend : public Backend {
   absl::Status Forward(const ForwardShape& shape);
   absl::Status RunGraph(const ForwardShape& shape);
   absl::Status AllRowLogits(int32_t rows, StepOutput* out);
+  void RecordStepTimes(std::chrono::steady_clock::time_point start,
+                       std::chrono::steady_clock::time_point launch);
   void CopySampledLogits(const StepBatch& batch, const gpu::StepPlan& plan, StepOutput* out);
 
   template <typename T>
@@ -198,10 +243,18 @@ class CudaBackend : public Backend {
 
   std::map<int32_t, cudaGraphExec_t> graphs_;  // by bucket; nullptr: capture failed, run eagerly
   CudaBackendStats stats_;
+  cudaEvent_t forward_begin_ = nullptr, forward_end_ = nullptr;
+  std::unique_ptr<PhaseEvents> phases_;  // with options_.profile_phases
+  void Mark(const char* phase) {
+    if (phases_ != nullptr) phases_->Record(phase, stream_);
+  }
 };
 
 CudaBackend::~CudaBackend() {
   DropGraphs();
+  phases_.reset();
+  if (forward_begin_ != nullptr) cudaEventDestroy(forward_begin_);
+  if (forward_end_ != nullptr) cudaEventDestroy(forward_end_);
   if (blas_ != nullptr) cublasDestroy(blas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -482,6 +535,9 @@ absl::Status CudaBackend::Init() {
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
   if (!check.status().ok()) return check.status();
   check(cublasCreate(&blas_), "create handle");
+  check(cudaEventCreate(&forward_begin_), "create event");
+  check(cudaEventCreate(&forward_end_), "create event");
+  if (options_.profile_phases) phases_ = std::make_unique<PhaseEvents>();
   check(cublasSetStream(blas_, stream_), "set stream");
   if (!check.status().ok()) return check.status();
 
@@ -592,18 +648,22 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
   check(gpu::LaunchEmbedding(Plan<int32_t>(layout_.token_ids), embed_, n, H, x_.as<float>(), stream_),
         "embedding");
+  Mark("embedding");
   for (int32_t l = 0; l < c_.num_layers; ++l) {
     const LayerWeightsGpu& w = layers_[l];
     check(gpu::LaunchAddRmsNorm(x_.as<float>(), l == 0 ? nullptr : delta_.as<float>(), w.attn_norm,
                                 nullptr, n, H, eps, true, xn_.as<uint16_t>(), stream_),
           "attention norm");
+    Mark("norms");
     Gemm(check, xn_.as<uint16_t>(), n, H, w.wqkv, q_dim() + 2 * kv_dim(), qkv_.as<float>());
+    Mark("gemm qkv");
     gpu::RopeKvArgs rope{qkv_.as<float>(), Plan<int32_t>(layout_.positions),
                          Plan<int32_t>(layout_.kv_block), Plan<int32_t>(layout_.kv_offset),
                          n, c_.num_heads, c_.num_kv_heads, c_.head_dim, block_size_,
                          rope_inv_freq_.as<double>(), w.bqkv, q_.as<uint16_t>(), KCache(l),
                          VCache(l)};
     check(gpu::LaunchRopeWriteKv(rope, stream_), "rope and KV write");
+    Mark("rope + kv write");
     gpu::PrefillAttentionArgs prefill{q_.as<uint16_t>(), KCache(l), VCache(l),
                                       Plan<gpu::PrefillJob>(layout_.prefill_jobs),
                                       Plan<int32_t>(layout_.positions),
@@ -611,6 +671,7 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
                                       c_.num_heads, c_.num_kv_heads, c_.head_dim, block_size_,
                                       scale, attn_.as<uint16_t>()};
     check(gpu::LaunchPrefillAttention(prefill, stream_), "prefill attention");
+    Mark("prefill attention");
     gpu::DecodeAttentionArgs decode{q_.as<uint16_t>(), KCache(l), VCache(l),
                                     Plan<gpu::SplitHead>(layout_.split_heads),
                                     Plan<gpu::ChunkEntry>(layout_.chunks), s.decode_rows,
@@ -620,13 +681,19 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
                                     split_counters_.as<int32_t>()};
     decode.split_major = s.split_major;
     check(gpu::LaunchDecodeAttention(decode, stream_), "decode attention");
+    Mark("decode attention");
     Gemm(check, attn_.as<uint16_t>(), n, q_dim(), w.wo, H, delta_.as<float>());
+    Mark("gemm o");
     check(gpu::LaunchAddRmsNorm(x_.as<float>(), delta_.as<float>(), w.ffn_norm, nullptr, n, H, eps,
                                 true, xn_.as<uint16_t>(), stream_),
           "ffn norm");
+    Mark("norms");
     Gemm(check, xn_.as<uint16_t>(), n, H, w.w_gate_up, 2 * I, gate_up_.as<float>());
+    Mark("gemm gate_up");
     check(gpu::LaunchSiluMul(gate_up_.as<float>(), n, I, act_.as<uint16_t>(), stream_), "silu");
+    Mark("silu");
     Gemm(check, act_.as<uint16_t>(), n, I, w.w_down, H, delta_.as<float>());
+    Mark("gemm down");
   }
   if (s.logit_rows > 0) {
     // The last residual add stays out of x (write_back false), so logits of other rows can
@@ -635,11 +702,14 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
                                 Plan<int32_t>(layout_.logit_rows), s.logit_rows, H, eps, false,
                                 xn_.as<uint16_t>(), stream_),
           "final norm");
+    Mark("norms");
     Gemm(check, xn_.as<uint16_t>(), s.logit_rows, H, lm_head_, c_.vocab_size, logits_.as<float>());
+    Mark("gemm lm_head");
     check(gpu::LaunchSample(logits_.as<float>(), s.logit_rows, c_.vocab_size,
                             Plan<gpu::SampleEntry>(layout_.samples), probs_.as<float>(),
                             tokens_.as<int32_t>(), stream_),
           "sampling");
+    Mark("sampling");
   }
   return check.status();
 }
@@ -675,6 +745,17 @@ absl::Status CudaBackend::RunGraph(const ForwardShape& shape) {
     return CudaError(e, "graph launch");
   }
   return absl::OkStatus();
+}
+
+void CudaBackend::RecordStepTimes(std::chrono::steady_clock::time_point start,
+                                  std::chrono::steady_clock::time_point launch) {
+  using Ms = std::chrono::duration<double, std::milli>;
+  stats_.last_step_ms = Ms(std::chrono::steady_clock::now() - start).count();
+  stats_.last_host_ms = Ms(launch - start).count();
+  float gpu_ms = 0;
+  cudaEventElapsedTime(&gpu_ms, forward_begin_, forward_end_);
+  stats_.last_gpu_ms = gpu_ms;
+  if (phases_ != nullptr) stats_.last_phases = phases_->Sums();
 }
 
 // Logits of every row, a slice of cap_.logit_rows rows at a time, after the step.
@@ -720,10 +801,11 @@ absl::Status CudaBackend::Step(const StepBatch& batch, StepOutput* out) {
       !s.ok()) {
     return s;
   }
+  const auto step_start = std::chrono::steady_clock::now();
   if (cudaError_t e = cudaSetDevice(device_); e != cudaSuccess) return CudaError(e, "set device");
   const int32_t n = batch.num_rows();
-  const bool graph = options_.cuda_graphs && n > 0 && n <= options_.max_graph_rows &&
-                     gpu::IsDecodeStep(batch);
+  const bool graph = options_.cuda_graphs && !options_.profile_phases && n > 0 &&
+                     n <= options_.max_graph_rows && gpu::IsDecodeStep(batch);
   gpu::PlanOptions plan_options;
   plan_options.block_size = block_size_;
   plan_options.pad_rows = graph ? gpu::GraphBucket(n) : 0;
@@ -742,10 +824,14 @@ absl::Status CudaBackend::Step(const StepBatch& batch, StepOutput* out) {
 
   const ForwardShape shape{plan.rows, plan.decode_rows, plan.num_splits, plan.split_major,
                            plan.prefill_jobs, plan.logit_rows};
+  const auto launch = std::chrono::steady_clock::now();
+  LaunchErrors check;
+  check(cudaEventRecord(forward_begin_, stream_), "step event");
+  if (phases_ != nullptr) phases_->Begin(stream_);
   absl::Status run = graph ? RunGraph(shape) : Forward(shape);
   if (!graph) ++stats_.eager_steps;
   if (!run.ok()) return run;
-  LaunchErrors check;
+  check(cudaEventRecord(forward_end_, stream_), "step event");
   if (plan.logit_rows > 0) {
     check(cudaMemcpyAsync(tokens_host_.as<int32_t>(), tokens_.as<int32_t>(),
                           plan.logit_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
@@ -753,6 +839,7 @@ absl::Status CudaBackend::Step(const StepBatch& batch, StepOutput* out) {
   }
   if (batch.logits_mode == LogitsMode::kSampled) CopySampledLogits(batch, plan, out);
   check(cudaStreamSynchronize(stream_), "step");
+  if (check.status().ok()) RecordStepTimes(step_start, launch);
   if (check.status().ok() && batch.logits_mode == LogitsMode::kAllRows) {
     if (absl::Status s = AllRowLogits(n, out); !s.ok()) return s;
   }

@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
@@ -20,6 +23,9 @@ struct CudaBackendOptions {
   bool cuda_graphs = true;            // replay decode steps from CUDA graphs
   int32_t max_graph_rows = 256;       // larger decode steps run eagerly
   bool progress = true;               // a progress line on stderr while the weights upload
+  // Benchmarks only: steps run eagerly with a CUDA event after each launch, and the last step's
+  // GPU time by phase is kept in CudaBackendStats::last_phases.
+  bool profile_phases = false;
 };
 
 // Visible GPUs; 0 when there is no device or no driver.
@@ -34,6 +40,11 @@ struct CudaBackendStats {
   int64_t graphs_captured = 0;
   int64_t weight_bytes = 0;     // on the GPU
   int64_t kv_pool_bytes = 0;
+  // The last step: its wall time in Step, the host part before the forward pass was launched
+  // (validation, the plan, its upload), and the forward pass's GPU time (CUDA events).
+  double last_step_ms = 0, last_host_ms = 0, last_gpu_ms = 0;
+  // With profile_phases: the last step's GPU time by phase, in launch order of first use.
+  std::vector<std::pair<std::string, double>> last_phases;
 };
 
 // Counters of a backend made by CreateCudaBackend; zeros for any other backend.

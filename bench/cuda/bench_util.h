@@ -16,4 +16,8 @@ cudaError_t FillRandomBf16(uint16_t* data, size_t n, uint64_t seed, cudaStream_t
 // of `repeats` copies of `bytes` bytes). Returns 0 on an error.
 double CopyBandwidthGBps(size_t bytes, int repeats);
 
+// Read-only streaming bandwidth in GB/s (bytes read; the best of `repeats` passes over `bytes`
+// bytes): the roof of a kernel that only reads, above the copy bandwidth. Returns 0 on an error.
+double ReadBandwidthGBps(size_t bytes, int repeats);
+
 }  // namespace spanserve::bench

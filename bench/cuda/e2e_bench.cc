@@ -4,10 +4,14 @@
 // are real and contexts reach 1k to 4k tokens; SELF_SELECTED against DENSE in one run, the same
 // tokens computed either way. Reports generated tokens per second of wall time, and the mean
 // time of full-batch decode steps against its floor: (weight bytes + attended KV bytes) over
-// the measured copy bandwidth. Writes a JSON summary.
+// the measured read roof (a read-only streaming kernel; the copy bandwidth is also given), and
+// where the step goes: host time before the forward pass is launched, the pass's GPU time, and
+// with --profile-phases (eager steps, an event after every launch) GPU time by phase. Writes a
+// JSON summary.
 //
 // Run: cuda_e2e_bench --json e2e.json [--requests 256 --batch 64 --min-context 1024
-//      --max-context 4096 --block-size 16]
+//      --max-context 4096 --block-size 16 --profile-phases]
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -59,6 +63,7 @@ std::vector<int32_t> ChainOutput(const Tokenizer& tok, int32_t tokens, int32_t s
 // Sums the steps that decode every running sequence together (one row each).
 struct StepTimer : EngineObserver {
   explicit StepTimer(int32_t batch) : batch(batch) {}
+  // Called on the engine thread right after the backend's Step, so its stats are that step's.
   void OnStep(const StepStats& s) override {
     std::lock_guard<std::mutex> lock(mu);
     ++steps;
@@ -67,10 +72,22 @@ struct StepTimer : EngineObserver {
     full_seconds += s.seconds;
     full_kv_blocks += s.kv_blocks_read;
     full_kv_dense += s.kv_blocks_dense;
+    const CudaBackendStats b = GetCudaBackendStats(*backend);
+    host_ms += b.last_host_ms;
+    gpu_ms += b.last_gpu_ms;
+    for (const auto& [phase, ms] : b.last_phases) {
+      auto it = std::find_if(phase_ms.begin(), phase_ms.end(),
+                             [&](const auto& p) { return p.first == phase; });
+      if (it == phase_ms.end()) it = phase_ms.insert(phase_ms.end(), {phase, 0.0});
+      it->second += ms;
+    }
   }
   void OnPreemption() override { ++preemptions; }
   const int32_t batch;
+  const Backend* backend = nullptr;
   std::mutex mu;
+  double host_ms = 0, gpu_ms = 0;  // sums over full steps
+  std::vector<std::pair<std::string, double>> phase_ms;
   int64_t steps = 0, full_steps = 0, full_kv_blocks = 0, full_kv_dense = 0, preemptions = 0;
   double full_seconds = 0;
 };
@@ -79,23 +96,28 @@ struct ModeResult {
   std::string mode;
   double wall_seconds = 0, tokens_per_second = 0;
   int64_t generated = 0, steps = 0, full_steps = 0, preemptions = 0;
-  double full_step_ms = 0, floor_ms = 0, kv_read_fraction = 0;
+  double full_step_ms = 0, floor_ms = 0, copy_floor_ms = 0, kv_read_fraction = 0;
+  double weight_floor_ms = 0, kv_floor_ms = 0;  // the floor's two parts
+  double host_ms = 0, gpu_ms = 0;                // means over full steps
+  std::vector<std::pair<std::string, double>> phase_ms;  // means over full steps
   CudaBackendStats backend;
 };
 
 struct Options {
   int32_t requests = 256, batch = 64, min_context = 1024, max_context = 4096, block_size = 16;
   double memory_fraction = 0.9;
+  bool profile_phases = false;
   std::string json = "e2e.json";
 };
 
 ModeResult RunMode(std::shared_ptr<const Model> model, const Options& o, SpanMode mode,
-                   double copy_gbps) {
+                   double read_gbps, double copy_gbps) {
   ModeResult result;
   result.mode = mode == SpanMode::kSelfSelected ? "SELF_SELECTED" : "DENSE";
   CudaBackendOptions backend_options;
   backend_options.pool.block_size = o.block_size;
   backend_options.gpu_memory_fraction = o.memory_fraction;
+  backend_options.profile_phases = o.profile_phases;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(model, backend_options);
   if (!backend.ok()) {
     std::fprintf(stderr, "%s\n", backend.status().ToString().c_str());
@@ -103,6 +125,7 @@ ModeResult RunMode(std::shared_ptr<const Model> model, const Options& o, SpanMod
   }
   const Backend* backend_view = backend->get();
   StepTimer timer(o.batch);
+  timer.backend = backend_view;
   EngineConfig config;
   config.max_running = o.batch;
   config.max_tokens_limit = o.max_context + 64;
@@ -171,8 +194,14 @@ ModeResult RunMode(std::shared_ptr<const Model> model, const Options& o, SpanMod
   result.preemptions = timer.preemptions;
   if (timer.full_steps > 0) {
     result.full_step_ms = 1e3 * timer.full_seconds / timer.full_steps;
-    const double bytes = weight_bytes + kv_block_bytes * timer.full_kv_blocks / timer.full_steps;
-    result.floor_ms = 1e3 * bytes / (copy_gbps * 1e9);
+    const double kv_bytes = kv_block_bytes * timer.full_kv_blocks / timer.full_steps;
+    result.weight_floor_ms = 1e3 * weight_bytes / (read_gbps * 1e9);
+    result.kv_floor_ms = 1e3 * kv_bytes / (read_gbps * 1e9);
+    result.floor_ms = result.weight_floor_ms + result.kv_floor_ms;
+    result.copy_floor_ms = 1e3 * (weight_bytes + kv_bytes) / (copy_gbps * 1e9);
+    result.host_ms = timer.host_ms / timer.full_steps;
+    result.gpu_ms = timer.gpu_ms / timer.full_steps;
+    for (auto [phase, ms] : timer.phase_ms) result.phase_ms.push_back({phase, ms / timer.full_steps});
     result.kv_read_fraction = static_cast<double>(timer.full_kv_blocks) / timer.full_kv_dense;
   }
   return result;
@@ -188,12 +217,15 @@ int Main(int argc, char** argv) {
   app.add_option("--block-size", o.block_size);
   app.add_option("--memory-fraction", o.memory_fraction);
   app.add_option("--json", o.json);
+  app.add_flag("--profile-phases", o.profile_phases,
+               "eager steps with an event after every launch: GPU time by phase");
   CLI11_PARSE(app, argc, argv);
   if (CudaDeviceCount() == 0) {
     std::fprintf(stderr, "no CUDA device visible\n");
     return 1;
   }
   const double copy_gbps = CopyBandwidthGBps(size_t{2} << 30, 10);
+  const double read_gbps = ReadBandwidthGBps(size_t{2} << 30, 10);
   absl::StatusOr<std::shared_ptr<const Model>> model = Llama7bShaped();
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
@@ -201,20 +233,24 @@ int Main(int argc, char** argv) {
   }
   std::vector<ModeResult> results;
   for (SpanMode mode : {SpanMode::kSelfSelected, SpanMode::kDense}) {
-    results.push_back(RunMode(*model, o, mode, copy_gbps));
+    results.push_back(RunMode(*model, o, mode, read_gbps, copy_gbps));
   }
   const double speedup = results[0].tokens_per_second / results[1].tokens_per_second;
   std::FILE* json = std::fopen(o.json.c_str(), "w");
   std::fprintf(json, "{\"requests\": %d, \"batch\": %d, \"min_context\": %d, \"max_context\": %d, "
-                     "\"block_size\": %d, \"copy_gbps\": %.1f, \"speedup\": %.4f, \"modes\": [",
-               o.requests, o.batch, o.min_context, o.max_context, o.block_size, copy_gbps, speedup);
+                     "\"block_size\": %d, \"copy_gbps\": %.1f, \"read_gbps\": %.1f, "
+                     "\"profile_phases\": %s, \"speedup\": %.4f, \"modes\": [",
+               o.requests, o.batch, o.min_context, o.max_context, o.block_size, copy_gbps,
+               read_gbps, o.profile_phases ? "true" : "false", speedup);
   for (size_t i = 0; i < results.size(); ++i) {
     const ModeResult& r = results[i];
     std::fprintf(json, "%s{\"mode\": \"%s\", \"generated_tokens\": %lld, \"wall_seconds\": %.3f, "
                        "\"tokens_per_second\": %.1f, \"steps\": %lld, \"full_batch_steps\": %lld, "
                        "\"full_batch_step_ms\": %.3f, \"floor_ms\": %.3f, \"kv_read_fraction\": %.4f, "
                        "\"preemptions\": %lld, \"graph_steps\": %lld, \"eager_steps\": %lld, "
-                       "\"weight_bytes\": %lld, \"kv_pool_bytes\": %lld}",
+                       "\"weight_bytes\": %lld, \"kv_pool_bytes\": %lld, "
+                       "\"weight_floor_ms\": %.3f, \"kv_floor_ms\": %.3f, \"copy_floor_ms\": %.3f, "
+                       "\"host_ms\": %.3f, \"gpu_ms\": %.3f, \"phases_ms\": {",
                  i ? ", " : "", r.mode.c_str(), static_cast<long long>(r.generated), r.wall_seconds,
                  r.tokens_per_second, static_cast<long long>(r.steps),
                  static_cast<long long>(r.full_steps), r.full_step_ms, r.floor_ms,
@@ -222,21 +258,36 @@ int Main(int argc, char** argv) {
                  static_cast<long long>(r.backend.graph_steps),
                  static_cast<long long>(r.backend.eager_steps),
                  static_cast<long long>(r.backend.weight_bytes),
-                 static_cast<long long>(r.backend.kv_pool_bytes));
+                 static_cast<long long>(r.backend.kv_pool_bytes), r.weight_floor_ms,
+                 r.kv_floor_ms, r.copy_floor_ms, r.host_ms, r.gpu_ms);
+    for (size_t p = 0; p < r.phase_ms.size(); ++p) {
+      std::fprintf(json, "%s\"%s\": %.4f", p ? ", " : "", r.phase_ms[p].first.c_str(),
+                   r.phase_ms[p].second);
+    }
+    std::fprintf(json, "}}");
   }
   std::fprintf(json, "]}\n");
   std::fclose(json);
 
   std::printf("\nLLaMA-7B-shaped, dummy bf16 weights, %d requests, contexts %d-%d, batch %d, "
-              "block %d, copy bandwidth %.0f GB/s\n",
-              o.requests, o.min_context, o.max_context, o.batch, o.block_size, copy_gbps);
-  std::printf("%-14s %10s %10s %12s %10s %8s %9s %6s\n", "mode", "tok/s", "wall_s",
-              "step_ms@full", "floor_ms", "step/floor", "kv_read", "preempt");
+              "block %d, read roof %.0f GB/s, copy %.0f GB/s (read + write)%s\n",
+              o.requests, o.min_context, o.max_context, o.batch, o.block_size, read_gbps,
+              copy_gbps, o.profile_phases ? ", PROFILED (eager steps)" : "");
+  std::printf("%-14s %8s %7s %8s %8s %8s %8s %8s %7s %8s %7s %5s\n", "mode", "tok/s", "wall_s",
+              "step_ms", "host_ms", "gpu_ms", "floor", "w_floor", "kv_floor", "stp/flr",
+              "kv_read", "preem");
   for (const ModeResult& r : results) {
-    std::printf("%-14s %10.0f %10.1f %12.2f %10.2f %8.2f %9.3f %6lld\n", r.mode.c_str(),
-                r.tokens_per_second, r.wall_seconds, r.full_step_ms, r.floor_ms,
+    std::printf("%-14s %8.0f %7.1f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %7.3f %8.3f %5lld\n",
+                r.mode.c_str(), r.tokens_per_second, r.wall_seconds, r.full_step_ms, r.host_ms,
+                r.gpu_ms, r.floor_ms, r.weight_floor_ms, r.kv_floor_ms,
                 r.floor_ms > 0 ? r.full_step_ms / r.floor_ms : 0, r.kv_read_fraction,
                 static_cast<long long>(r.preemptions));
+  }
+  for (const ModeResult& r : results) {
+    if (r.phase_ms.empty()) continue;
+    std::printf("%s GPU ms by phase, a full-batch step:", r.mode.c_str());
+    for (const auto& [phase, ms] : r.phase_ms) std::printf("  %s %.3f", phase.c_str(), ms);
+    std::printf("\n");
   }
   std::printf("SELF_SELECTED / DENSE throughput: %.2fx (target 1.28x)\n", speedup);
   return 0;

@@ -14,6 +14,15 @@
 #                                       SDPA_SHAPE ("batch heads kv_heads context head_dim")
 #   scripts/device/gpu_run.sh interleave  the dense shapes again, ours and SDPA alternating
 #                                       (INTERLEAVE_ARGS: e.g. --rounds 5 --cases llama3_8b:16:2048)
+#   scripts/device/gpu_run.sh roof      read-only roof: cuda_read_roof_bench (load paths, orders)
+#   scripts/device/gpu_run.sh gemm      the decode GEMMs: cublasGemmEx default against every
+#                                       cuBLASLt heuristic algorithm, fp32 and bf16 out
+#   scripts/device/gpu_run.sh breakdown where a full-batch decode step goes: cuda_e2e_bench
+#                                       --profile-phases (BREAKDOWN_ARGS), GPU time by phase
+#   scripts/device/gpu_run.sh peer      the PyTorch peer (bench/cuda/torch_e2e_peer.py, static
+#                                       cache, SDPA, CUDA graph; PEER_COMPILE=1 adds torch.compile)
+#                                       and cuda_e2e_bench at the same fixed context (PEER_CONTEXT)
+#                                       and batches 1 and 64, in turn
 #   scripts/device/gpu_run.sh all       check, kernels, e2e in turn (longer than one 10-minute
 #                                       command)
 # Several phases may be named in one call: gpu_run.sh check kernels interleave.
@@ -163,11 +172,48 @@ torch.cuda.synchronize()" >"$work/profile_sdpa.log" 2>&1 || status=1
       "$out/ncu_$r.txt" | head -12
   done
 }
+roof() {
+  "$pack/bin/cuda_read_roof_bench" >"$work/read_roof.csv" 2>"$work/read_roof.log" || status=1
+  sort -t, -k6 -g "$work/read_roof.csv" | tail -6
+  cp "$work/read_roof.csv" "$out/" 2>/dev/null
+}
+gemm() {
+  "$pack/bin/cuda_gemm_bench" ${GEMM_ARGS:-} >"$work/gemm.csv" 2>"$work/gemm.log" || status=1
+  grep -E '^#|gemm_ex_default|lt_best' "$work/gemm.csv" | column -t -s, | head -40
+  cp "$work/gemm.csv" "$out/" 2>/dev/null
+}
+breakdown() {
+  timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --profile-phases \
+    --json "$work/breakdown.json" ${BREAKDOWN_ARGS:---requests 64 --min-context 1024 --max-context 2048} \
+    >"$work/breakdown.log" 2>&1 || status=1
+  grep -v '^dummy weights\|^cuda: weights' "$work/breakdown.log" | tail -8
+  cp "$work/breakdown.json" "$out/" 2>/dev/null
+}
+# The Python of the GPU machine with its own libraries, not the packed ones.
+peer() {
+  local ctx=${PEER_CONTEXT:-1536} batch
+  for batch in 1 64; do
+    timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --requests "$batch" --batch "$batch" \
+      --min-context "$ctx" --max-context "$ctx" --json "$work/e2e_fixed_b$batch.json" \
+      >"$work/e2e_fixed_b$batch.log" 2>&1 || status=1
+    grep -v '^dummy weights\|^cuda: weights' "$work/e2e_fixed_b$batch.log" | tail -5
+    cp "$work/e2e_fixed_b$batch.json" "$out/" 2>/dev/null
+  done
+  local variant flag
+  for variant in graph ${PEER_COMPILE:+compile}; do
+    flag=; [[ $variant == compile ]] && flag=--compile
+    env -u LD_LIBRARY_PATH PYTHONUNBUFFERED=1 timeout "${PEER_TIMEOUT:-300}" \
+      python3 bench/cuda/torch_e2e_peer.py --batch 1 64 --context "$ctx" $flag \
+      --json "$work/torch_peer_$variant.json" \
+      2>&1 | grep -v Warning | tail -4 || status=1
+    cp "$work/torch_peer_$variant.json" "$out/" 2>/dev/null
+  done
+}
 for p in "${phases[@]}"; do
   case $p in
-    check|kernels|e2e|splits|ab|bench|interleave|profile) $p ;;
+    check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer) $p ;;
     all) check; kernels; e2e ;;
-    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|all ..."; exit 2 ;;
+    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer|all ..."; exit 2 ;;
   esac
 done
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .

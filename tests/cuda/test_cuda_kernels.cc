@@ -398,7 +398,9 @@ TEST(AddRmsNorm, AddsTheResidualAndNormalizes) {
   SPANSERVE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(15);
   std::uniform_real_distribution<float> dist(-3, 3);
-  for (int32_t hidden : {100, 4096}) {
+  // 4098: the one-float kernel; 100 and 4096: four-float vectors held in registers; 20000: wider
+  // than the registers hold, the rest read twice.
+  for (int32_t hidden : {100, 4096, 4098, 20000}) {
     for (int variant = 0; variant < 8; ++variant) {
       const bool with_delta = variant & 1, with_map = variant & 2, write_back = variant & 4;
       const int32_t rows = 9, out_rows = with_map ? 4 : rows;
@@ -460,21 +462,23 @@ TEST(SiluMul, MatchesReference) {
   SPANSERVE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> dist(-6, 6);
-  const int32_t rows = 5, inter = 11008;
-  std::vector<float> gate_up(size_t(rows) * 2 * inter);
-  for (float& v : gate_up) v = dist(rng);
-  DeviceArray<float> gate_up_dev(gate_up);
-  DeviceArray<uint16_t> out(size_t(rows) * inter);
-  out.Poison();
-  SyncOk(gpu::LaunchSiluMul(gate_up_dev.get(), rows, inter, out.get(), nullptr));
-  const std::vector<float> got = ToFloats(out.Download());
-  for (int32_t r = 0; r < rows; ++r) {
-    std::vector<double> want(inter);
-    for (int32_t i = 0; i < inter; ++i) {
-      const double g = gate_up[size_t(r) * 2 * inter + i], u = gate_up[size_t(r) * 2 * inter + inter + i];
-      want[i] = g / (1.0 + std::exp(-g)) * u;
+  for (const int32_t inter : {11008, 1001}) {  // four-float vectors; one float at a time
+    const int32_t rows = 5;
+    std::vector<float> gate_up(size_t(rows) * 2 * inter);
+    for (float& v : gate_up) v = dist(rng);
+    DeviceArray<float> gate_up_dev(gate_up);
+    DeviceArray<uint16_t> out(size_t(rows) * inter);
+    out.Poison();
+    SyncOk(gpu::LaunchSiluMul(gate_up_dev.get(), rows, inter, out.get(), nullptr));
+    const std::vector<float> got = ToFloats(out.Download());
+    for (int32_t r = 0; r < rows; ++r) {
+      std::vector<double> want(inter);
+      for (int32_t i = 0; i < inter; ++i) {
+        const double g = gate_up[size_t(r) * 2 * inter + i], u = gate_up[size_t(r) * 2 * inter + inter + i];
+        want[i] = g / (1.0 + std::exp(-g)) * u;
+      }
+      EXPECT_LT(MaxRelErr({&got[size_t(r) * inter], size_t(inter)}, want), kTolerance) << inter;
     }
-    EXPECT_LT(MaxRelErr({&got[size_t(r) * inter], size_t(inter)}, want), kTolerance);
   }
 }
 
