@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/cpu_math.h"
+#include "engine/cuda_step_plan.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "kernels/kernels.h"

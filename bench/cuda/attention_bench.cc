@@ -32,6 +32,7 @@
 #include "bench/cuda/bench_util.h"
 #include "engine/attention_plan.h"
 #include "engine/backend.h"
+#include "engine/cuda_step_plan.h"
 #include "engine/kv_block_manager.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/attention_plan.h"
+#include "engine/cuda_step_plan.h"
 #include "engine/model_config.h"
 #include "engine/sampler.h"
 #include "kernels/kernels.h"
