@@ -13,6 +13,7 @@
 #include "engine/cpu_math.h"
 #include "engine/model_config.h"
 #include "engine/sampler.h"
+#include "engine/tensor_parallel.h"
 
 namespace spanserve {
 
@@ -31,22 +32,30 @@ struct LayerF32 {
   const float *w_gate, *w_up, *w_down;
 };
 
+absl::Status CheckShape(const TensorView& tensor, const std::vector<int64_t>& shape) {
+  if (tensor.shape != shape || tensor.data == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight '", tensor.name, "' has shape [", absl::StrJoin(tensor.shape, ","),
+                     "], the config needs [", absl::StrJoin(shape, ","), "]"));
+  }
+  return absl::OkStatus();
+}
+
 // Gives every weight as fp32: F32 tensors in place (the mapping), F16/BF16 converted once into
-// owned buffers. A tensor seen twice (a tied lm_head) is converted once.
+// owned buffers. A tensor seen twice (a tied lm_head, a KV shard replicated on two ranks) is
+// converted once.
 class WeightConverter {
  public:
   absl::StatusOr<const float*> Get(const TensorView& tensor, std::vector<int64_t> shape) {
-    if (tensor.shape != shape || tensor.data == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weight '", tensor.name, "' has shape [", absl::StrJoin(tensor.shape, ","),
-                       "], the config needs [", absl::StrJoin(shape, ","), "]"));
-    }
+    if (absl::Status s = CheckShape(tensor, shape); !s.ok()) return s;
     if (tensor.dtype == DType::kF32) return static_cast<const float*>(tensor.data);
-    auto found = converted_.find(tensor.data);
-    if (found != converted_.end()) return found->second.data();
     int64_t numel = 1;
     for (int64_t dim : shape) numel *= dim;
-    std::vector<float>& buffer = converted_[tensor.data];
+    // Keyed by size too: rank 0's row shard starts where its whole tensor does.
+    const std::pair<const void*, int64_t> key(tensor.data, numel);
+    auto found = converted_.find(key);
+    if (found != converted_.end()) return found->second.data();
+    std::vector<float>& buffer = converted_[key];
     buffer.resize(numel);
     const uint16_t* bits = static_cast<const uint16_t*>(tensor.data);
     const bool half = tensor.dtype == DType::kF16;
@@ -56,10 +65,17 @@ class WeightConverter {
     return buffer.data();
   }
 
-  std::map<const void*, std::vector<float>> TakeBuffers() { return std::move(converted_); }
+  absl::Status Into(const TensorView& tensor, std::vector<int64_t> shape, const float** dst) {
+    absl::StatusOr<const float*> data = Get(tensor, std::move(shape));
+    if (data.ok()) *dst = *data;
+    return data.status();
+  }
+
+  using Buffers = std::map<std::pair<const void*, int64_t>, std::vector<float>>;
+  Buffers TakeBuffers() { return std::move(converted_); }
 
  private:
-  std::map<const void*, std::vector<float>> converted_;
+  Buffers converted_;
 };
 
 absl::Status CheckConfig(const ModelConfig& c, size_t num_layer_weights) {
@@ -82,6 +98,18 @@ absl::Status CheckConfig(const ModelConfig& c, size_t num_layer_weights) {
   return absl::OkStatus();
 }
 
+// One simulated tensor-parallel rank, or the whole model when there is one: its weight shards,
+// its KV pool (its KV heads of every block) and its scratch. The hidden state x_ is kept once:
+// after each all-reduce every rank would hold the same copy.
+struct Rank {
+  RankShard shard;
+  std::vector<LayerF32> layers;
+  KvLayout layout;
+  std::vector<std::vector<float>> k_cache, v_cache;  // per layer
+  std::vector<float> q, k, v, attn, gate, up;        // per row of the step
+  std::vector<float> partial;  // its wo or w_down product: a partial sum of the hidden state
+};
+
 class CpuBackend : public Backend {
  public:
   CpuBackend(std::shared_ptr<const Model> model, const CpuFaultOptions& faults)
@@ -90,41 +118,49 @@ class CpuBackend : public Backend {
         rope_inv_freq_(RopeInverseFrequencies(config_)),
         fail_steps_(faults.fail_steps) {}
 
-  absl::Status Init(const KvPoolOptions& pool);
+  absl::Status Init(const KvPoolOptions& pool, int32_t tensor_parallel_size);
 
-  std::string name() const override { return "cpu"; }
+  std::string name() const override {
+    return ranks_.size() == 1 ? "cpu" : absl::StrCat("cpu-tp", ranks_.size());
+  }
   absl::Status Step(const StepBatch& batch, StepOutput* out) override;
   int32_t num_kv_blocks() const override { return num_blocks_; }
-  int32_t block_size() const override { return layout_.block_size; }
+  int32_t block_size() const override { return block_size_; }
   int32_t vocab_size() const override { return config_.vocab_size; }
 
  private:
   absl::Status ConvertWeights();
+  absl::Status ConvertRankWeights(WeightConverter& convert, Rank* rank);
   absl::Status AllocatePool(const KvPoolOptions& pool);
   void Resize(int32_t rows);
   void Embed(const StepBatch& batch);
   void NormRows(const float* x, const float* weight, int32_t rows, float* out);
   void AddRows(float* x, const float* y, int32_t rows);
-  void RopeAndWriteKv(int32_t layer, const StepBatch& batch);
-  void Attention(int32_t layer, const StepBatch& batch);
+  void RopeAndWriteKv(Rank& rank, int32_t layer, const StepBatch& batch);
+  void Attention(Rank& rank, int32_t layer, const StepBatch& batch);
+  void RankAttention(Rank& rank, int32_t layer, const StepBatch& batch);
+  void RankMlp(Rank& rank, int32_t layer, int32_t rows);
+  const float* AllReducePartials(int32_t rows);
   void RunLayer(int32_t layer, const StepBatch& batch);
   void Logits(const StepBatch& batch, StepOutput* out);
 
   std::shared_ptr<const Model> model_;
   const ModelConfig& config_;
   const std::vector<double> rope_inv_freq_;  // RopeInverseFrequencies(config_)
-  std::map<const void*, std::vector<float>> converted_;
+  WeightConverter::Buffers converted_;
+  std::vector<std::shared_ptr<const void>> shard_storage_;  // column shards (wo, w_down)
   const float* embed_ = nullptr;
   const float* final_norm_ = nullptr;
   const float* lm_head_ = nullptr;
-  std::vector<LayerF32> layers_;
+  int32_t group_ = 1;  // query heads per KV head
+  std::vector<Rank> ranks_;
+  std::vector<float*> partials_;  // each rank's partial, for the all-reduce
 
-  KvLayout layout_;
+  int32_t block_size_ = 0;
   int32_t num_blocks_ = 0;
-  std::vector<std::vector<float>> k_cache_, v_cache_;  // per layer
 
   // Scratch, per row of the step.
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, rope_cos_, rope_sin_;
+  std::vector<float> x_, xn_, rope_cos_, rope_sin_;
   std::vector<int32_t> logit_rows_;   // the rows whose logits are computed
   std::vector<int32_t> seq_logits_;   // per seq: its row in the logits, -1 if none
   std::vector<float> logits_scratch_; // logits when the step returns none
@@ -134,44 +170,76 @@ class CpuBackend : public Backend {
   int64_t num_steps_ = 0;             // calls of Step
 };
 
-absl::Status CpuBackend::Init(const KvPoolOptions& pool) {
+absl::Status CpuBackend::Init(const KvPoolOptions& pool, int32_t tensor_parallel_size) {
   if (absl::Status s = CheckConfig(config_, model_->weights.layers.size()); !s.ok()) return s;
+  absl::StatusOr<TensorParallelPlan> plan = PlanTensorParallel(config_, tensor_parallel_size);
+  if (!plan.ok()) return plan.status();
+  group_ = plan->group;
+  ranks_.resize(plan->size);
+  for (int32_t r = 0; r < plan->size; ++r) ranks_[r].shard = plan->ranks[r];
   if (absl::Status s = ConvertWeights(); !s.ok()) return s;
   return AllocatePool(pool);
 }
 
 absl::Status CpuBackend::ConvertWeights() {
   const ModelConfig& c = config_;
-  const int64_t hidden = c.hidden_size, q_dim = int64_t{c.num_heads} * c.head_dim;
-  const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim, inter = c.intermediate_size;
   const ModelWeights& w = model_->weights;
   WeightConverter convert;
-  auto get = [&](const TensorView& t, std::vector<int64_t> shape, const float** dst) {
-    absl::StatusOr<const float*> data = convert.Get(t, std::move(shape));
-    if (data.ok()) *dst = *data;
-    return data.status();
-  };
-  absl::Status s = get(w.embed, {c.vocab_size, hidden}, &embed_);
-  if (s.ok()) s = get(w.final_norm, {hidden}, &final_norm_);
-  if (s.ok()) s = get(w.lm_head, {c.vocab_size, hidden}, &lm_head_);
-  layers_.resize(c.num_layers);
-  for (int32_t l = 0; l < c.num_layers && s.ok(); ++l) {
-    const LayerWeights& lw = w.layers[l];
-    LayerF32& out = layers_[l];
-    s = get(lw.attn_norm, {hidden}, &out.attn_norm);
-    if (s.ok()) s = get(lw.wq, {q_dim, hidden}, &out.wq);
-    if (s.ok()) s = get(lw.wk, {kv_dim, hidden}, &out.wk);
-    if (s.ok()) s = get(lw.wv, {kv_dim, hidden}, &out.wv);
-    if (s.ok() && c.qkv_bias) s = get(lw.bq, {q_dim}, &out.bq);
-    if (s.ok() && c.qkv_bias) s = get(lw.bk, {kv_dim}, &out.bk);
-    if (s.ok() && c.qkv_bias) s = get(lw.bv, {kv_dim}, &out.bv);
-    if (s.ok()) s = get(lw.wo, {hidden, q_dim}, &out.wo);
-    if (s.ok()) s = get(lw.ffn_norm, {hidden}, &out.ffn_norm);
-    if (s.ok()) s = get(lw.w_gate, {inter, hidden}, &out.w_gate);
-    if (s.ok()) s = get(lw.w_up, {inter, hidden}, &out.w_up);
-    if (s.ok()) s = get(lw.w_down, {hidden, inter}, &out.w_down);
+  absl::Status s = convert.Into(w.embed, {c.vocab_size, c.hidden_size}, &embed_);
+  if (s.ok()) s = convert.Into(w.final_norm, {c.hidden_size}, &final_norm_);
+  if (s.ok()) s = convert.Into(w.lm_head, {c.vocab_size, c.hidden_size}, &lm_head_);
+  for (Rank& rank : ranks_) {
+    if (s.ok()) s = ConvertRankWeights(convert, &rank);
   }
   converted_ = convert.TakeBuffers();
+  return s;
+}
+
+// The rank's rows of wq, wk, wv, w_gate and w_up (views) and columns of wo and w_down (copies
+// of just the shard), checked against the full shapes first so errors name the model's tensor.
+// With one rank every shard is the whole tensor, uncopied.
+absl::Status CpuBackend::ConvertRankWeights(WeightConverter& convert, Rank* rank) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden_size, q_dim = int64_t{c.num_heads} * c.head_dim;
+  const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim, inter = c.intermediate_size;
+  const IndexRange q_rows = rank->shard.q_features(), kv_rows = rank->shard.kv_features();
+  const IndexRange inter_rows = rank->shard.inter_features();
+  auto rows = [&](const TensorView& t, std::vector<int64_t> shape, IndexRange range,
+                  const float** dst) {
+    if (absl::Status s = CheckShape(t, shape); !s.ok()) return s;
+    absl::StatusOr<TensorView> shard = RowShard(t, range);
+    if (!shard.ok()) return shard.status();
+    shape[0] = range.size();
+    return convert.Into(*shard, std::move(shape), dst);
+  };
+  auto cols = [&](const TensorView& t, std::vector<int64_t> shape, IndexRange range,
+                  const float** dst) {
+    if (absl::Status s = CheckShape(t, shape); !s.ok()) return s;
+    absl::StatusOr<OwnedTensor> shard = ColumnShard(t, range);
+    if (!shard.ok()) return shard.status();
+    if (shard->storage != nullptr) shard_storage_.push_back(shard->storage);
+    shape[1] = range.size();
+    return convert.Into(shard->view, std::move(shape), dst);
+  };
+  const ModelWeights& w = model_->weights;
+  rank->layers.resize(c.num_layers);
+  absl::Status s;
+  for (int32_t l = 0; l < c.num_layers && s.ok(); ++l) {
+    const LayerWeights& lw = w.layers[l];
+    LayerF32& out = rank->layers[l];
+    s = convert.Into(lw.attn_norm, {hidden}, &out.attn_norm);
+    if (s.ok()) s = rows(lw.wq, {q_dim, hidden}, q_rows, &out.wq);
+    if (s.ok()) s = rows(lw.wk, {kv_dim, hidden}, kv_rows, &out.wk);
+    if (s.ok()) s = rows(lw.wv, {kv_dim, hidden}, kv_rows, &out.wv);
+    if (s.ok() && c.qkv_bias) s = rows(lw.bq, {q_dim}, q_rows, &out.bq);
+    if (s.ok() && c.qkv_bias) s = rows(lw.bk, {kv_dim}, kv_rows, &out.bk);
+    if (s.ok() && c.qkv_bias) s = rows(lw.bv, {kv_dim}, kv_rows, &out.bv);
+    if (s.ok()) s = cols(lw.wo, {hidden, q_dim}, q_rows, &out.wo);
+    if (s.ok()) s = convert.Into(lw.ffn_norm, {hidden}, &out.ffn_norm);
+    if (s.ok()) s = rows(lw.w_gate, {inter, hidden}, inter_rows, &out.w_gate);
+    if (s.ok()) s = rows(lw.w_up, {inter, hidden}, inter_rows, &out.w_up);
+    if (s.ok()) s = cols(lw.w_down, {hidden, inter}, inter_rows, &out.w_down);
+  }
   return s;
 }
 
@@ -180,7 +248,7 @@ absl::Status CpuBackend::AllocatePool(const KvPoolOptions& pool) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV block size ", pool.block_size, " is outside 1..", kMaxBlockSize));
   }
-  layout_ = {config_.num_kv_heads, pool.block_size, config_.head_dim};
+  block_size_ = pool.block_size;
   const int64_t block_bytes = KvBlockBytes(config_, pool.block_size, sizeof(float));
   const int64_t blocks = pool.num_blocks > 0 ? pool.num_blocks : pool.memory_bytes / block_bytes;
   if (blocks < 1 || blocks > INT32_MAX) {
@@ -190,33 +258,41 @@ absl::Status CpuBackend::AllocatePool(const KvPoolOptions& pool) {
   }
   num_blocks_ = static_cast<int32_t>(blocks);
   try {
-    k_cache_.resize(config_.num_layers);
-    v_cache_.resize(config_.num_layers);
-    for (int32_t l = 0; l < config_.num_layers; ++l) {
-      k_cache_[l].resize(blocks * layout_.block_elems());
-      v_cache_[l].resize(blocks * layout_.block_elems());
+    for (Rank& rank : ranks_) {
+      rank.layout = {rank.shard.num_kv_heads, pool.block_size, config_.head_dim};
+      rank.k_cache.resize(config_.num_layers);
+      rank.v_cache.resize(config_.num_layers);
+      for (int32_t l = 0; l < config_.num_layers; ++l) {
+        rank.k_cache[l].resize(blocks * rank.layout.block_elems());
+        rank.v_cache[l].resize(blocks * rank.layout.block_elems());
+      }
     }
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot allocate a KV pool of ", blocks * block_bytes, " bytes"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate a KV pool of ", blocks * block_bytes, " bytes (", ranks_.size(),
+        " rank(s))"));
   }
   return absl::OkStatus();
 }
-
 
 void CpuBackend::Resize(int32_t rows) {
   const int64_t n = rows, hd = config_.head_dim;
   x_.resize(n * config_.hidden_size);
   xn_.resize(n * config_.hidden_size);
-  proj_.resize(n * config_.hidden_size);
-  q_.resize(n * config_.num_heads * hd);
-  attn_.resize(n * config_.num_heads * hd);
-  k_.resize(n * config_.num_kv_heads * hd);
-  v_.resize(n * config_.num_kv_heads * hd);
-  gate_.resize(n * config_.intermediate_size);
-  up_.resize(n * config_.intermediate_size);
   rope_cos_.resize(n * hd / 2);
   rope_sin_.resize(n * hd / 2);
+  partials_.clear();
+  for (Rank& rank : ranks_) {
+    const RankShard& shard = rank.shard;
+    rank.q.resize(n * shard.num_heads * hd);
+    rank.attn.resize(n * shard.num_heads * hd);
+    rank.k.resize(n * shard.num_kv_heads * hd);
+    rank.v.resize(n * shard.num_kv_heads * hd);
+    rank.gate.resize(n * shard.inter_size);
+    rank.up.resize(n * shard.inter_size);
+    rank.partial.resize(n * config_.hidden_size);
+    partials_.push_back(rank.partial.data());
+  }
 }
 
 void CpuBackend::Embed(const StepBatch& batch) {
@@ -247,78 +323,102 @@ void CpuBackend::AddRows(float* x, const float* y, int32_t rows) {
 }
 
 // Rotates Q and K, then stores K and V of every row before any row attends.
-void CpuBackend::RopeAndWriteKv(int32_t layer, const StepBatch& batch) {
-  const int32_t hd = config_.head_dim, half = hd / 2, B = layout_.block_size;
-  const int64_t q_dim = int64_t{config_.num_heads} * hd, kv_dim = int64_t{config_.num_kv_heads} * hd;
+void CpuBackend::RopeAndWriteKv(Rank& rank, int32_t layer, const StepBatch& batch) {
+  const int32_t hd = config_.head_dim, half = hd / 2, B = rank.layout.block_size;
+  const int32_t heads = rank.shard.num_heads, kv_heads = rank.shard.num_kv_heads;
+  const int64_t q_dim = int64_t{heads} * hd, kv_dim = int64_t{kv_heads} * hd;
 #pragma omp parallel for
   for (int32_t r = 0; r < batch.num_rows(); ++r) {
     const float* cos = &rope_cos_[r * half];
     const float* sin = &rope_sin_[r * half];
-    ApplyRope(&q_[r * q_dim], config_.num_heads, hd, cos, sin);
-    ApplyRope(&k_[r * kv_dim], config_.num_kv_heads, hd, cos, sin);
+    ApplyRope(&rank.q[r * q_dim], heads, hd, cos, sin);
+    ApplyRope(&rank.k[r * kv_dim], kv_heads, hd, cos, sin);
     const StepSequence& seq = batch.seqs[batch.rows[r].seq];
     const int32_t pos = batch.positions[r];
     const int32_t block = batch.block_tables[seq.table_begin + pos / B];
-    WriteKv(&k_[r * kv_dim], &v_[r * kv_dim], layout_, block, pos % B, k_cache_[layer].data(),
-            v_cache_[layer].data());
+    WriteKv(&rank.k[r * kv_dim], &rank.v[r * kv_dim], rank.layout, block, pos % B,
+            rank.k_cache[layer].data(), rank.v_cache[layer].data());
   }
 }
 
-void CpuBackend::Attention(int32_t layer, const StepBatch& batch) {
-  const int32_t heads = config_.num_heads, hd = config_.head_dim;
-  const int32_t group = heads / config_.num_kv_heads;
+// The rank's query heads over its own KV pool; chunks and block tables are the same on every
+// rank (block ids name the same tokens in each rank's pool).
+void CpuBackend::Attention(Rank& rank, int32_t layer, const StepBatch& batch) {
+  const int32_t heads = rank.shard.num_heads, hd = config_.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const float* k_cache = k_cache_[layer].data();
-  const float* v_cache = v_cache_[layer].data();
+  const float* k_cache = rank.k_cache[layer].data();
+  const float* v_cache = rank.v_cache[layer].data();
 #pragma omp parallel for collapse(2) schedule(dynamic)
   for (int32_t r = 0; r < batch.num_rows(); ++r) {
     for (int32_t h = 0; h < heads; ++h) {
       const AttentionRow& row = batch.rows[r];
       const int64_t offset = (int64_t{r} * heads + h) * hd;
+      const int32_t kv_head = rank.shard.LocalKvHead(h, group_);
       if (row.causal) {
         const StepSequence& seq = batch.seqs[row.seq];
         std::span<const int32_t> table(batch.block_tables.data() + seq.table_begin,
                                        seq.num_blocks);
-        AttendCausal(&q_[offset], k_cache, v_cache, layout_, h / group, table, batch.positions[r],
-                     scale, &attn_[offset]);
+        AttendCausal(&rank.q[offset], k_cache, v_cache, rank.layout, kv_head, table,
+                     batch.positions[r], scale, &rank.attn[offset]);
       } else {
         std::span<const KvChunk> chunks(batch.chunks.data() + row.chunk_begin,
                                         row.chunk_end - row.chunk_begin);
-        AttendChunks(&q_[offset], k_cache, v_cache, layout_, h / group, chunks, scale,
-                     &attn_[offset]);
+        AttendChunks(&rank.q[offset], k_cache, v_cache, rank.layout, kv_head, chunks, scale,
+                     &rank.attn[offset]);
       }
     }
   }
 }
 
-void CpuBackend::RunLayer(int32_t layer, const StepBatch& batch) {
-  const LayerF32& w = layers_[layer];
-  const int32_t n = batch.num_rows(), hidden = config_.hidden_size, inter = config_.intermediate_size;
-  const int32_t q_dim = config_.num_heads * config_.head_dim;
-  const int32_t kv_dim = config_.num_kv_heads * config_.head_dim;
-  NormRows(x_.data(), w.attn_norm, n, xn_.data());
-  Linear(xn_.data(), n, hidden, w.wq, q_dim, q_.data());
-  Linear(xn_.data(), n, hidden, w.wk, kv_dim, k_.data());
-  Linear(xn_.data(), n, hidden, w.wv, kv_dim, v_.data());
+// Column-parallel q, k, v; attention; row-parallel wo into the rank's partial.
+void CpuBackend::RankAttention(Rank& rank, int32_t layer, const StepBatch& batch) {
+  const LayerF32& w = rank.layers[layer];
+  const int32_t n = batch.num_rows(), hidden = config_.hidden_size;
+  const int32_t q_dim = rank.shard.num_heads * config_.head_dim;
+  const int32_t kv_dim = rank.shard.num_kv_heads * config_.head_dim;
+  Linear(xn_.data(), n, hidden, w.wq, q_dim, rank.q.data());
+  Linear(xn_.data(), n, hidden, w.wk, kv_dim, rank.k.data());
+  Linear(xn_.data(), n, hidden, w.wv, kv_dim, rank.v.data());
   if (w.bq != nullptr) {
-    AddBias(q_.data(), n, q_dim, w.bq);
-    AddBias(k_.data(), n, kv_dim, w.bk);
-    AddBias(v_.data(), n, kv_dim, w.bv);
+    AddBias(rank.q.data(), n, q_dim, w.bq);
+    AddBias(rank.k.data(), n, kv_dim, w.bk);
+    AddBias(rank.v.data(), n, kv_dim, w.bv);
   }
-  RopeAndWriteKv(layer, batch);
-  Attention(layer, batch);
-  Linear(attn_.data(), n, q_dim, w.wo, hidden, proj_.data());
-  AddRows(x_.data(), proj_.data(), n);
+  RopeAndWriteKv(rank, layer, batch);
+  Attention(rank, layer, batch);
+  Linear(rank.attn.data(), n, q_dim, w.wo, hidden, rank.partial.data());
+}
 
-  NormRows(x_.data(), w.ffn_norm, n, xn_.data());
-  Linear(xn_.data(), n, hidden, w.w_gate, inter, gate_.data());
-  Linear(xn_.data(), n, hidden, w.w_up, inter, up_.data());
+// Column-parallel gate and up, SiLU, row-parallel w_down into the rank's partial.
+void CpuBackend::RankMlp(Rank& rank, int32_t layer, int32_t n) {
+  const LayerF32& w = rank.layers[layer];
+  const int32_t hidden = config_.hidden_size, inter = rank.shard.inter_size;
+  Linear(xn_.data(), n, hidden, w.w_gate, inter, rank.gate.data());
+  Linear(xn_.data(), n, hidden, w.w_up, inter, rank.up.data());
 #pragma omp parallel for
   for (int32_t r = 0; r < n; ++r) {
-    SiluMul(&gate_[int64_t{r} * inter], &up_[int64_t{r} * inter], inter, &gate_[int64_t{r} * inter]);
+    float* gate = &rank.gate[int64_t{r} * inter];
+    SiluMul(gate, &rank.up[int64_t{r} * inter], inter, gate);
   }
-  Linear(gate_.data(), n, inter, w.w_down, hidden, proj_.data());
-  AddRows(x_.data(), proj_.data(), n);
+  Linear(rank.gate.data(), n, inter, w.w_down, hidden, rank.partial.data());
+}
+
+// The ranks' partial outputs summed (nothing to do with one rank); rank 0's copy of the sum.
+const float* CpuBackend::AllReducePartials(int32_t rows) {
+  AllReduceSum(partials_, int64_t{rows} * config_.hidden_size);
+  return ranks_[0].partial.data();
+}
+
+void CpuBackend::RunLayer(int32_t layer, const StepBatch& batch) {
+  const int32_t n = batch.num_rows();
+  const LayerF32& norms = ranks_[0].layers[layer];  // replicated on every rank
+  NormRows(x_.data(), norms.attn_norm, n, xn_.data());
+  for (Rank& rank : ranks_) RankAttention(rank, layer, batch);
+  AddRows(x_.data(), AllReducePartials(n), n);
+
+  NormRows(x_.data(), norms.ffn_norm, n, xn_.data());
+  for (Rank& rank : ranks_) RankMlp(rank, layer, n);
+  AddRows(x_.data(), AllReducePartials(n), n);
 }
 
 // Final norm and lm_head for the rows that need logits, then the tokens.
@@ -368,8 +468,7 @@ void CpuBackend::Logits(const StepBatch& batch, StepOutput* out) {
 
 absl::Status CpuBackend::Step(const StepBatch& batch, StepOutput* out) {
   ++num_steps_;
-  if (absl::Status s = ValidateStepBatch(batch, num_blocks_, layout_.block_size,
-                                         config_.vocab_size);
+  if (absl::Status s = ValidateStepBatch(batch, num_blocks_, block_size_, config_.vocab_size);
       !s.ok()) {
     return s;
   }
@@ -398,14 +497,15 @@ bool CpuFaultInjectionBuilt() { return false; }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(std::shared_ptr<const Model> model,
                                                          const KvPoolOptions& pool,
-                                                         const CpuFaultOptions& faults) {
+                                                         const CpuFaultOptions& faults,
+                                                         const CpuBackendOptions& options) {
   if (model == nullptr) return absl::InvalidArgumentError("CreateCpuBackend: no model");
   if (!faults.fail_steps.empty() && !CpuFaultInjectionBuilt()) {
     return absl::FailedPreconditionError(
         "fail steps: this build has no fault injection (CMake SPANSERVE_FAULT_INJECTION is OFF)");
   }
   auto backend = std::make_unique<CpuBackend>(std::move(model), faults);
-  if (absl::Status s = backend->Init(pool); !s.ok()) return s;
+  if (absl::Status s = backend->Init(pool, options.tensor_parallel_size); !s.ok()) return s;
   return backend;
 }
 

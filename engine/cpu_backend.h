@@ -31,8 +31,18 @@ struct CpuFaultOptions {
 // Whether this build has the hook; without it CreateCpuBackend refuses fail steps.
 bool CpuFaultInjectionBuilt();
 
+struct CpuBackendOptions {
+  // Simulated Megatron tensor parallelism (engine/tensor_parallel.h): N ranks, each with its
+  // shard of the weights and its own KV pool over its KV heads (the same block ids and tables on
+  // every rank), their partial wo and w_down products summed by AllReduceSum. It checks on the
+  // CPU the sharding a multi-GPU backend runs; 1 is the plain forward pass. The pool keeps the
+  // unsharded backend's block count (KV heads replicated over ranks take extra memory).
+  int32_t tensor_parallel_size = 1;
+};
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(std::shared_ptr<const Model> model,
                                                          const KvPoolOptions& pool,
-                                                         const CpuFaultOptions& faults = {});
+                                                         const CpuFaultOptions& faults = {},
+                                                         const CpuBackendOptions& options = {});
 
 }  // namespace spanserve
