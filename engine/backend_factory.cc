@@ -29,6 +29,11 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
     return absl::FailedPreconditionError(
         "device 'cuda' asked for, but this build has no CUDA backend or no GPU is visible");
   }
+  if (cuda && options.tensor_parallel_size != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tensor_parallel_size ", options.tensor_parallel_size,
+        ": the CUDA backend runs on one GPU; only the CPU backend simulates ranks so far"));
+  }
   if (cuda && !options.cpu_faults.fail_steps.empty()) {
     return absl::FailedPreconditionError("fail steps: only the CPU backend injects faults");
   }
@@ -40,7 +45,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
     return CreateCudaBackend(std::move(model), cuda_options);
   }
 #endif
-  return CreateCpuBackend(std::move(model), options.pool, options.cpu_faults);
+  CpuBackendOptions cpu_options;
+  cpu_options.tensor_parallel_size = options.tensor_parallel_size;
+  return CreateCpuBackend(std::move(model), options.pool, options.cpu_faults, cpu_options);
 }
 
 }  // namespace spanserve

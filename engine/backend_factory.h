@@ -21,6 +21,7 @@ struct BackendOptions {
   KvPoolOptions pool;                 // pool.memory_bytes used when pool.num_blocks == 0 (cpu)
   double gpu_memory_fraction = 0.9;   // cuda: share of free GPU memory for weights + KV cache
   CpuFaultOptions cpu_faults;         // test builds: steps the CPU backend fails (cpu_backend.h)
+  int32_t tensor_parallel_size = 1;   // cpu: simulated ranks (cpu_backend.h); cuda: 1 only
 };
 
 // True when this build has the CUDA backend and a GPU is visible.

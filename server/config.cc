@@ -91,6 +91,7 @@ Reader String(std::string* out) {
 std::vector<std::pair<std::string, Reader>> Fields(ServerConfig* c) {
   return {
       {"model.path", String(&c->model_path)},
+      {"model.tensor_parallel_size", Integer(&c->tensor_parallel_size)},
       {"device", String(&c->device)},
       {"kv_cache.block_size", Integer(&c->kv_block_size)},
       {"kv_cache.num_blocks", Integer(&c->kv_num_blocks)},
@@ -220,6 +221,7 @@ absl::Status ValidateConfig(const ServerConfig& c) {
       OneOf("device", c.device, {"cpu", "cuda", "auto"}),
       Range("kv_cache.block_size", c.kv_block_size, 16, 256),
       Range("kv_cache.num_blocks", c.kv_num_blocks, 0, kInt),
+      Range("model.tensor_parallel_size", c.tensor_parallel_size, 1, 64),
       Range("kv_cache.memory_mb", static_cast<double>(c.kv_memory_mb), 1, 1 << 24),
       c.gpu_memory_fraction > 0 && c.gpu_memory_fraction <= 1
           ? absl::OkStatus()
@@ -301,6 +303,7 @@ absl::StatusOr<BackendOptions> ToBackendOptions(const ServerConfig& c) {
   options.pool.memory_bytes = c.kv_memory_mb << 20;
   options.gpu_memory_fraction = c.gpu_memory_fraction;
   options.cpu_faults.fail_steps = c.debug_fail_steps;
+  options.tensor_parallel_size = c.tensor_parallel_size;
   return options;
 }
 

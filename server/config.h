@@ -15,6 +15,9 @@ namespace spanserve {
 struct ServerConfig {
   // model:
   std::string model_path = "models/arith-small";
+  // Megatron tensor parallelism over this many ranks: the CPU backend simulates them
+  // (engine/tensor_parallel.h); the CUDA backend runs on one GPU only so far.
+  int32_t tensor_parallel_size = 1;
   // device: cpu | cuda | auto
   std::string device = "auto";
   // kv_cache:

@@ -208,6 +208,9 @@ int Run(int argc, char** argv) {
   app.add_option("--config", config_path, "YAML config file (see deploy/spanserve.yaml)");
   CLI::Option* model = app.add_option("--model", flags.model_path, "model directory");
   CLI::Option* device = app.add_option("--device", flags.device, "cpu, cuda or auto");
+  CLI::Option* tensor_parallel = app.add_option(
+      "--tensor-parallel-size", flags.tensor_parallel_size,
+      "tensor-parallel ranks (the CPU backend simulates them; CUDA: 1)");
   CLI::Option* port = app.add_option("--port", flags.port, "gRPC port (0: any free port)");
   CLI::Option* metrics_port =
       app.add_option("--metrics-port", flags.metrics_port, "/metrics port (0: any free port)");
@@ -243,6 +246,7 @@ int Run(int argc, char** argv) {
   }
   if (model->count()) config.model_path = flags.model_path;
   if (device->count()) config.device = flags.device;
+  if (tensor_parallel->count()) config.tensor_parallel_size = flags.tensor_parallel_size;
   if (port->count()) config.port = flags.port;
   if (metrics_port->count()) config.metrics_port = flags.metrics_port;
   if (http_port->count()) config.http_port = flags.http_port;

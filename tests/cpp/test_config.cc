@@ -179,6 +179,18 @@ TEST(Config, HttpPort) {
             "server.http_port: expected an integer, got 'web'");
 }
 
+TEST(Config, TensorParallelSize) {
+  EXPECT_EQ(ServerConfig().tensor_parallel_size, 1);
+  absl::StatusOr<ServerConfig> config = ParseConfig("model: {tensor_parallel_size: 4}");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->tensor_parallel_size, 4);
+  absl::StatusOr<BackendOptions> options = ToBackendOptions(*config);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->tensor_parallel_size, 4);
+  EXPECT_EQ(ErrorOf("model: {tensor_parallel_size: 0}"),
+            "model.tensor_parallel_size: must be between 1 and 64, not 0");
+}
+
 TEST(Config, FailSteps) {
   // Test builds (SPANSERVE_FAULT_INJECTION) take them and hand them to the CPU backend; other
   // builds refuse them, naming the build option, rather than serve without the fault asked for.
