@@ -487,9 +487,27 @@ def load_preset(name_or_path: str) -> dict:
         return json.load(f)
 
 
-def spec_from_preset(preset: dict) -> ArithSpec:
-    fields = {f.name for f in dataclasses.fields(ArithSpec)}
-    return ArithSpec(**{k: v for k, v in preset.get("spec", {}).items() if k in fields})
+def spec_from_preset(preset: dict, spec_cls=None):
+    """The preset's "spec" as a spec dataclass (ArithSpec unless spec_cls names another); keys
+    the dataclass lacks are ignored."""
+    spec_cls = spec_cls or ArithSpec
+    fields = {f.name for f in dataclasses.fields(spec_cls)}
+    return spec_cls(**{k: v for k, v in preset.get("spec", {}).items() if k in fields})
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, spec_cls) -> None:
+    """One --field option a field of the spec dataclass, overriding the preset's value."""
+    for f in dataclasses.fields(spec_cls):
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else int
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind,
+                            help=f"override the preset's {f.name}")
+
+
+def apply_spec_arguments(spec, args: argparse.Namespace) -> None:
+    """Sets the fields whose options add_spec_arguments made were given."""
+    for f in dataclasses.fields(spec):
+        if getattr(args, f.name) is not None:
+            setattr(spec, f.name, getattr(args, f.name))
 
 
 def write_jsonl(path: str, records: List[dict]) -> None:
@@ -512,16 +530,11 @@ def main(argv=None) -> None:
                              "preset's train_shards, else 1); the records depend on it")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes that draw the shards (the records do not depend on it)")
-    for f in dataclasses.fields(ArithSpec):
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else int
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind,
-                            help=f"override the preset's {f.name}")
+    add_spec_arguments(parser, ArithSpec)
     args = parser.parse_args(argv)
     preset = load_preset(args.preset)
     spec = spec_from_preset(preset)
-    for f in dataclasses.fields(ArithSpec):
-        if getattr(args, f.name) is not None:
-            setattr(spec, f.name, getattr(args, f.name))
+    apply_spec_arguments(spec, args)
     sizes = dict(preset.get("sizes", {"train": 20000, "val": 500, "test": 500}))
     for name in sizes:
         if getattr(args, name) is not None:

@@ -38,7 +38,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from .arith_data import load_preset, write_jsonl
+from . import arith_data
+from .arith_data import add_spec_arguments, apply_spec_arguments, load_preset, write_jsonl
 from .span_rule import segment_prompt_text
 from .summ_annotate import make_output
 
@@ -297,8 +298,7 @@ def length_stats(records: List[dict], sp=None) -> dict:
 
 
 def spec_from_preset(preset: dict) -> SummSpec:
-    fields = {f.name for f in dataclasses.fields(SummSpec)}
-    return SummSpec(**{k: v for k, v in preset.get("spec", {}).items() if k in fields})
+    return arith_data.spec_from_preset(preset, SummSpec)
 
 
 def main(argv=None) -> None:
@@ -310,15 +310,11 @@ def main(argv=None) -> None:
         parser.add_argument(f"--n-{name}", type=int, help=f"{name} size (default: the preset's)")
     parser.add_argument("--tokenizer", help="a tokenizer.model to report prompt tokens with "
                                             "(default: characters / 4)")
-    for f in dataclasses.fields(SummSpec):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=int,
-                            help=f"override the preset's {f.name}")
+    add_spec_arguments(parser, SummSpec)
     args = parser.parse_args(argv)
     preset = load_preset(args.preset)
     spec = spec_from_preset(preset)
-    for f in dataclasses.fields(SummSpec):
-        if getattr(args, f.name) is not None:
-            setattr(spec, f.name, getattr(args, f.name))
+    apply_spec_arguments(spec, args)
     sizes = dict(preset.get("sizes", {"train": 20000, "val": 200, "test": 256}))
     for name in sizes:
         if getattr(args, f"n_{name}") is not None:
