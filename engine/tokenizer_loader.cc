@@ -122,7 +122,8 @@ std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& model_dir, std::stri
       chosen.ends_with(".json") ? std::unique_ptr<Tokenizer>(LoadHfTokenizer(chosen, &why))
                                 : LoadSentencePieceTokenizer(chosen, &why);
   if (!tokenizer) {
-    *error = chosen + (chosen.ends_with(".json") ? ": " : ": not a valid SentencePiece model: ") + why;
+    const char* what = chosen.ends_with(".json") ? ": " : ": not a valid SentencePiece model: ";
+    *error = chosen + what + why;
   }
   return tokenizer;
 }
