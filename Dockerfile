@@ -18,6 +18,7 @@ FROM debian:bookworm-slim
 RUN apt-get update -q \
  && apt-get install -y -q --no-install-recommends libgrpc++1.51 libprotobuf32 libyaml-cpp0.7 \
       libspdlog1.10 libsentencepiece0 libopenblas0-pthread libgomp1 libcpp-httplib0.11 \
+      libpcre2-8-0 libicu72 \
  && rm -rf /var/lib/apt/lists/*
 # The SentencePiece module must sit beside the spanserve executable.
 COPY --from=build /build/server/spanserve /build/server/spanserve-cli \

@@ -182,6 +182,7 @@ class Outcome:
     kv_blocks_dense: int = 0
     attended_tokens: int = 0
     context_tokens: int = 0
+    text: str = ""             # the output with its span markup (gRPC with --save-text only)
 
 
 def token_timings(events: List[tuple], per_token: bool):
@@ -205,7 +206,9 @@ def tpot(outcome: Outcome) -> Optional[float]:
 class GrpcBackend:
     itl_basis = "token"
 
-    def __init__(self, host: str, port: int, api_key: str, timeout: float, build_dir: str):
+    def __init__(self, host: str, port: int, api_key: str, timeout: float, build_dir: str,
+                 save_text: bool = False):
+        self.save_text = save_text  # ask for the span markup and keep the text
         sys.path.insert(0, os.path.join(build_dir, "python"))
         import grpc
         from spanserve.v1 import spanserve_pb2, spanserve_pb2_grpc
@@ -225,8 +228,8 @@ class GrpcBackend:
         pb = self.pb
         request = pb.GenerateRequest(prompt=req.prompt, max_tokens=req.max_tokens, temperature=0,
                                      span_mode=pb.SpanMode.Value("SPAN_MODE_" + mode.upper()),
-                                     ignore_eos=ignore_eos)
-        out, events, last = Outcome(), [], None
+                                     ignore_eos=ignore_eos, include_span_markup=self.save_text)
+        out, events, last, texts = Outcome(), [], None, []
         t0 = time.perf_counter()
         try:
             for message in self.stub.GenerateStream(request, timeout=self.timeout,
@@ -235,10 +238,13 @@ class GrpcBackend:
                 if message.token_ids:
                     events.append((now, len(message.token_ids)))
                     out.streamed_tokens += len(message.token_ids)
+                if self.save_text:
+                    texts.append(message.text)
                 last = message
         except self.grpc.RpcError as err:
             out.error = err.code().name
         out.e2e = time.perf_counter() - t0
+        out.text = "".join(texts)
         out.ttft, out.itl = token_timings(events, per_token=True)
         out.messages = len(events)
         if not out.error and (last is None or last.finish_reason == 0):
@@ -732,6 +738,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="JSON results")
     p.add_argument("--plot", help="PNG plot")
     p.add_argument("--save-requests", action="store_true", help="every request in the JSON")
+    p.add_argument("--save-text", action="store_true",
+                   help="gRPC: ask for the span markup and keep each output's text (with "
+                        "--save-requests, in request order: for scoring the outputs)")
     args = p.parse_args(argv)
     try:
         parse_loads(args.request_rate, args.concurrency)
@@ -746,7 +755,8 @@ def main(argv=None) -> int:
     if args.port is None:
         args.port = 50051 if args.backend == "grpc" else 8080
     build_dir = os.path.abspath(args.build_dir)
-    backend = (GrpcBackend(args.host, args.port, args.api_key, args.request_timeout, build_dir)
+    backend = (GrpcBackend(args.host, args.port, args.api_key, args.request_timeout, build_dir,
+                           args.save_text)
                if args.backend == "grpc" else
                HttpBackend(args.host, args.port, args.api_key, args.request_timeout, args.model))
     try:

@@ -11,7 +11,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libyaml-cpp-dev libsentencepiece-dev sentencepiece
   libopenblas-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
-  libssl-dev openssl
+  libssl-dev openssl libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf

@@ -14,19 +14,7 @@ root=$PWD
 out=${OUT:-$root/gpu_results}
 t=${PHASE_TIMEOUT:-150}
 mkdir -p "$out"
-python3 -c "import tarfile; tarfile.open('.devcarry/devpack.tar.xz').extractall('/tmp/dp')" || exit 1
-pack=/tmp/dp/devpack
-libs=$pack/lib
-for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [[ -d $dir ]] && libs=$libs:$dir
-done
-# Only the packed programs see the packed libraries (Debian's libstdc++ is older than Python's).
-mkdir -p "$pack/server"
-printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/bin/spanserve "$@"\n' "$libs" "$pack" \
-  > "$pack/server/spanserve"
-chmod +x "$pack/server/spanserve"
-built_in=$(cat "$pack/source_dir.txt")
-[[ -e $built_in/tests/data ]] || { mkdir -p "$(dirname "$built_in")"; ln -sfn "$root" "$built_in"; }
+source scripts/device/unpack_devpack.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 
 (cd training/tools && timeout "$t" python3 make_hf_references.py /tmp/hf_refs \

@@ -234,6 +234,25 @@ def test_resume_continues_exactly(arith_files, tmp_path):
         assert torch.equal(t, b["model"][name]), name
 
 
+def test_init_from_starts_at_the_exported_weights(arith_files, tmp_path, sp, vocab):
+    first = train.train(run_args(arith_files, tmp_path / "a", "--tokenizer", TOKENIZER,
+                                 "--steps", "10", "--eval-every", "1000"))
+    args = run_args(arith_files, tmp_path / "b", "--tokenizer", TOKENIZER, "--steps", "1",
+                    "--init-from", first["export_dir"])
+    model, *_ = train.build_model(args)
+    exported, _ = load_hf_dir(first["export_dir"], torch.float32)
+    fresh, *_ = train.build_model(run_args(arith_files, tmp_path / "c", "--tokenizer", TOKENIZER))
+    record = D.load_jsonl(arith_files[1])[0]
+    assert torch.equal(model_logits(model, sp, vocab, record),
+                       model_logits(exported, sp, vocab, record))
+    assert not torch.equal(model_logits(fresh, sp, vocab, record),
+                           model_logits(exported, sp, vocab, record))
+    # Another shape than the export's is refused by name.
+    with pytest.raises(ValueError, match="--init-from"):
+        train.build_model(run_args(arith_files, tmp_path / "d", "--tokenizer", TOKENIZER,
+                                   "--layers", "3", "--init-from", first["export_dir"]))
+
+
 # ----------------------------------------------------------------------------- LoRA
 
 @pytest.fixture(scope="module")

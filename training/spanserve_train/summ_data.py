@@ -9,10 +9,15 @@ organisations and other numbers, but never a kind's verb or unit).
 The reference summary has one sentence per kind, in the order of the kind's first mention; what
 it says is fixed by how many fact sentences the kind has, so the task is a function of the
 document and a model can learn it exactly:
-- 1: who did what:  "Ada Moss of the Birch Guild planted 412 young trees on 14 March."
-- 2: a comparison:  "Ada Moss planted 412 young trees and Ben Hale planted 380, a difference of 32."
-- 3: a total:       "Ada Moss, Ben Hale and Cy Roe planted 1105 young trees in all."
-Its gold sources are exactly the kind's fact sentences, so every header is known.
+- 1: who did what:  "Ada Moss of the Birch Guild planted 41 young trees on 14 March."
+- 2: a comparison:  "Ada Moss planted 41 young trees and Ben Hale planted 38, a difference of 3."
+- 3: a total:       "Ada Moss, Ben Hale and Cy Roe planted 41, 38 and 31 young trees, 110 in
+                     all."
+Its gold sources are exactly the kind's fact sentences, so every header is known. Sentences are
+numbered like the items of minutes, "(12) ...", the number being the sentence's segment id
+(SummSpec.numbered, on in the presets). The presets draw two-digit numbers (10-99): the sums
+and differences are then within reach of a model trained for minutes (three-digit sums need
+far more training), and the spans, which are what the task measures, do not change.
 
 The article sentences are the prompt segments 0..N-1 (cut by the serving rule: the text joined
 by spaces gives back the same sentences under segmentation `sentences`); the output is written
@@ -140,6 +145,10 @@ class SummSpec:
     max_kinds: int = 8
     min_value: int = 10         # a fact's number, distinct within a document
     max_value: int = 999
+    # Each sentence opens with its item number, "(12) ...", which is its segment id: a header
+    # then copies numbers the text shows. Without them the model must count up to 150 anchors
+    # to name a sentence, which a small model trained for minutes does not learn.
+    numbered: bool = True
 
     def check(self) -> None:
         if not 1 <= self.min_kinds <= self.max_kinds <= len(KINDS):
@@ -194,7 +203,10 @@ def _summary_sentence(facts: List[dict]) -> dict:
         derived = {"op": "difference", "of": [a["n"], b["n"]], "value": d}
     else:
         total = sum(f["n"] for f in facts)
-        text = f"{people[0]}, {people[1]} and {people[2]} {verb} {total} {unit} in all."
+        parts = ", ".join(str(f["n"]) for f in facts[:2]) + f" and {facts[2]['n']}"
+        # The parts first, then their total: the sum is worked from numbers just written.
+        text = (f"{people[0]}, {people[1]} and {people[2]} {verb} {parts} {unit}, "
+                f"{total} in all.")
         kind, entities = "total", people
         derived = {"op": "sum", "of": [f["n"] for f in facts], "value": total}
     numbers = sorted({int(x) for x in _numbers(text)})
@@ -234,6 +246,8 @@ def make_document(spec: SummSpec, rng: random.Random) -> dict:
     for j in range(n_sentences):
         if sentences[j] is None:
             sentences[j] = _distractor(rng, people, orgs)
+    if spec.numbered:
+        sentences = [f"({j}) {text}" for j, text in enumerate(sentences)]
     # One summary sentence per kind, in order of first mention; sources in document order.
     groups, start = [], 0
     for count in counts:
@@ -270,13 +284,39 @@ def generate(spec: SummSpec, n: int, seed: str, exclude: set) -> List[dict]:
     return records
 
 
-def make_splits(spec: SummSpec, sizes: dict, seed: int) -> dict:
+TRAIN_CHUNK = 1000  # training records per seed: chunks are drawn in parallel, same records
+
+
+def _train_chunk(job) -> List[dict]:
+    spec, n, seed, exclude = job
+    return generate(spec, n, seed, exclude)
+
+
+def make_splits(spec: SummSpec, sizes: dict, seed: int, workers: int = 1) -> dict:
     """{"test", "val", "train"} -> records, each split from a seed of its own; the later splits
-    skip the earlier ones' documents, so no document is in two splits."""
+    skip the earlier ones' documents, so no document is in two splits. The training split is
+    drawn in chunks of TRAIN_CHUNK records, one seed each (`summ-<seed>-train-<k>`), in
+    `workers` processes; the records do not depend on `workers`."""
     splits, used = {}, set()
-    for name in ("test", "val", "train"):
+    for name in ("test", "val"):
         splits[name] = generate(spec, sizes[name], f"summ-{seed}-{name}", used)
         used.update(" ".join(r["segments"]) for r in splits[name])
+    n = sizes["train"]
+    jobs = [(spec, min(TRAIN_CHUNK, n - start), f"summ-{seed}-train-{start // TRAIN_CHUNK}", used)
+            for start in range(0, n, TRAIN_CHUNK)]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        with multiprocessing.Pool(min(workers, len(jobs))) as pool:
+            chunks = pool.map(_train_chunk, jobs)
+    else:
+        chunks = [_train_chunk(job) for job in jobs]
+    train, seen = [], set()
+    for record in (r for chunk in chunks for r in chunk):
+        text = " ".join(record["segments"])
+        if text not in seen:  # two chunks drawing one document: never seen in practice
+            seen.add(text)
+            train.append(record)
+    splits["train"] = train
     return splits
 
 
@@ -310,6 +350,7 @@ def main(argv=None) -> None:
         parser.add_argument(f"--n-{name}", type=int, help=f"{name} size (default: the preset's)")
     parser.add_argument("--tokenizer", help="a tokenizer.model to report prompt tokens with "
                                             "(default: characters / 4)")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the training split")
     add_spec_arguments(parser, SummSpec)
     args = parser.parse_args(argv)
     preset = load_preset(args.preset)
@@ -323,7 +364,7 @@ def main(argv=None) -> None:
     if args.tokenizer:
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
-    splits = make_splits(spec, sizes, args.seed)
+    splits = make_splits(spec, sizes, args.seed, args.workers)
     for name, records in splits.items():
         write_jsonl(os.path.join(args.out, f"{name}.jsonl"), records)
         st = length_stats(records, sp)

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-positions", type=int, default=512)
     a("--rope-theta", type=float, default=10000.0)
     a("--tie-embeddings", action="store_true")
+    a("--init-from", help="from-scratch mode: start from this exported model's weights (its "
+                          "config must match the shape flags) with a fresh optimizer: training "
+                          "continued on another machine from the model alone")
     # LoRA
     a("--base-model", help="Hugging Face LLaMA directory: LoRA fine-tuning mode")
     a("--lora-rank", type=int, default=16)
@@ -164,6 +167,13 @@ def scratch_model(args) -> tuple:
                          bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id())
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(config)
+    if args.init_from:
+        start, start_config = load_hf_dir(args.init_from, torch.float32)
+        if start_config.to_hf_dict() != config.to_hf_dict():
+            raise ValueError(f"--init-from {args.init_from}: its config.json does not match the "
+                             f"shape flags")
+        model.load_state_dict(start.state_dict())
+        print(f"weights from {args.init_from}")
     return model, config, sp, args.tokenizer
 
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Trains issue 17's document-to-summary span model (configs/train-summ-long.json) on the GPU
+# machine within one lent call (10 minutes at most), from the repository root:
+#
+#   training/tools/gpu_train_summ.sh [MINUTES] [TRAINER FLAGS...]    (default 7 minutes)
+#
+# 1. data: the summ-long preset, seed 17, in 16 processes (train 20000, val 200, test 256
+#    documents from disjoint seeds), unless a warm machine kept it;
+#    with SHORT_DOCS=N also N short documents (13-40 sentences, seed 18) mixed into training;
+# 2. the span tokenizer (SentencePiece, 4000 pieces, digits split) from 2000 training records,
+#    unless one is carried in models/summ-long/tokenizer.model (the shipped one: same pieces);
+# 3. training from scratch for MINUTES (a time-limited cosine: it anneals and exports within
+#    the call), resuming runs/summ-long/checkpoint.pt if a warm machine kept it.
+# To go on from an exported model on a fresh machine, pass --init-from DIR (its weights, a fresh
+# optimizer and schedule).
+# Returns under $OUT: model.partNN (a tar of the bf16 export, cut into 15 MiB parts; join with
+# `cat model.part* > model.tar`), test.jsonl.gz (the held-out split, for the serving bench,
+# unless .devcarry/summ holds it) and logs.tar (train.log, metrics.jsonl, device.txt, data.log).
+set -uo pipefail
+minutes=${1:-7}
+shift || true
+root=$PWD
+out=${OUT:-$root/gpu_results}
+mkdir -p "$out"
+cd "$root/training" || exit 1
+mkdir -p runs/summ-long
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__)'; } | tee runs/device.txt
+t0=$(date +%s)
+data=runs/data/summ-long
+if [[ ! -f $data/train.jsonl ]]; then
+  python3 -m spanserve_train.summ_data --preset summ-long --out "$data" --seed 17 \
+    --workers 16 >runs/data.log 2>&1 || { cat runs/data.log; exit 1; }
+fi
+train_flags=()
+if [[ -n ${SHORT_DOCS:-} ]]; then
+  # A curriculum mix: SHORT_DOCS documents of 13-40 sentences (3-4 kinds, seed 18) beside the
+  # long ones, where a young model finds its sources among fewer distractors.
+  if [[ ! -f runs/data/summ-mix/train.jsonl ]]; then
+    python3 -m spanserve_train.summ_data --preset summ-long --out runs/data/summ-short --seed 18 \
+      --workers 16 --n-train "$SHORT_DOCS" --n-val 1 --n-test 1 --min-sentences 13 \
+      --max-sentences 40 --max-kinds 4 >>runs/data.log 2>&1 || { cat runs/data.log; exit 1; }
+    mkdir -p runs/data/summ-mix
+    cat "$data/train.jsonl" runs/data/summ-short/train.jsonl > runs/data/summ-mix/train.jsonl
+  fi
+  train_flags=(--train-data runs/data/summ-mix/train.jsonl)
+fi
+tokenizer=runs/summ-long/tokenizer.model
+if [[ -f $root/models/summ-long/tokenizer.model ]]; then
+  cp "$root/models/summ-long/tokenizer.model" "$tokenizer"
+elif [[ ! -f $tokenizer ]]; then
+  python3 tools/build_span_tokenizer.py "$data/train.jsonl" "$tokenizer" --vocab-size 4000 \
+    --max-records 2000 >>runs/data.log 2>&1 || { cat runs/data.log; exit 1; }
+fi
+cat runs/data.log
+echo "data and tokenizer ready after $(( $(date +%s) - t0 )) s"
+python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
+  --time-limit-min "$minutes" "${train_flags[@]}" "$@" >runs/train.log 2>&1
+echo "train exit $?" >>runs/train.log
+tar -cf runs/model.tar -C runs/summ-long model
+split -b 15M -d runs/model.tar "$out/model.part"
+[[ -f $root/.devcarry/summ/test.jsonl.gz ]] || gzip -c "$data/test.jsonl" >"$out/test.jsonl.gz"
+cp runs/summ-long/metrics.jsonl runs/ 2>/dev/null
+tar -cf "$out/logs.tar" -C runs train.log device.txt data.log $(cd runs && ls metrics.jsonl 2>/dev/null)
+grep -E '^model:|^train:|^val:|resumed|time limit|^exported|exit|Error|error' runs/train.log
+grep -E '^step' runs/train.log | awk 'NR % 4 == 1' | tail -16
+grep -E '^step' runs/train.log | tail -1
+ls -la "$out"
