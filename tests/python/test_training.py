@@ -348,3 +348,17 @@ def test_training_on_cuda_with_bf16_autocast(arith_files, base_model_dir, tmp_pa
         losses = [m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m]
         assert losses[-1] < 0.8 * losses[0], (name, losses)
         load_hf_dir(result["export_dir"])
+
+
+def test_summ_long_config_is_a_shape_the_cuda_kernels_serve():
+    """The summary model is trained to be served on the GPU: its head_dim and GQA group must be
+    ones kernels/decode_attention.cu's AttentionSupports takes (head_dim 64 or 128, 1, 2, 4 or
+    8 query heads per KV head). The first config trained 6 heads over 2 KV heads, a group of
+    3, and was refused at model load after the training had run."""
+    with open(os.path.join(REPO, "training", "configs", "train-summ-long.json")) as f:
+        c = json.load(f)
+    kernels = open(os.path.join(REPO, "kernels", "decode_attention.cu")).read()
+    assert "(head_dim == 64 || head_dim == 128)" in kernels  # the rule this test copies
+    assert "group_size == 1 || group_size == 2 || group_size == 4 || group_size == 8" in kernels
+    assert c["hidden"] // c["heads"] in (64, 128)
+    assert c["heads"] % c["kv_heads"] == 0 and c["heads"] // c["kv_heads"] in (1, 2, 4, 8)

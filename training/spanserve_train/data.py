@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .span_rule import DENSE, SELF_SELECTED, SpanVocab, attention_mask, encode_prompt, \
     segment_prompt_text, track
+from .model import SpanRows
 from .tokenizer import ANCHOR, HEADER_END
 
 IGNORE = -100  # label of positions without loss
@@ -148,22 +149,59 @@ def span_layout(tracker) -> Layout:
     return Layout(segment, dense, refs)
 
 
+def _named_keys(row_segment: torch.Tensor, segment: torch.Tensor,
+                refs: torch.Tensor) -> torch.Tensor:
+    """bool [B, Q, T]: the keys a row of segment row_segment[b, i] may read by segment (its
+    own, those it names, the sink), before causality and padding."""
+    S = refs.shape[1]
+
+    def onehot(seg):
+        return (F.one_hot(seg.clamp(min=0), S) * (seg >= 0)[..., None]).float()  # [B, *, S]
+    rows = onehot(row_segment)
+    named = torch.bmm(rows, refs.float()) + rows  # segments the row reads whole (or causally)
+    wanted = torch.bmm(named, onehot(segment).transpose(1, 2)) > 0
+    return wanted | (segment < 0)[:, None, :]  # the sink
+
+
 def layout_mask(segment: torch.Tensor, dense: torch.Tensor, refs: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
     """bool [B, T, T] from segment [B, T] (long, -1 sink), dense [B, T] (bool), refs [B, S, S]
     (bool, refs[b, s, r]: segment s names r) and lengths [B]. Positions past an example's length
     are padding: no real position attends them and they attend only themselves."""
     B, T = segment.shape
-    S = refs.shape[1]
     pos = torch.arange(T, device=segment.device)
     valid = pos[None] < lengths[:, None]
-    onehot = (F.one_hot(segment.clamp(min=0), S) * (segment >= 0)[..., None]).float()  # [B,T,S]
-    named = torch.bmm(onehot, refs.float()) + onehot  # segments q's row reads whole (or causally)
-    wanted = torch.bmm(named, onehot.transpose(1, 2)) > 0
-    wanted |= (segment < 0)[:, None, :]  # the sink
+    wanted = _named_keys(segment, segment, refs)
     mask = (pos[:, None] >= pos[None, :]) & (dense[:, :, None] | wanted)
     mask &= valid[:, None, :] & valid[:, :, None]
     return mask | (torch.eye(T, dtype=torch.bool, device=segment.device) & ~valid[:, :, None])
+
+
+def span_rows(segment: torch.Tensor, dense: torch.Tensor, refs: torch.Tensor,
+              lengths: torch.Tensor) -> SpanRows:
+    """layout_mask as SpanRows: the restricted rows (real, not dense) with their masks; every
+    other real row of layout_mask is causal. Padding rows differ (causal here), but nothing
+    reads them and they carry no loss."""
+    B, T = segment.shape
+    pos = torch.arange(T, device=segment.device)
+    valid = pos[None] < lengths[:, None]
+    listed = valid & ~dense
+    b, t = listed.nonzero(as_tuple=True)
+    slot = (listed.cumsum(1) - 1)[b, t]
+    O = int(listed.sum(1).max()) if b.numel() else 0
+    row_segment = segment.new_full((B, O), -1).index_put((b, slot), segment[b, t])
+    row_pos = segment.new_zeros((B, O)).index_put((b, slot), t)
+    used = torch.zeros(B, O, dtype=torch.bool, device=segment.device).index_put(
+        (b, slot), torch.ones_like(b, dtype=torch.bool))
+    mask = (row_pos[:, :, None] >= pos) & _named_keys(row_segment, segment, refs)
+    mask &= valid[:, None, :]
+    mask[:, :, 0] |= ~used  # an unused slot reads key 0, not nothing (NaN)
+    return SpanRows(b, t, slot, mask)
+
+
+def batch_rows(batch: dict, device=None) -> SpanRows:
+    """The batch's span mask as SpanRows, made on `device` from its layout."""
+    return span_rows(*(batch[k].to(device) for k in ("segment", "dense", "refs", "lengths")))
 
 
 class Packed:

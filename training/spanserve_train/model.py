@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Union
+from typing import List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,44 @@ class LlamaConfig:
         return cls(**args, extra=extra)
 
 
+class SpanRows(NamedTuple):
+    """A span mask given as the rows where it differs from causal: every other row attends
+    causally (prompt rows, open headers, DENSE examples, padding, which no real row reads).
+    Training's masks differ only in the output's restricted rows, a few hundred of thousands,
+    so attention runs as one causal fused kernel over all rows and a masked one over these
+    (data.span_rows makes it; equal to the full mask, tests/python/test_span_rows.py).
+    b, t: long [N], the example and position of each listed row; slot: long [N], the row's
+    index among its example's listed rows; mask: bool [B, O, T], mask[b, slot] its keys."""
+    b: torch.Tensor
+    t: torch.Tensor
+    slot: torch.Tensor
+    mask: torch.Tensor
+
+
+def _attend(q, k, v, mask=None, causal: bool = False) -> torch.Tensor:
+    """Fused attention where torch has it (>= 2.0), else the same math (CPU tests on 1.x)."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(q.dtype) @ v
+
+
+def span_rows_attention(q, k, v, rows: SpanRows) -> torch.Tensor:
+    """[B, H, T, D] attention: causal, then the listed rows recomputed under their masks."""
+    out = _attend(q, k, v, causal=True)
+    if rows.b.numel() == 0:
+        return out
+    B, H, _, D = q.shape
+    picked = q.transpose(1, 2)[rows.b, rows.t]  # [N, H, D]
+    q_rows = q.new_zeros(B, rows.mask.shape[1], H, D).index_put((rows.b, rows.slot), picked)
+    fixed = _attend(q_rows.transpose(1, 2), k, v, mask=rows.mask[:, None])
+    fixed = fixed.transpose(1, 2)[rows.b, rows.slot]  # [N, H, D]
+    return out.transpose(1, 2).index_put((rows.b, rows.t), fixed).transpose(1, 2)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -141,6 +179,9 @@ class Attention(nn.Module):
         group = self.num_heads // self.num_kv_heads  # query head h reads kv head h // group
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
+        if isinstance(bias, SpanRows):
+            out = span_rows_attention(q.to(v.dtype), k.to(v.dtype), v, bias)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         if bias.dtype == torch.bool:  # the mask itself: PyTorch's fused attention (CUDA)
             out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, attn_mask=bias)
             return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
@@ -207,16 +248,23 @@ class LlamaForCausalLM(nn.Module):
                 if norm_std:
                     module.weight.normal_(1.0, norm_std, generator=generator)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits [B, T, V]. attention_mask: bool [T, T] or [B, T, T], True = attend (mask[q, k]);
-        None is causal. positions: [T] or [B, T], default 0..T-1."""
+    def forward(self, input_ids: torch.Tensor, attention_mask=None,
+                positions: Optional[torch.Tensor] = None,
+                logits_at: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits [B, T, V]. attention_mask: bool [T, T] or [B, T, T], True = attend (mask[q, k]),
+        or SpanRows; None is causal. positions: [T] or [B, T], default 0..T-1. logits_at: bool
+        [B, T]: the logits of those positions only, [N, V] (training's loss needs only the
+        output's: the head's GEMM and the softmax over the prompt are skipped)."""
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
         if positions is None:
             positions = torch.arange(T, device=input_ids.device)
         positions = positions.expand(B, T)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        if isinstance(attention_mask, SpanRows):
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, attention_mask)
+            return self._head(x, logits_at)
         if attention_mask is None:
             attention_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         if attention_mask.dim() == 2:
@@ -229,6 +277,11 @@ class LlamaForCausalLM(nn.Module):
             bias = bias.masked_fill(~attention_mask, float("-inf"))[:, None]  # [B|1, 1, T, T]
         for layer in self.model.layers:
             x = layer(x, cos, sin, bias)
+        return self._head(x, logits_at)
+
+    def _head(self, x: torch.Tensor, logits_at: Optional[torch.Tensor]) -> torch.Tensor:
+        if logits_at is not None:
+            x = x[logits_at]
         return self.lm_head(self.model.norm(x))
 
     def num_parameters(self) -> int:

@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
       help="train this fraction of the examples (drawn per step) under the DENSE mode's causal "
            "mask, the rest under their spans: one model then serves both request modes, and "
            "DENSE is a real baseline for SELF_SELECTED")
+    a("--attention", default="rows", choices=["rows", "mask"],
+      help="rows: a causal fused kernel for all rows and a masked one for the output's "
+           "restricted rows (data.span_rows); mask: one masked kernel over the full [T, T] "
+           "mask (the same values, slower at long prompts)")
+    a("--profile-steps", type=int, default=0,
+      help="profile this many training steps after 10 warm ones (torch.profiler) and print "
+           "the kernels' table to the log")
     a("--workers", type=int, default=0,
       help="processes that collate batches (span masks are built in Python; 0: in-process)")
     a("--eval-per-bucket", type=int, default=0,
@@ -225,12 +232,15 @@ def lr_at(step: int, args, time_fraction: float = 0.0, steps: Optional[int] = No
 
 # ----------------------------------------------------------------------------- running
 
-def loss_of(model, batch, device, autocast_dtype) -> torch.Tensor:
+def loss_of(model, batch, device, autocast_dtype, attention: str = "rows") -> torch.Tensor:
+    """Mean cross-entropy over the output's tokens; logits are made for those only."""
+    labels = batch["labels"].to(device)
+    at = labels != D.IGNORE
+    mask = D.batch_rows(batch, device) if attention == "rows" else D.batch_mask(batch, device)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(batch["input_ids"].to(device), D.batch_mask(batch, device),
-                       batch["positions"].to(device))
-    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten(),
-                           ignore_index=D.IGNORE)
+        logits = model(batch["input_ids"].to(device), mask, batch["positions"].to(device),
+                       logits_at=at)
+    return F.cross_entropy(logits.float(), labels[at])
 
 
 @torch.no_grad()
@@ -416,6 +426,8 @@ def train(args) -> dict:
                                 args.workers, args.dense_fraction, with_mask=False)
     model.train()
     t0, tokens, loss_sum, loss_n, start = time.time(), 0, 0.0, 0, step
+    data_wait, profiler = 0.0, None  # seconds the loop waited for batches
+    last_log = t0
     result = {}
     stop = min(args.steps, step + args.run_steps) if args.run_steps else args.steps
     out_of_time = False  # set when --time-limit-min has run out
@@ -430,8 +442,12 @@ def train(args) -> dict:
                    args.steps - schedule["start_step"])
         for group in optimizer.param_groups:
             group["lr"] = lr
+        waited = time.time()
         batch = next(stream)
-        loss = loss_of(model, batch, device, autocast_dtype)
+        data_wait += time.time() - waited
+        if args.profile_steps and step - start in (10, 10 + args.profile_steps):
+            profiler = toggle_profiler(profiler)
+        loss = loss_of(model, batch, device, autocast_dtype, args.attention)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -442,10 +458,14 @@ def train(args) -> dict:
         loss_n += 1
         paused = bool(args.run_minutes) and time.time() - t0 >= 60 * args.run_minutes
         if step % args.log_every == 0 or step == args.steps:
-            elapsed = time.time() - t0
+            now = time.time()
+            elapsed = now - t0
             eta = elapsed / (step - start) * (args.steps - step)
+            step_ms = 1000 * (now - last_log) / loss_n
+            last_log = now
             print(f"step {step}/{args.steps} loss {loss_sum / loss_n:.4f} lr {lr:.2e} "
-                  f"tok/s {tokens / elapsed:.0f} eta {fmt_time(eta)}", flush=True)
+                  f"tok/s {tokens / elapsed:.0f} step {step_ms:.1f} ms data wait "
+                  f"{100 * data_wait / elapsed:.0f}% eta {fmt_time(eta)}", flush=True)
             log(metrics_path, {"step": step, "loss": loss_sum / loss_n, "lr": lr,
                                "tokens_per_s": tokens / elapsed})
             loss_sum, loss_n = 0.0, 0
@@ -474,6 +494,23 @@ def train(args) -> dict:
         return result
     result["export_dir"] = export(model, config, tokenizer_path, segmentation, args)
     return result
+
+
+def toggle_profiler(profiler):
+    """Starts a torch.profiler run (None given), or ends one and prints its kernels' table."""
+    from torch.profiler import ProfilerActivity, profile
+    if profiler is None:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                               if torch.cuda.is_available() else [])
+        profiler = profile(activities=activities)
+        profiler.__enter__()
+        return profiler
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    profiler.__exit__(None, None, None)
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by=sort, row_limit=30), flush=True)
+    return None
 
 
 def encode_train(args, tokenizer_path: str, segmentation: str, max_len: int) -> D.Packed:

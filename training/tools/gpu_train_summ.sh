@@ -11,6 +11,8 @@
 #    unless one is carried in models/summ-long/tokenizer.model (the shipped one: same pieces);
 # 3. training from scratch for MINUTES (a time-limited cosine: it anneals and exports within
 #    the call), resuming runs/summ-long/checkpoint.pt if a warm machine kept it.
+# With PROFILE_STEPS=N, first 10 + N + 20 steps on the validation documents under each attention
+# form (--attention mask, then rows), the middle N profiled: runs/profile-*.log.
 # To go on from an exported model on a fresh machine, pass --init-from DIR (its weights, a fresh
 # optimizer and schedule).
 # Returns under $OUT: model.partNN (a tar of the bf16 export, cut into 15 MiB parts; join with
@@ -54,6 +56,16 @@ elif [[ ! -f $tokenizer ]]; then
 fi
 cat runs/data.log
 echo "data and tokenizer ready after $(( $(date +%s) - t0 )) s"
+if [[ -n ${PROFILE_STEPS:-} ]]; then
+  for attention in mask rows; do
+    python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
+      --train-data "$data/val.jsonl" --out "runs/profile-$attention" --fresh --log-every 10 \
+      --workers 4 --attention "$attention" --profile-steps "$PROFILE_STEPS" \
+      --run-steps $((30 + PROFILE_STEPS)) >"runs/profile-$attention.log" 2>&1
+    echo "profile $attention exit $?"
+    grep -E '^step' "runs/profile-$attention.log" | tail -2
+  done
+fi
 python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
   --time-limit-min "$minutes" "${train_flags[@]}" "$@" >runs/train.log 2>&1
 echo "train exit $?" >>runs/train.log
@@ -61,7 +73,8 @@ tar -cf runs/model.tar -C runs/summ-long model
 split -b 15M -d runs/model.tar "$out/model.part"
 [[ -f $root/.devcarry/summ/test.jsonl.gz ]] || gzip -c "$data/test.jsonl" >"$out/test.jsonl.gz"
 cp runs/summ-long/metrics.jsonl runs/ 2>/dev/null
-tar -cf "$out/logs.tar" -C runs train.log device.txt data.log $(cd runs && ls metrics.jsonl 2>/dev/null)
+tar -cf "$out/logs.tar" -C runs train.log device.txt data.log \
+  $(cd runs && ls metrics.jsonl profile-*.log 2>/dev/null)
 grep -E '^model:|^train:|^val:|resumed|time limit|^exported|exit|Error|error' runs/train.log
 grep -E '^step' runs/train.log | awk 'NR % 4 == 1' | tail -16
 grep -E '^step' runs/train.log | tail -1
