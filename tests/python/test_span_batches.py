@@ -24,8 +24,8 @@ def vector_trackers():
         yield c["name"], track(vocab, c["tokens"], c["prompt_len"], c["mode"])
 
 
-def mask_of_layouts(layouts):
-    """layout_mask over several layouts padded into one batch."""
+def batch_tensors(layouts):
+    """segment, dense, refs and lengths of several layouts padded into one batch."""
     B, T = len(layouts), max(len(lo.segment) for lo in layouts)
     S = max(1, max(max(lo.segment, default=-1) + 1 for lo in layouts))
     segment = torch.full((B, T), -1, dtype=torch.long)
@@ -36,8 +36,12 @@ def mask_of_layouts(layouts):
         dense[b, :len(lo.dense)] = torch.tensor(lo.dense, dtype=torch.bool)
         for s, r in lo.refs:
             refs[b, s, r] = True
-    lengths = torch.tensor([len(lo.segment) for lo in layouts])
-    return D.layout_mask(segment, dense, refs, lengths)
+    return segment, dense, refs, torch.tensor([len(lo.segment) for lo in layouts])
+
+
+def mask_of_layouts(layouts):
+    """layout_mask over several layouts padded into one batch."""
+    return D.layout_mask(*batch_tensors(layouts))
 
 
 def test_layout_mask_is_the_rules_mask_on_every_vector_case():

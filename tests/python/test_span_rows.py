@@ -11,21 +11,7 @@ from spanserve_train import arith_data as ad
 from spanserve_train import data as D
 from spanserve_train.model import LlamaConfig, LlamaForCausalLM
 
-from test_span_batches import REPO, vector_trackers
-
-
-def batch_tensors(layouts):
-    B, T = len(layouts), max(len(lo.segment) for lo in layouts)
-    S = max(1, max(max(lo.segment, default=-1) + 1 for lo in layouts))
-    segment = torch.full((B, T), -1, dtype=torch.long)
-    dense = torch.zeros(B, T, dtype=torch.bool)
-    refs = torch.zeros(B, S, S, dtype=torch.bool)
-    for b, lo in enumerate(layouts):
-        segment[b, :len(lo.segment)] = torch.tensor(lo.segment, dtype=torch.long)
-        dense[b, :len(lo.dense)] = torch.tensor(lo.dense, dtype=torch.bool)
-        for s, r in lo.refs:
-            refs[b, s, r] = True
-    return segment, dense, refs, torch.tensor([len(lo.segment) for lo in layouts])
+from test_span_batches import REPO, batch_tensors, vector_trackers
 
 
 def expand(rows: D.SpanRows, B: int, T: int) -> torch.Tensor:
