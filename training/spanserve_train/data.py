@@ -188,11 +188,11 @@ def span_rows(segment: torch.Tensor, dense: torch.Tensor, refs: torch.Tensor,
     listed = valid & ~dense
     b, t = listed.nonzero(as_tuple=True)
     slot = (listed.cumsum(1) - 1)[b, t]
-    O = int(listed.sum(1).max()) if b.numel() else 0
+    counts = listed.sum(1)
+    O = int(counts.max()) if b.numel() else 0
     row_segment = segment.new_full((B, O), -1).index_put((b, slot), segment[b, t])
     row_pos = segment.new_zeros((B, O)).index_put((b, slot), t)
-    used = torch.zeros(B, O, dtype=torch.bool, device=segment.device).index_put(
-        (b, slot), torch.ones_like(b, dtype=torch.bool))
+    used = torch.arange(O, device=segment.device) < counts[:, None]
     mask = (row_pos[:, :, None] >= pos) & _named_keys(row_segment, segment, refs)
     mask &= valid[:, None, :]
     mask[:, :, 0] |= ~used  # an unused slot reads key 0, not nothing (NaN)

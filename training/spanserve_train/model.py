@@ -179,11 +179,10 @@ class Attention(nn.Module):
         group = self.num_heads // self.num_kv_heads  # query head h reads kv head h // group
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-        if isinstance(bias, SpanRows):
-            out = span_rows_attention(q.to(v.dtype), k.to(v.dtype), v, bias)
-            return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
-        if bias.dtype == torch.bool:  # the mask itself: PyTorch's fused attention (CUDA)
-            out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, attn_mask=bias)
+        if isinstance(bias, SpanRows) or bias.dtype == torch.bool:  # fused kernels (CUDA)
+            q, k = q.to(v.dtype), k.to(v.dtype)
+            out = (span_rows_attention(q, k, v, bias) if isinstance(bias, SpanRows)
+                   else _attend(q, k, v, mask=bias))
             return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) + bias
@@ -261,10 +260,15 @@ class LlamaForCausalLM(nn.Module):
             positions = torch.arange(T, device=input_ids.device)
         positions = positions.expand(B, T)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        if isinstance(attention_mask, SpanRows):
-            for layer in self.model.layers:
-                x = layer(x, cos, sin, attention_mask)
-            return self._head(x, logits_at)
+        bias = (attention_mask if isinstance(attention_mask, SpanRows)
+                else self._bias(attention_mask, T, x))
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, bias)
+        return self._head(x, logits_at)
+
+    def _bias(self, attention_mask: Optional[torch.Tensor], T: int, x: torch.Tensor):
+        """What the layers take for a boolean mask: the mask (fused kernels), or an additive
+        bias in at least fp32 (the plain math)."""
         if attention_mask is None:
             attention_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         if attention_mask.dim() == 2:
@@ -275,9 +279,7 @@ class LlamaForCausalLM(nn.Module):
             work = torch.promote_types(x.dtype, torch.float32)
             bias = torch.zeros(attention_mask.shape, dtype=work, device=x.device)
             bias = bias.masked_fill(~attention_mask, float("-inf"))[:, None]  # [B|1, 1, T, T]
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, bias)
-        return self._head(x, logits_at)
+        return bias
 
     def _head(self, x: torch.Tensor, logits_at: Optional[torch.Tensor]) -> torch.Tensor:
         if logits_at is not None:
