@@ -195,6 +195,7 @@ class CudaBackend : public Backend {
   std::vector<WeightUpload> LayoutWeights(size_t* total) const;
   void PointWeights(uint8_t* base);
   absl::Status UploadWeights(const std::vector<WeightUpload>& uploads, size_t total);
+  size_t DecodeGemmWorkspaceBytes() const;
   size_t StepBufferBytes(const gpu::PlanCapacity& cap) const;
   absl::Status AllocateStepBuffers(const gpu::PlanCapacity& cap);
   absl::Status EnsureCapacity(const gpu::PlanCapacity& need);
@@ -222,6 +223,7 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   DeviceBuffer blas_workspace_;
+  DeviceBuffer gemm_workspace_;  // the decode GEMM's counters and partials; empty: it is off
 
   DeviceBuffer weights_;
   DeviceBuffer rope_inv_freq_;  // RopeInverseFrequencies, [head_dim / 2] doubles
@@ -441,6 +443,21 @@ absl::Status CudaBackend::UploadWeights(const std::vector<WeightUpload>& uploads
   return check.status();
 }
 
+// The decode GEMM's workspace for the largest of the linear layers at its most rows (0 when
+// it is off or takes none of them). One for all: the launches are ordered on one stream.
+size_t CudaBackend::DecodeGemmWorkspaceBytes() const {
+  if (!options_.decode_gemm) return 0;
+  const int32_t H = c_.hidden_size, I = c_.intermediate_size;
+  const std::pair<int32_t, int32_t> layers[] = {  // (out, in)
+      {q_dim() + 2 * kv_dim(), H}, {H, q_dim()}, {2 * I, H}, {H, I}, {c_.vocab_size, H}};
+  size_t bytes = 0;
+  for (const auto& [out, in] : layers) {
+    if (!gpu::DecodeGemmTakes(gpu::kDecodeGemmMaxRows, out, in)) continue;
+    bytes = std::max(bytes, gpu::DecodeGemmWorkspaceBytes(gpu::kDecodeGemmMaxRows, out, in));
+  }
+  return bytes;
+}
+
 size_t CudaBackend::StepBufferBytes(const gpu::PlanCapacity& cap) const {
   const size_t rows = cap.rows, logit_rows = cap.logit_rows;
   const size_t H = c_.hidden_size, I = c_.intermediate_size, V = c_.vocab_size;
@@ -554,7 +571,9 @@ absl::Status CudaBackend::Init() {
   cap.row_splits = static_cast<int32_t>(
       gpu::MaxRowSplits(cap.rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_));
   cap.prefill_jobs = cap.rows;
-  const size_t fixed = weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
+  const size_t gemm_workspace_bytes = DecodeGemmWorkspaceBytes();
+  const size_t fixed =
+      weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes + gemm_workspace_bytes;
   size_t free = 0, total = 0;
   check(cudaMemGetInfo(&free, &total), "memory info");
   if (!check.status().ok()) return check.status();
@@ -588,6 +607,14 @@ absl::Status CudaBackend::Init() {
 
   if (absl::Status s = blas_workspace_.Allocate(kBlasWorkspaceBytes, "the cuBLAS workspace"); !s.ok()) return s;
   check(cublasSetWorkspace(blas_, blas_workspace_.as<void>(), kBlasWorkspaceBytes), "workspace");
+  if (gemm_workspace_bytes > 0) {
+    if (absl::Status s = gemm_workspace_.Allocate(gemm_workspace_bytes, "the decode GEMM workspace");
+        !s.ok()) {
+      return s;
+    }
+    // Its tile counters start at zero; the launches leave them at zero.
+    check(cudaMemset(gemm_workspace_.as<void>(), 0, gemm_workspace_bytes), "decode GEMM workspace");
+  }
   if (absl::Status s = weights_.Allocate(weight_bytes, "the weights"); !s.ok()) return s;
   if (absl::Status s = kv_.Allocate(kv_bytes, "the KV cache"); !s.ok()) return s;
   const std::vector<double> inv_freq = RopeInverseFrequencies(c_);
@@ -631,10 +658,18 @@ absl::Status CudaBackend::UploadPlan(const gpu::StepPlan& plan) {
   return check.status();
 }
 
-// y[rows, out] (fp32) = x[rows, in] (bf16) . w[out, in]^T (bf16), fp32 accumulation.
+// y[rows, out] (fp32) = x[rows, in] (bf16) . w[out, in]^T (bf16), fp32 accumulation: by the
+// decode GEMM where it takes the shape (decode steps: the weight read once at the roof), else
+// cuBLAS.
 void CudaBackend::Gemm(LaunchErrors& check, const uint16_t* x, int32_t rows, int32_t in,
                        const uint16_t* w, int32_t out, float* y) {
   if (rows == 0) return;
+  if (gemm_workspace_.bytes() > 0 && gpu::DecodeGemmTakes(rows, out, in)) {
+    const gpu::DecodeGemmArgs args{x, w, y, rows, out, in, gemm_workspace_.as<void>(),
+                                   gemm_workspace_.bytes()};
+    check(gpu::LaunchDecodeGemm(args, stream_), "decode gemm");
+    return;
+  }
   const float one = 1.0f, zero = 0.0f;
   check(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, CUDA_R_16BF, in, x,
                      CUDA_R_16BF, in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,

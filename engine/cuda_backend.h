@@ -22,6 +22,11 @@ struct CudaBackendOptions {
   int32_t max_step_rows = 2048;       // rows the step buffers are first sized for (they grow)
   bool cuda_graphs = true;            // replay decode steps from CUDA graphs
   int32_t max_graph_rows = 256;       // larger decode steps run eagerly
+  // Matrix products of up to 64 rows through the decode GEMM (kernels/decode_gemm.cu); off:
+  // every product through cublasGemmEx. Off by default: on the H100 it is ahead where one split
+  // fills the card (gate_up, lm_head) but its split-K merge loses at 64 rows (o 40 us against
+  // 22; bench/results/cuda/2026-12-07), so the model's step is slower with it.
+  bool decode_gemm = false;
   bool progress = true;               // a progress line on stderr while the weights upload
   // Benchmarks only: steps run eagerly with a CUDA event after each launch, and the last step's
   // GPU time by phase is kept in CudaBackendStats::last_phases.

@@ -113,4 +113,32 @@ cudaError_t LaunchSample(const float* logits, int32_t rows, int32_t vocab,
                          const SampleEntry* params, float* probs, int32_t* tokens,
                          cudaStream_t stream);
 
+
+// y[rows, out] (fp32) = x[rows, in] . w[out, in]^T, bf16 inputs, fp32 accumulation, for the
+// shapes DecodeGemmTakes (launch_plan.h) takes; x, w and y 16-byte aligned. Rows of x and y
+// past `rows` are neither read nor written. Split-K (DecodeGemmPlanFor, at the device's SM
+// count unless `splits` > 0) with a deterministic merge: each split writes its partial to the
+// workspace, and the last CTA of a tile to arrive sums them in split order and writes y, then
+// zeroes the tile's counter. The workspace (DecodeGemmWorkspaceBytes) must start zeroed once;
+// launches leave its counters at zero again, so a captured graph replays. Launches sharing a
+// workspace must be ordered (one stream).
+enum class DecodeGemmKernel : int32_t {
+  kTensorCores,  // mma.sync m16n8k16
+  kCudaCores,    // the same tiles and pipeline with fp32 FMAs: the check of the MMA path
+};
+struct DecodeGemmArgs {
+  const uint16_t* x;  // bf16 [rows][in]
+  const uint16_t* w;  // bf16 [out][in]
+  float* y;           // fp32 [rows][out]
+  int32_t rows, out, in;
+  void* workspace;
+  size_t workspace_bytes;
+  int32_t splits = 0;  // 0: DecodeGemmPlanFor's choice
+  DecodeGemmKernel kernel = DecodeGemmKernel::kTensorCores;
+};
+cudaError_t LaunchDecodeGemm(const DecodeGemmArgs& args, cudaStream_t stream);
+// Workspace bytes that launches of up to max_rows rows of this shape need on the current device
+// (with the splits DecodeGemmPlanFor chooses there).
+size_t DecodeGemmWorkspaceBytes(int32_t max_rows, int32_t out, int32_t in);
+
 }  // namespace spanserve::gpu

@@ -107,6 +107,7 @@ struct Options {
   int32_t requests = 256, batch = 64, min_context = 1024, max_context = 4096, block_size = 16;
   double memory_fraction = 0.9;
   bool profile_phases = false;
+  bool decode_gemm = false;  // kernels/decode_gemm.cu for products of up to 64 rows
   std::string json = "e2e.json";
 };
 
@@ -118,6 +119,7 @@ ModeResult RunMode(std::shared_ptr<const Model> model, const Options& o, SpanMod
   backend_options.pool.block_size = o.block_size;
   backend_options.gpu_memory_fraction = o.memory_fraction;
   backend_options.profile_phases = o.profile_phases;
+  backend_options.decode_gemm = o.decode_gemm;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(model, backend_options);
   if (!backend.ok()) {
     std::fprintf(stderr, "%s\n", backend.status().ToString().c_str());
@@ -219,6 +221,8 @@ int Main(int argc, char** argv) {
   app.add_option("--json", o.json);
   app.add_flag("--profile-phases", o.profile_phases,
                "eager steps with an event after every launch: GPU time by phase");
+  app.add_flag("--decode-gemm", o.decode_gemm,
+               "products of up to 64 rows through the decode GEMM (default: cublasGemmEx)");
   CLI11_PARSE(app, argc, argv);
   if (CudaDeviceCount() == 0) {
     std::fprintf(stderr, "no CUDA device visible\n");
@@ -239,9 +243,11 @@ int Main(int argc, char** argv) {
   std::FILE* json = std::fopen(o.json.c_str(), "w");
   std::fprintf(json, "{\"requests\": %d, \"batch\": %d, \"min_context\": %d, \"max_context\": %d, "
                      "\"block_size\": %d, \"copy_gbps\": %.1f, \"read_gbps\": %.1f, "
-                     "\"profile_phases\": %s, \"speedup\": %.4f, \"modes\": [",
+                     "\"profile_phases\": %s, \"decode_gemm\": %s, \"speedup\": %.4f, "
+                     "\"modes\": [",
                o.requests, o.batch, o.min_context, o.max_context, o.block_size, copy_gbps,
-               read_gbps, o.profile_phases ? "true" : "false", speedup);
+               read_gbps, o.profile_phases ? "true" : "false", o.decode_gemm ? "true" : "false",
+               speedup);
   for (size_t i = 0; i < results.size(); ++i) {
     const ModeResult& r = results[i];
     std::fprintf(json, "%s{\"mode\": \"%s\", \"generated_tokens\": %lld, \"wall_seconds\": %.3f, "
@@ -270,9 +276,10 @@ int Main(int argc, char** argv) {
   std::fclose(json);
 
   std::printf("\nLLaMA-7B-shaped, dummy bf16 weights, %d requests, contexts %d-%d, batch %d, "
-              "block %d, read roof %.0f GB/s, copy %.0f GB/s (read + write)%s\n",
+              "block %d, read roof %.0f GB/s, copy %.0f GB/s (read + write)%s%s\n",
               o.requests, o.min_context, o.max_context, o.batch, o.block_size, read_gbps,
-              copy_gbps, o.profile_phases ? ", PROFILED (eager steps)" : "");
+              copy_gbps, o.profile_phases ? ", PROFILED (eager steps)" : "",
+              o.decode_gemm ? ", decode GEMM" : "");
   std::printf("%-14s %8s %7s %8s %8s %8s %8s %8s %7s %8s %7s %5s\n", "mode", "tok/s", "wall_s",
               "step_ms", "host_ms", "gpu_ms", "floor", "w_floor", "kv_floor", "stp/flr",
               "kv_read", "preem");

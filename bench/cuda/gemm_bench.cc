@@ -1,21 +1,27 @@
 // The decode step's GEMMs (y[m, n] = x[m, k] . w[n, k]^T, bf16 in, fp32 accumulate) at the
 // decode row counts, side by side in one run: cublasGemmEx with the default algorithm (what
-// CudaBackend::Gemm calls) against every algorithm cuBLASLt's heuristic offers, fp32 and bf16
-// output. A decode GEMM reads its weight once, so each time is also given as the weight's read
-// bandwidth and as a fraction of the streaming read roof measured in the same run. Prints CSV.
-//   cuda_gemm_bench [--shapes llama7b|llama3_8b] [--rows 1 16 64] [--algos 16]
+// CudaBackend::Gemm called before the decode GEMM), our decode GEMM (kernels/decode_gemm.cu:
+// tensor cores, and its CUDA-core check variant; algo_index is the split count), and every
+// algorithm cuBLASLt's heuristic offers, fp32 and bf16 output. A decode GEMM reads its weight
+// once, so each time is also given as the weight's read bandwidth and as a fraction of the
+// streaming read roof measured in the same run. Prints CSV; a '#' line per shape and row count
+// gives the decode GEMM's largest difference from cublasGemmEx.
+//   cuda_gemm_bench [--shapes llama7b|llama3_8b] [--rows 1 16 64] [--algos 16] [--splits 0 4]
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "bench/cuda/bench_util.h"
+#include "kernels/kernels.h"
+#include "kernels/launch_plan.h"
 
 namespace {
 
@@ -50,6 +56,19 @@ std::vector<Shape> ShapesOf(const std::string& model) {
 
 constexpr size_t kWorkspaceBytes = 32 << 20;
 
+// max |a - b| / max |b| over n floats on the device.
+double MaxRelDiff(const float* a, const float* b, size_t n) {
+  std::vector<float> ha(n), hb(n);
+  CHECK_CUDA(cudaMemcpy(ha.data(), a, n * 4, cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(hb.data(), b, n * 4, cudaMemcpyDeviceToHost));
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!(std::abs(ha[i] - hb[i]) <= diff)) diff = std::abs(double{ha[i]} - hb[i]);  // NaN sticks
+    scale = std::max(scale, std::abs(double{hb[i]}));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
 // Median of `repeats` timed runs of `launch` (after two warm-ups), each over a weight copy the
 // previous run did not leave in L2 (the decode step reads each weight once per step).
 template <typename Launch>
@@ -79,11 +98,13 @@ int main(int argc, char** argv) {
   CLI::App app{"decode GEMMs: cublasGemmEx default against cuBLASLt's algorithms"};
   std::string model = "llama7b";
   std::vector<int> rows = {1, 16, 64};
+  std::vector<int> splits = {0};
   int max_algos = 16, repeats = 20;
   app.add_option("--shapes", model, "llama7b or llama3_8b");
   app.add_option("--rows", rows, "decode rows (m)");
   app.add_option("--algos", max_algos, "cuBLASLt heuristic results to time");
   app.add_option("--repeats", repeats, "timed runs a case");
+  app.add_option("--splits", splits, "decode GEMM split counts (0: its own choice)");
   CLI11_PARSE(app, argc, argv);
 
   const double roof_gbps = spanserve::bench::ReadBandwidthGBps(size_t{2} << 30, 10);
@@ -100,6 +121,8 @@ int main(int argc, char** argv) {
   void* workspace;
   CHECK_CUDA(cudaMalloc(&workspace, kWorkspaceBytes));
   CHECK_BLAS(cublasSetWorkspace(blas, workspace, kWorkspaceBytes));
+  int sms = 0;
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
 
   // Enough weight copies that one run's weight is out of L2 (50 MB) when it is read again.
   for (const Shape& shape : ShapesOf(model)) {
@@ -115,6 +138,15 @@ int main(int argc, char** argv) {
     void* y;
     CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&x), 2 * size_t(max_m) * shape.k));
     CHECK_CUDA(cudaMalloc(&y, 4 * size_t(max_m) * shape.n));
+    // The decode GEMM's output (checked against cublasGemmEx's) and workspace, room for any
+    // split count, zeroed once (its launches leave the counters at zero).
+    float* y_ours;
+    void* gemm_workspace;
+    const size_t gemm_workspace_bytes = spanserve::gpu::kDecodeGemmCounterBytes +
+        size_t(spanserve::gpu::kDecodeGemmMaxSplits) * max_m * shape.n * 4;
+    CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&y_ours), 4 * size_t(max_m) * shape.n));
+    CHECK_CUDA(cudaMalloc(&gemm_workspace, gemm_workspace_bytes));
+    CHECK_CUDA(cudaMemset(gemm_workspace, 0, gemm_workspace_bytes));
     CHECK_CUDA(spanserve::bench::FillRandomBf16(x, size_t(max_m) * shape.k, 2, stream));
     const double weight_bytes = 2.0 * w_elems;
     auto report = [&](int m, const char* variant, const char* out, int algo, float us) {
@@ -131,6 +163,35 @@ int main(int argc, char** argv) {
                                 CUBLAS_GEMM_DEFAULT));
       }, repeats, stream);
       report(m, "gemm_ex_default", "f32", -1, gemm_ex);
+
+      using spanserve::gpu::DecodeGemmKernel;
+      for (const DecodeGemmKernel kernel : {DecodeGemmKernel::kTensorCores, DecodeGemmKernel::kCudaCores}) {
+        const bool tc = kernel == DecodeGemmKernel::kTensorCores;
+        if (!spanserve::gpu::DecodeGemmTakes(m, shape.n, shape.k)) continue;
+        for (const int split_count : splits) {
+          auto args = [&](int r) {
+            spanserve::gpu::DecodeGemmArgs a{x, w[r % copies], y_ours, m, shape.n, shape.k,
+                                             gemm_workspace, gemm_workspace_bytes};
+            a.splits = split_count;
+            a.kernel = kernel;
+            return a;
+          };
+          // cublasGemmEx's y of the last copy against ours of the same.
+          CHECK_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, shape.n, m, shape.k, &one,
+                                  w[0], CUDA_R_16BF, shape.k, x, CUDA_R_16BF, shape.k, &zero, y,
+                                  CUDA_R_32F, shape.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          CHECK_CUDA(spanserve::gpu::LaunchDecodeGemm(args(0), stream));
+          CHECK_CUDA(cudaStreamSynchronize(stream));
+          const int used = spanserve::gpu::DecodeGemmPlanFor(shape.n, shape.k, sms, split_count).splits;
+          std::printf("# %s m %d %s splits %d: max |decode_gemm - gemm_ex| / max |gemm_ex| %.2e\n",
+                      shape.name, m, tc ? "tensor cores" : "cuda cores", used,
+                      MaxRelDiff(y_ours, static_cast<const float*>(y), size_t(m) * shape.n));
+          const float us = MedianUs([&](int r) {
+            CHECK_CUDA(spanserve::gpu::LaunchDecodeGemm(args(r), stream));
+          }, repeats, stream);
+          report(m, tc ? "decode_gemm" : "decode_gemm_cuda_cores", "f32", used, us);
+        }
+      }
 
       for (cudaDataType_t out_type : {CUDA_R_32F, CUDA_R_16BF}) {
         const char* out_name = out_type == CUDA_R_32F ? "f32" : "bf16";
@@ -174,6 +235,8 @@ int main(int argc, char** argv) {
     for (auto* p : w) cudaFree(p);
     cudaFree(x);
     cudaFree(y);
+    cudaFree(y_ours);
+    cudaFree(gemm_workspace);
   }
   cublasLtDestroy(lt);
   cublasDestroy(blas);

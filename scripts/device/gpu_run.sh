@@ -179,7 +179,7 @@ roof() {
 }
 gemm() {
   "$pack/bin/cuda_gemm_bench" ${GEMM_ARGS:-} >"$work/gemm.csv" 2>"$work/gemm.log" || status=1
-  grep -E '^#|gemm_ex_default|lt_best' "$work/gemm.csv" | column -t -s, | head -40
+  grep -E '^#|gemm_ex_default|decode_gemm|lt_best' "$work/gemm.csv" | column -t -s, | head -160
   cp "$work/gemm.csv" "$out/" 2>/dev/null
 }
 breakdown() {

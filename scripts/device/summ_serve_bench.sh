@@ -9,7 +9,8 @@
 # it over gRPC from the held-out split at each CONCURRENCY (default 64,256), SELF_SELECTED then
 # DENSE, keeping every output; bench/summ_quality.py scores them. NUM_PROMPTS (default 256)
 # requests a run. With TRAIN_MINUTES set, the carried model is first trained on for that long
-# (training/tools/gpu_train_summ.sh --init-from; its files come back too) and the result served.
+# (training/tools/gpu_train_summ.sh --init-from; its files come back too) and the result served;
+# where no model is carried or shipped, one is trained from scratch for that long.
 # EXPAND_KV_HEADS=N serves the model with its KV heads repeated to N (tools/expand_kv_heads.py:
 # the same logits) where its query heads per KV head are a count the CUDA kernels lack.
 # DEVICE (default cuda) picks the backend: cpu tries the script here, on a small NUM_PROMPTS.
@@ -37,9 +38,13 @@ if [[ -f .devcarry/summ/test.jsonl.gz ]]; then
   gunzip -c .devcarry/summ/test.jsonl.gz > "$work/test.jsonl" && test_split=$work/test.jsonl
 fi
 if [[ -n ${TRAIN_MINUTES:-} ]]; then
-  model=$(cd "$(dirname "$model")" && pwd)/$(basename "$model")
-  training/tools/gpu_train_summ.sh "$TRAIN_MINUTES" --init-from "$model" --lr "${TRAIN_LR:-5e-4}" \
-    --warmup 100 || exit 1
+  if [[ -f $model/config.json ]]; then  # on from the carried model, with a fresh optimizer
+    model=$(cd "$(dirname "$model")" && pwd)/$(basename "$model")
+    training/tools/gpu_train_summ.sh "$TRAIN_MINUTES" --init-from "$model" \
+      --lr "${TRAIN_LR:-5e-4}" --warmup 100 || exit 1
+  else  # no model anywhere: from scratch, with the config's schedule
+    training/tools/gpu_train_summ.sh "$TRAIN_MINUTES" || exit 1
+  fi
   model=training/runs/summ-long/model
 fi
 if [[ -n ${EXPAND_KV_HEADS:-} ]]; then  # a group size the CUDA kernels take (1, 2, 4 or 8)

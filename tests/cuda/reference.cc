@@ -123,6 +123,28 @@ RefDraw RefSample(std::span<const float> logits, const SamplingParams& params, u
   return draw;
 }
 
+RefGemmResult RefGemm(std::span<const float> x, std::span<const float> w, int32_t rows,
+                      int32_t in, std::span<const int32_t> cols) {
+  RefGemmResult ref;
+  ref.y.reserve(size_t(rows) * cols.size());
+  ref.magnitude.reserve(ref.y.capacity());
+  for (int32_t r = 0; r < rows; ++r) {
+    const float* xr = x.data() + size_t(r) * in;
+    for (const int32_t c : cols) {
+      const float* wc = w.data() + size_t(c) * in;
+      double sum = 0, magnitude = 0;
+      for (int32_t k = 0; k < in; ++k) {
+        const double p = double{xr[k]} * wc[k];
+        sum += p;
+        magnitude += std::abs(p);
+      }
+      ref.y.push_back(sum);
+      ref.magnitude.push_back(magnitude);
+    }
+  }
+  return ref;
+}
+
 double MaxRelErr(std::span<const float> a, std::span<const double> b) {
   double diff = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) {

@@ -43,6 +43,15 @@ struct RefDraw {
 };
 RefDraw RefSample(std::span<const float> logits, const SamplingParams& params, uint64_t index);
 
+// y[r][c] = sum over k of x[r][k] w[c][k] (x [rows][in], w [out][in]), in double, for the
+// output columns `cols` only (y is [rows][cols.size()]); magnitude is sum |x[r][k] w[c][k]|,
+// the scale of an fp32 accumulation's rounding error.
+struct RefGemmResult {
+  std::vector<double> y, magnitude;
+};
+RefGemmResult RefGemm(std::span<const float> x, std::span<const float> w, int32_t rows,
+                      int32_t in, std::span<const int32_t> cols);
+
 // max |a - b| / max |b| (0/0 = 0); NaN in a gives infinity.
 double MaxRelErr(std::span<const float> a, std::span<const double> b);
 

@@ -3,8 +3,11 @@
 // empty rows, for every head dim, GQA group, block size and split count it takes, launched
 // early behind a kernel that writes q and each row's last block late; prefill
 // attention and decode rows mixed as in a step; RoPE with the KV write; the fused residual add
-// and RMSNorm; embedding; SiluMul; sampling. Skipped where no GPU is visible.
+// and RMSNorm; embedding; SiluMul; sampling; the decode GEMM (both variants, every row tile
+// count, split counts, determinism, graph replay). Skipped where no GPU is visible.
 #include <cmath>
+#include <cstring>
+#include <string>
 #include <map>
 #include <numeric>
 #include <random>
@@ -481,6 +484,218 @@ TEST(SiluMul, MatchesReference) {
       EXPECT_LT(MaxRelErr({&got[size_t(r) * inter], size_t(inter)}, want), kTolerance) << inter;
     }
   }
+}
+
+// The decode GEMM's inputs: w random bf16 [out][in]; x random bf16 [kDecodeGemmMaxRows][in],
+// uploaded for a launch of `rows` rows with NaN in the rows past them (which must not be read);
+// y with two rows more than the launch's, poisoned, which must stay so.
+struct GemmInputs {
+  int32_t out, in;
+  std::vector<float> x, w;
+  std::vector<uint16_t> x_bits;
+  DeviceArray<uint16_t> w_dev, x_dev;
+  DeviceArray<float> y;
+  DeviceArray<uint8_t> workspace;  // room for any split count
+
+  GemmInputs(std::mt19937& rng, int32_t out, int32_t in)
+      : out(out),
+        in(in),
+        x_bits(RandomBf16(rng, size_t(gpu::kDecodeGemmMaxRows + 2) * in, 1.0f, &x)),
+        w_dev(RandomBf16(rng, size_t(out) * in, 1.0f, &w)),
+        x_dev(x_bits.size()),
+        y(size_t(gpu::kDecodeGemmMaxRows + 2) * out),
+        workspace(gpu::kDecodeGemmCounterBytes +
+                  size_t(gpu::kDecodeGemmMaxSplits) * gpu::kDecodeGemmMaxRows * out * 4) {
+    EXPECT_EQ(cudaMemset(workspace.get(), 0, workspace.size()), cudaSuccess);
+  }
+  // x for a launch of `rows` rows, y poisoned.
+  void Prepare(int32_t rows) {
+    std::vector<uint16_t> bits = x_bits;
+    std::fill(bits.begin() + size_t(rows) * in, bits.end(), uint16_t{0x7fc0});
+    x_dev.Upload(bits);
+    y.Poison();
+  }
+  gpu::DecodeGemmArgs Args(int32_t rows, int32_t splits, gpu::DecodeGemmKernel kernel) const {
+    gpu::DecodeGemmArgs args{x_dev.get(), w_dev.get(), y.get(), rows, out, in,
+                             workspace.get(), workspace.size()};
+    args.splits = splits;
+    args.kernel = kernel;
+    return args;
+  }
+  std::vector<int32_t> Counters() const {
+    std::vector<int32_t> counters(gpu::kDecodeGemmCounterBytes / 4);
+    EXPECT_EQ(cudaMemcpy(counters.data(), workspace.get(), gpu::kDecodeGemmCounterBytes,
+                         cudaMemcpyDeviceToHost), cudaSuccess);
+    return counters;
+  }
+};
+
+// The columns a test checks: all of a small `out`; else both edges (partial tiles included)
+// and every 37th.
+std::vector<int32_t> CheckedColumns(int32_t out) {
+  std::vector<int32_t> cols;
+  for (int32_t c = 0; c < out; ++c) {
+    if (out <= 1200 || c < 130 || c >= out - 130 || c % 37 == 0) cols.push_back(c);
+  }
+  return cols;
+}
+
+// y of the first `rows` rows against the reference (all kDecodeGemmMaxRows rows, `cols`) within
+// 16 times a random walk of `in` fp32 roundings of the products' magnitude (a wrong fragment
+// is off by about the whole sum, sqrt(in) times that magnitude / in); the two rows after
+// still NaN.
+void ExpectGemmMatches(const std::vector<float>& got, int32_t rows, int32_t out, int32_t in,
+                       const std::vector<int32_t>& cols, const RefGemmResult& ref,
+                       const std::string& what) {
+  const double walk = 16 * std::sqrt(double(in)) * std::ldexp(1.0, -24);
+  int bad = 0;
+  for (int32_t r = 0; r < rows; ++r) {
+    for (size_t i = 0; i < cols.size(); ++i) {
+      const double want = ref.y[size_t(r) * cols.size() + i];
+      const double bound = walk * ref.magnitude[size_t(r) * cols.size() + i] + 1e-30;
+      const float value = got[size_t(r) * out + cols[i]];
+      if (!(std::abs(value - want) <= bound) && ++bad <= 5) {
+        ADD_FAILURE() << what << ": y[" << r << "][" << cols[i] << "] = " << value << ", want "
+                      << want << " +- " << bound;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << what;
+  for (size_t i = size_t(rows) * out; i < size_t(rows + 2) * out; ++i) {
+    ASSERT_TRUE(std::isnan(got[i])) << what << ": y[" << i / out << "] past the rows was written";
+  }
+}
+
+std::string GemmName(gpu::DecodeGemmKernel kernel, int32_t rows, int32_t out, int32_t in,
+                     int32_t splits) {
+  return std::string(kernel == gpu::DecodeGemmKernel::kTensorCores ? "tensor cores" : "cuda cores") +
+         ", rows " + std::to_string(rows) + ", " + std::to_string(out) + "x" + std::to_string(in) +
+         ", splits " + (splits > 0 ? std::to_string(splits) : "auto");
+}
+
+constexpr gpu::DecodeGemmKernel kGemmKernels[] = {gpu::DecodeGemmKernel::kTensorCores,
+                                                  gpu::DecodeGemmKernel::kCudaCores};
+
+// Every row tile count (1, 7: one tile; 16; 33: three; 64: four), LLaMA-7B's linear layers,
+// odd and small shapes (partial tiles, partial stages, a stage of one piece), both variants, the
+// splits DecodeGemmPlanFor chooses.
+TEST(DecodeGemm, MatchesReferenceAtEveryRowCountAndShape) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(21);
+  const std::pair<int32_t, int32_t> shapes[] = {
+      {12288, 4096}, {4096, 4096}, {22016, 4096}, {4096, 11008}, {32000, 4096},  // LLaMA-7B
+      {1001, 4096}, {4098, 4096}, {128, 64}, {1001, 200}, {257, 136}, {3, 8}, {130, 1032}};
+  for (const auto& [out, in] : shapes) {
+    GemmInputs g(rng, out, in);
+    const std::vector<int32_t> cols = CheckedColumns(out);
+    const RefGemmResult ref = RefGemm(g.x, g.w, gpu::kDecodeGemmMaxRows, in, cols);
+    for (const int32_t rows : {1, 7, 16, 33, 64}) {
+      for (const gpu::DecodeGemmKernel kernel : kGemmKernels) {
+        g.Prepare(rows);
+        SyncOk(gpu::LaunchDecodeGemm(g.Args(rows, 0, kernel), nullptr));
+        ExpectGemmMatches(g.y.Download(), rows, out, in, cols, ref,
+                          GemmName(kernel, rows, out, in, 0));
+        for (const int32_t count : g.Counters()) ASSERT_EQ(count, 0);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// Split counts forced: one (no merge), uneven stage shares, a merge batch's remainder, the most.
+TEST(DecodeGemm, MergesEverySplitCount) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(22);
+  for (const auto& [out, in] : {std::pair{4096, 4096}, std::pair{1001, 1096}}) {
+    GemmInputs g(rng, out, in);
+    const std::vector<int32_t> cols = CheckedColumns(out);
+    const RefGemmResult ref = RefGemm(g.x, g.w, gpu::kDecodeGemmMaxRows, in, cols);
+    for (const int32_t rows : {1, 33, 64}) {
+      for (const int32_t splits : {1, 2, 3, 5, 16}) {
+        for (const gpu::DecodeGemmKernel kernel : kGemmKernels) {
+          g.Prepare(rows);
+          SyncOk(gpu::LaunchDecodeGemm(g.Args(rows, splits, kernel), nullptr));
+          ExpectGemmMatches(g.y.Download(), rows, out, in, cols, ref,
+                            GemmName(kernel, rows, out, in, splits));
+          for (const int32_t count : g.Counters()) ASSERT_EQ(count, 0);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+// Two launches give the same bits, whatever order the splits finish in; the counters are back
+// at zero after each, so a launch with new x is right again; a captured graph replays to the
+// same bits.
+TEST(DecodeGemm, DeterministicAndReplayable) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(23);
+  const int32_t out = 4096, in = 11008, rows = 64;
+  GemmInputs g(rng, out, in);
+  for (const int32_t splits : {0, 16}) {
+    for (const gpu::DecodeGemmKernel kernel : kGemmKernels) {
+      const std::string what = GemmName(kernel, rows, out, in, splits);
+      g.Prepare(rows);
+      SyncOk(gpu::LaunchDecodeGemm(g.Args(rows, splits, kernel), nullptr));
+      const std::vector<float> first = g.y.Download();
+      for (int i = 0; i < 3; ++i) {
+        g.y.Poison();
+        SyncOk(gpu::LaunchDecodeGemm(g.Args(rows, splits, kernel), nullptr));
+        ASSERT_EQ(std::memcmp(g.y.Download().data(), first.data(), first.size() * 4), 0)
+            << what << ": launch " << i + 2 << " differs from the first";
+      }
+      cudaStream_t stream = nullptr;
+      ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      ASSERT_EQ(gpu::LaunchDecodeGemm(g.Args(rows, splits, kernel), stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      for (int i = 0; i < 3; ++i) {
+        g.y.Poison();
+        SyncOk(cudaGraphLaunch(exec, stream));
+        ASSERT_EQ(std::memcmp(g.y.Download().data(), first.data(), first.size() * 4), 0)
+            << what << ": graph replay " << i + 1 << " differs from the eager launch";
+      }
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+      cudaStreamDestroy(stream);
+      for (const int32_t count : g.Counters()) ASSERT_EQ(count, 0) << what;
+    }
+  }
+  // New x after those launches: right again (the counters were reset).
+  std::vector<float> x;
+  g.x_bits = RandomBf16(rng, g.x_bits.size(), 1.0f, &x);
+  g.x = x;
+  const std::vector<int32_t> cols = CheckedColumns(out);
+  const RefGemmResult ref = RefGemm(g.x, g.w, gpu::kDecodeGemmMaxRows, in, cols);
+  for (const gpu::DecodeGemmKernel kernel : kGemmKernels) {
+    g.Prepare(rows);
+    SyncOk(gpu::LaunchDecodeGemm(g.Args(rows, 0, kernel), nullptr));
+    ExpectGemmMatches(g.y.Download(), rows, out, in, cols, ref,
+                      GemmName(kernel, rows, out, in, 0) + ", new x");
+  }
+}
+
+TEST(DecodeGemm, RefusesWhatItDoesNotTake) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(24);
+  GemmInputs g(rng, 256, 1024);  // 16 stages: two splits need partials
+  g.Prepare(16);
+  gpu::DecodeGemmArgs args = g.Args(65, 0, gpu::DecodeGemmKernel::kTensorCores);
+  EXPECT_EQ(gpu::LaunchDecodeGemm(args, nullptr), cudaErrorInvalidValue);  // too many rows
+  args = g.Args(16, 0, gpu::DecodeGemmKernel::kTensorCores);
+  args.in = 60;  // not whole 16-byte pieces
+  EXPECT_EQ(gpu::LaunchDecodeGemm(args, nullptr), cudaErrorInvalidValue);
+  args = g.Args(16, 2, gpu::DecodeGemmKernel::kTensorCores);
+  args.workspace_bytes = gpu::kDecodeGemmCounterBytes;  // no room for the partials
+  EXPECT_EQ(gpu::LaunchDecodeGemm(args, nullptr), cudaErrorInvalidValue);
+  args = g.Args(16, 0, gpu::DecodeGemmKernel::kTensorCores);
+  args.x = g.x_dev.get() + 1;  // not 16-byte aligned
+  EXPECT_EQ(gpu::LaunchDecodeGemm(args, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 // Runs the sampling kernel on rows of logits with their parameters; returns the tokens.

@@ -10,6 +10,7 @@
 #include "engine/cuda_step_plan.h"
 #include "gtest/gtest.h"
 #include "kernels/decode_geometry.h"
+#include "kernels/decode_gemm_layout.h"
 #include "kernels/launch_plan.h"
 #include "tests/cuda/random_batch.h"
 
@@ -245,6 +246,183 @@ TEST(SplitsFor, FillTheSmsOnceOrEvenTheLastWave) {
   EXPECT_EQ(SplitsFor(16, 8, 4, 128, 132, DecodeKernel::kCudaCores), 2);
   EXPECT_EQ(SplitsFor(1, 32, 1, 128, 132), 8);   // LLaMA-7B, batch 1
   EXPECT_EQ(SplitsFor(1, 1, 1, 64, 132), kMaxSplits);
+}
+
+TEST(DecodeGemmPlanFor, FillsOneWaveWithSplitsOfSeveralStages) {
+  // LLaMA-7B's linear layers on an H100 (132 SMs, 264 CTA slots).
+  struct Case {
+    int32_t out, in, tiles, splits;
+  };
+  for (const Case& c : {Case{12288, 4096, 96, 2}, Case{4096, 4096, 32, 8},
+                        Case{22016, 4096, 172, 1}, Case{4096, 11008, 32, 8},
+                        Case{32000, 4096, 250, 1}}) {
+    const DecodeGemmPlan plan = DecodeGemmPlanFor(c.out, c.in, 132);
+    EXPECT_EQ(plan.tiles, c.tiles) << c.out << "x" << c.in;
+    EXPECT_EQ(plan.splits, c.splits) << c.out << "x" << c.in;
+    EXPECT_LE(int64_t{plan.tiles} * plan.splits, 2 * 132);
+  }
+  for (int32_t out : {1, 100, 1001, 4098, 128256}) {
+    for (int32_t in : {8, 64, 200, 256, 4096, 11008, 14336}) {
+      for (int32_t sms : {1, 16, 132}) {
+        const DecodeGemmPlan plan = DecodeGemmPlanFor(out, in, sms);
+        ASSERT_EQ(plan.k_blocks, (in + kDecodeGemmTileK - 1) / kDecodeGemmTileK);
+        ASSERT_GE(plan.splits, 1);
+        ASSERT_LE(plan.splits, kDecodeGemmMaxSplits);
+        // Every split has stages, and several unless there is one split.
+        ASSERT_TRUE(plan.splits == 1 || plan.k_blocks / plan.splits >= kDecodeGemmMinSplitBlocks)
+            << out << "x" << in << " at " << sms << " SMs";
+        ASSERT_TRUE(plan.splits == 1 || int64_t{plan.tiles} * plan.splits <= 2 * sms);
+      }
+    }
+  }
+  // A forced count, capped by the stages.
+  EXPECT_EQ(DecodeGemmPlanFor(4096, 4096, 132, 3).splits, 3);
+  EXPECT_EQ(DecodeGemmPlanFor(4096, 128, 132, 16).splits, 2);
+}
+
+TEST(DecodeGemmWorkspaceBytes, CountersThenPartialsOfSeveralSplits) {
+  const DecodeGemmPlan one = DecodeGemmPlanFor(22016, 4096, 132);
+  EXPECT_EQ(DecodeGemmWorkspaceBytes(one, 64, 22016), kDecodeGemmCounterBytes);
+  const DecodeGemmPlan eight = DecodeGemmPlanFor(4096, 11008, 132);
+  EXPECT_EQ(DecodeGemmWorkspaceBytes(eight, 64, 4096), kDecodeGemmCounterBytes + 8 * 64 * 4096 * 4);
+  EXPECT_EQ(DecodeGemmWorkspaceBytes(eight, 1, 4096), kDecodeGemmCounterBytes + 8 * 4096 * 4);
+}
+
+TEST(DecodeGemmTakes, DecodeRowsAndWholeCopies) {
+  EXPECT_TRUE(DecodeGemmTakes(1, 12288, 4096));
+  EXPECT_TRUE(DecodeGemmTakes(64, 1001, 4096));
+  EXPECT_TRUE(DecodeGemmTakes(7, 128256, 8));
+  EXPECT_FALSE(DecodeGemmTakes(0, 4096, 4096));
+  EXPECT_FALSE(DecodeGemmTakes(65, 4096, 4096));
+  EXPECT_FALSE(DecodeGemmTakes(16, 4096, 4100));  // not whole 16-byte copies
+  EXPECT_FALSE(DecodeGemmTakes(16, 0, 4096));
+  EXPECT_FALSE(DecodeGemmTakes(16, 4096 * kDecodeGemmTileCols + 1, 4096));  // past the counters
+}
+
+// The decode GEMM's fragment index math, replayed on the CPU through the PTX ISA's layouts:
+// a stage's copies into the swizzled tiles, ldmatrix.x4 from the lanes' row addresses (lane l
+// receives row l / 4, elements 2 (l % 4) and + 1, of matrix j, whose row r is at the address
+// lane 8j + r gives), and what mma.m16n8k16 (bf16, row.col) expects in each register.
+namespace decode_gemm_check {
+
+using namespace decode_gemm;  // NOLINT
+
+// Tile element (row, k) encoded as its own value, so that a register says where it came from.
+uint16_t Code(int row, int k) { return static_cast<uint16_t>(row * kTileK + k); }
+
+// A [rows][kTileK] tile as the kernel's copies leave it in shared memory; every piece once.
+std::vector<uint16_t> FillTile(int rows) {
+  std::vector<uint16_t> smem(size_t(rows) * kTileK, 0xffff);
+  std::vector<int> writes(size_t(rows) * kRowPieces, 0);
+  for (int i = 0; i < rows * kRowPieces / kThreads; ++i) {
+    for (int t = 0; t < kThreads; ++t) {
+      const int row = CopyRow(i, t), piece = CopyPiece(t);
+      ++writes[size_t(row) * kRowPieces + piece];
+      for (int e = 0; e < 8; ++e) smem[Swizzled(row, piece) + e] = Code(row, piece * 8 + e);
+    }
+  }
+  for (int n : writes) EXPECT_EQ(n, 1);
+  return smem;
+}
+
+// The two bf16 of register j of every lane after ldmatrix.x4, from element offsets by lane.
+struct Regs {
+  uint16_t lo[32][4], hi[32][4];
+};
+Regs LdMatrixX4(const std::vector<uint16_t>& smem, const int (&offset)[32]) {
+  Regs r;
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int j = 0; j < 4; ++j) {
+      const int row_start = offset[8 * j + lane / 4];
+      r.lo[lane][j] = smem[row_start + 2 * (lane % 4)];
+      r.hi[lane][j] = smem[row_start + 2 * (lane % 4) + 1];
+    }
+  }
+  return r;
+}
+
+// 8 lanes of one ldmatrix phase (or 8 threads of one copy) hit 8 different 16-byte bank groups.
+void ExpectConflictFree(const int* offsets, int count) {
+  std::set<int> groups;
+  for (int i = 0; i < count; ++i) groups.insert((offsets[i] * 2 / 16) % 8);
+  EXPECT_EQ(groups.size(), size_t(count));
+}
+
+}  // namespace decode_gemm_check
+
+TEST(DecodeGemmLayout, LdmatrixGivesTheMmaFragments) {
+  using namespace decode_gemm;  // NOLINT
+  using namespace decode_gemm_check;  // NOLINT
+  const std::vector<uint16_t> w = FillTile(kTileCols), x = FillTile(64);
+  for (int warp = 0; warp < kWarps; ++warp) {
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      // B: w rows are n, k along the row; registers b0 = (k 2t, 2t + 1; n g), b1 = k + 8.
+      for (int np = 0; np < kColTiles / 2; ++np) {
+        int offset[32];
+        for (int lane = 0; lane < 32; ++lane) {
+          offset[lane] = Swizzled(warp * kWarpCols + BRow(lane) + 16 * np, 2 * ks + BPiece(lane));
+        }
+        for (int phase = 0; phase < 4; ++phase) ExpectConflictFree(offset + 8 * phase, 8);
+        const Regs r = LdMatrixX4(w, offset);
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane / 4, t = lane % 4;
+          for (int j = 0; j < 4; ++j) {
+            const int nt = 2 * np + j / 2;  // registers 0, 1: n tile 2np; 2, 3: 2np + 1
+            const int n = warp * kWarpCols + nt * 8 + g, k = 16 * ks + 2 * t + 8 * (j % 2);
+            ASSERT_EQ(r.lo[lane][j], Code(n, k)) << "B warp " << warp << " lane " << lane << " reg " << j;
+            ASSERT_EQ(r.hi[lane][j], Code(n, k + 1)) << "B warp " << warp << " lane " << lane;
+          }
+        }
+      }
+      // A: x rows; a0 = (row g, k 2t, 2t + 1), a1 = row g + 8, a2 = k + 8, a3 = both.
+      for (int mt = 0; mt < 4; ++mt) {
+        int offset[32];
+        for (int lane = 0; lane < 32; ++lane) {
+          offset[lane] = Swizzled(16 * mt + ARow(lane), 2 * ks + APiece(lane));
+        }
+        for (int phase = 0; phase < 4; ++phase) ExpectConflictFree(offset + 8 * phase, 8);
+        const Regs r = LdMatrixX4(x, offset);
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane / 4, t = lane % 4;
+          for (int j = 0; j < 4; ++j) {
+            const int row = 16 * mt + g + 8 * (j % 2), k = 16 * ks + 2 * t + 8 * (j / 2);
+            ASSERT_EQ(r.lo[lane][j], Code(row, k)) << "A lane " << lane << " reg " << j;
+            ASSERT_EQ(r.hi[lane][j], Code(row, k + 1)) << "A lane " << lane << " reg " << j;
+          }
+        }
+      }
+    }
+  }
+  // C: c0, c1 = (row g, columns 2t, 2t + 1), c2, c3 = row g + 8.
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int e = 0; e < 4; ++e) {
+      EXPECT_EQ(AccRow(lane, e), lane / 4 + 8 * (e >= 2));
+      EXPECT_EQ(AccCol(lane, e), 2 * (lane % 4) + (e & 1));
+    }
+  }
+  // The copies: 8 consecutive threads write one row's 8 pieces, in 8 bank groups.
+  for (int i = 0; i < 2; ++i) {
+    for (int t0 = 0; t0 < kThreads; t0 += 8) {
+      int offset[8];
+      for (int t = 0; t < 8; ++t) offset[t] = Swizzled(CopyRow(i, t0 + t), CopyPiece(t0 + t));
+      ExpectConflictFree(offset, 8);
+    }
+  }
+}
+
+TEST(DecodeGemmLayout, SplitsCoverTheStagesInOrder) {
+  for (int k_blocks : {1, 4, 64, 172, 224}) {
+    for (int splits = 1; splits <= std::min(k_blocks, kDecodeGemmMaxSplits); ++splits) {
+      EXPECT_EQ(decode_gemm::SplitBegin(0, splits, k_blocks), 0);
+      EXPECT_EQ(decode_gemm::SplitBegin(splits, splits, k_blocks), k_blocks);
+      for (int s = 0; s < splits; ++s) {
+        const int len = decode_gemm::SplitBegin(s + 1, splits, k_blocks) -
+                        decode_gemm::SplitBegin(s, splits, k_blocks);
+        EXPECT_GE(len, k_blocks / splits);
+        EXPECT_LE(len, k_blocks / splits + 1);
+      }
+    }
+  }
 }
 
 TEST(MaxRowSplits, CoversEveryRowCount) {
