@@ -477,7 +477,8 @@ SERVER_COUNTERS = ("spanserve_generated_tokens_total", "spanserve_prompt_tokens_
                    "spanserve_kv_blocks_read_total", "spanserve_kv_blocks_dense_total",
                    "spanserve_preemptions_total", "spanserve_span_header_fallbacks_total",
                    "spanserve_time_to_first_token_seconds_count",
-                   "spanserve_step_duration_seconds_sum", "spanserve_step_duration_seconds_count",
+                   *(f'spanserve_step_duration_seconds_{part}{{phase="{phase}"}}'
+                     for phase in ("decode", "prefill") for part in ("sum", "count")),
                    "spanserve_batch_size_sum")
 
 

@@ -4,10 +4,12 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -195,7 +197,20 @@ class CudaBackend : public Backend {
   std::vector<WeightUpload> LayoutWeights(size_t* total) const;
   void PointWeights(uint8_t* base);
   absl::Status UploadWeights(const std::vector<WeightUpload>& uploads, size_t total);
-  size_t DecodeGemmWorkspaceBytes() const;
+  // The model's products (out, in): per shape its weight in each layer (lm_head: one), and
+  // the step buffers it reads and writes.
+  struct ProductShape {
+    int32_t out, in;
+    std::vector<const uint16_t*> weights;
+    const char* name;
+    const uint16_t* x;
+    float* y;
+  };
+  std::vector<ProductShape> ProductShapes() const;
+  void ChooseDecodeGemms();
+  static constexpr int32_t kCublas = -1;
+  float TimeProduct(const ProductShape& shape, int32_t rows, int32_t splits);
+  int32_t DecodeGemmSplits(int32_t rows, int32_t out, int32_t in) const;
   size_t StepBufferBytes(const gpu::PlanCapacity& cap) const;
   absl::Status AllocateStepBuffers(const gpu::PlanCapacity& cap);
   absl::Status EnsureCapacity(const gpu::PlanCapacity& need);
@@ -223,7 +238,8 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   DeviceBuffer blas_workspace_;
-  DeviceBuffer gemm_workspace_;  // the decode GEMM's counters and partials; empty: it is off
+  // (out, in) -> for 1..4 row tiles of 16: the decode GEMM's split count, or kCublas.
+  std::map<std::pair<int32_t, int32_t>, std::array<int32_t, 4>> decode_gemm_splits_;
 
   DeviceBuffer weights_;
   DeviceBuffer rope_inv_freq_;  // RopeInverseFrequencies, [head_dim / 2] doubles
@@ -443,19 +459,97 @@ absl::Status CudaBackend::UploadWeights(const std::vector<WeightUpload>& uploads
   return check.status();
 }
 
-// The decode GEMM's workspace for the largest of the linear layers at its most rows (0 when
-// it is off or takes none of them). One for all: the launches are ordered on one stream.
-size_t CudaBackend::DecodeGemmWorkspaceBytes() const {
-  if (!options_.decode_gemm) return 0;
+std::vector<CudaBackend::ProductShape> CudaBackend::ProductShapes() const {
   const int32_t H = c_.hidden_size, I = c_.intermediate_size;
-  const std::pair<int32_t, int32_t> layers[] = {  // (out, in)
-      {q_dim() + 2 * kv_dim(), H}, {H, q_dim()}, {2 * I, H}, {H, I}, {c_.vocab_size, H}};
-  size_t bytes = 0;
-  for (const auto& [out, in] : layers) {
-    if (!gpu::DecodeGemmTakes(gpu::kDecodeGemmMaxRows, out, in)) continue;
-    bytes = std::max(bytes, gpu::DecodeGemmWorkspaceBytes(gpu::kDecodeGemmMaxRows, out, in));
+  std::vector<ProductShape> shapes = {
+      {q_dim() + 2 * kv_dim(), H, {}, "qkv", xn_.as<uint16_t>(), qkv_.as<float>()},
+      {H, q_dim(), {}, "o", attn_.as<uint16_t>(), delta_.as<float>()},
+      {2 * I, H, {}, "gate_up", xn_.as<uint16_t>(), gate_up_.as<float>()},
+      {H, I, {}, "down", act_.as<uint16_t>(), delta_.as<float>()},
+      {c_.vocab_size, H, {lm_head_}, "lm_head", xn_.as<uint16_t>(), logits_.as<float>()}};
+  for (const LayerWeightsGpu& w : layers_) {
+    shapes[0].weights.push_back(w.wqkv);
+    shapes[1].weights.push_back(w.wo);
+    shapes[2].weights.push_back(w.w_gate_up);
+    shapes[3].weights.push_back(w.w_down);
   }
-  return bytes;
+  return shapes;
+}
+
+// The decode GEMM's split count for this product (0: its plan's), or -1: cuBLAS runs it.
+int32_t CudaBackend::DecodeGemmSplits(int32_t rows, int32_t out, int32_t in) const {
+  if (!gpu::DecodeGemmTakes(rows, out, in)) return kCublas;
+  const auto found = decode_gemm_splits_.find({out, in});
+  return found != decode_gemm_splits_.end() ? found->second[(rows - 1) / 16] : kCublas;
+}
+
+// GPU time (ms) of one launch of the product at `rows` rows by the decode GEMM at `splits`
+// (kCublas: by cuBLAS): the best of two rounds of 8 launches back to back, each on the next
+// layer's weight (as a step reads them: from memory, not from L2), from and into the step
+// buffers (zeros in, which the next step overwrites).
+float CudaBackend::TimeProduct(const ProductShape& shape, int32_t rows, int32_t splits) {
+  constexpr int kLaunches = 8;
+  decode_gemm_splits_[{shape.out, shape.in}].fill(splits);
+  LaunchErrors check;
+  float best = std::numeric_limits<float>::infinity();
+  for (int round = 0; round < 3; ++round) {  // round 0 warms up
+    check(cudaEventRecord(forward_begin_, stream_), "gemm timing");
+    for (int i = 0; i < kLaunches; ++i) {
+      const uint16_t* w = shape.weights[(round * kLaunches + i) % shape.weights.size()];
+      Gemm(check, shape.x, rows, shape.in, w, shape.out, shape.y);
+    }
+    check(cudaEventRecord(forward_end_, stream_), "gemm timing");
+    check(cudaEventSynchronize(forward_end_), "gemm timing");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, forward_begin_, forward_end_);
+    if (round > 0) best = std::min(best, ms / kLaunches);
+  }
+  return check.status().ok() ? best : std::numeric_limits<float>::infinity();
+}
+
+// Which kernel runs each product the decode GEMM takes, at each row tile count: as the option
+// says, or the fastest measured on this GPU of cuBLAS and the decode GEMM at each split count
+// it can take there (its plan's, and 1, 2, 4, 8).
+void CudaBackend::ChooseDecodeGemms() {
+  using Mode = CudaBackendOptions::DecodeGemm;
+  if (options_.decode_gemm == Mode::kOff) return;
+  for (const ProductShape& shape : ProductShapes()) {
+    std::array<int32_t, 4> chosen;
+    chosen.fill(kCublas);
+    std::array<std::string, 4> lines;
+    for (int32_t tiles = 1; tiles <= 4; ++tiles) {
+      const int32_t rows = 16 * tiles;
+      if (!gpu::DecodeGemmTakes(rows, shape.out, shape.in)) continue;
+      const int32_t planned = gpu::DecodeGemmPlanFor(shape.out, shape.in, num_sms_).splits;
+      chosen[tiles - 1] = planned;
+      lines[tiles - 1] = absl::StrFormat("%s %dx%d rows %d: decode GEMM, %d splits", shape.name,
+                                         shape.out, shape.in, rows, planned);
+      if (options_.decode_gemm != Mode::kMeasured) continue;
+      const float cublas = TimeProduct(shape, rows, kCublas);
+      float best = cublas;
+      std::string times;
+      for (const int32_t asked : {planned, 1, 2, 4, 8}) {
+        const int32_t splits = gpu::DecodeGemmPlanFor(shape.out, shape.in, num_sms_, asked).splits;
+        if (splits != asked || (asked != planned && splits == planned)) continue;  // capped, or done
+        const float ms = TimeProduct(shape, rows, splits);
+        absl::StrAppendFormat(&times, ", %d splits %.1f us", splits, 1e3 * ms);
+        if (ms < best) {
+          best = ms;
+          chosen[tiles - 1] = splits;
+        }
+      }
+      if (best == cublas) chosen[tiles - 1] = kCublas;
+      lines[tiles - 1] = absl::StrFormat(
+          "%s %dx%d rows %d: %s (cuBLAS %.1f us%s)", shape.name, shape.out, shape.in, rows,
+          chosen[tiles - 1] == kCublas ? std::string("cuBLAS")
+                                       : absl::StrFormat("decode GEMM, %d splits", chosen[tiles - 1]),
+          1e3 * cublas, times);
+    }
+    decode_gemm_splits_[{shape.out, shape.in}] = chosen;
+    for (std::string& line : lines) {
+      if (!line.empty()) stats_.gemm_choices.push_back(std::move(line));
+    }
+  }
 }
 
 size_t CudaBackend::StepBufferBytes(const gpu::PlanCapacity& cap) const {
@@ -571,9 +665,8 @@ absl::Status CudaBackend::Init() {
   cap.row_splits = static_cast<int32_t>(
       gpu::MaxRowSplits(cap.rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_));
   cap.prefill_jobs = cap.rows;
-  const size_t gemm_workspace_bytes = DecodeGemmWorkspaceBytes();
   const size_t fixed =
-      weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes + gemm_workspace_bytes;
+      weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
   size_t free = 0, total = 0;
   check(cudaMemGetInfo(&free, &total), "memory info");
   if (!check.status().ok()) return check.status();
@@ -607,14 +700,7 @@ absl::Status CudaBackend::Init() {
 
   if (absl::Status s = blas_workspace_.Allocate(kBlasWorkspaceBytes, "the cuBLAS workspace"); !s.ok()) return s;
   check(cublasSetWorkspace(blas_, blas_workspace_.as<void>(), kBlasWorkspaceBytes), "workspace");
-  if (gemm_workspace_bytes > 0) {
-    if (absl::Status s = gemm_workspace_.Allocate(gemm_workspace_bytes, "the decode GEMM workspace");
-        !s.ok()) {
-      return s;
-    }
-    // Its tile counters start at zero; the launches leave them at zero.
-    check(cudaMemset(gemm_workspace_.as<void>(), 0, gemm_workspace_bytes), "decode GEMM workspace");
-  }
+
   if (absl::Status s = weights_.Allocate(weight_bytes, "the weights"); !s.ok()) return s;
   if (absl::Status s = kv_.Allocate(kv_bytes, "the KV cache"); !s.ok()) return s;
   const std::vector<double> inv_freq = RopeInverseFrequencies(c_);
@@ -628,6 +714,10 @@ absl::Status CudaBackend::Init() {
   if (absl::Status s = AllocateStepBuffers(cap); !s.ok()) return s;
   PointWeights(weights_.as<uint8_t>());
   if (absl::Status s = UploadWeights(uploads, weight_bytes); !s.ok()) return s;
+  for (const DeviceBuffer* x : {&xn_, &attn_, &act_}) {
+    check(cudaMemsetAsync(x->as<void>(), 0, x->bytes(), stream_), "clear the step inputs");
+  }
+  ChooseDecodeGemms();
   // A cache that was never written holds no NaN: padding rows and the tests read it.
   check(cudaMemsetAsync(kv_.as<void>(), 0, kv_bytes, stream_), "clear the KV cache");
   check(cudaStreamSynchronize(stream_), "init");
@@ -664,9 +754,10 @@ absl::Status CudaBackend::UploadPlan(const gpu::StepPlan& plan) {
 void CudaBackend::Gemm(LaunchErrors& check, const uint16_t* x, int32_t rows, int32_t in,
                        const uint16_t* w, int32_t out, float* y) {
   if (rows == 0) return;
-  if (gemm_workspace_.bytes() > 0 && gpu::DecodeGemmTakes(rows, out, in)) {
-    const gpu::DecodeGemmArgs args{x, w, y, rows, out, in, gemm_workspace_.as<void>(),
-                                   gemm_workspace_.bytes()};
+  if (const int32_t splits = DecodeGemmSplits(rows, out, in); splits != kCublas) {
+    gpu::DecodeGemmArgs args{x, w, y, rows, out, in};
+    args.splits = splits;
+    args.early_launch = options_.early_launch;
     check(gpu::LaunchDecodeGemm(args, stream_), "decode gemm");
     return;
   }
@@ -682,13 +773,14 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
   const int32_t H = c_.hidden_size, I = c_.intermediate_size, n = s.rows;
   const float eps = c_.rms_norm_eps;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+  const bool early = options_.early_launch;
   check(gpu::LaunchEmbedding(Plan<int32_t>(layout_.token_ids), embed_, n, H, x_.as<float>(), stream_),
         "embedding");
   Mark("embedding");
   for (int32_t l = 0; l < c_.num_layers; ++l) {
     const LayerWeightsGpu& w = layers_[l];
     check(gpu::LaunchAddRmsNorm(x_.as<float>(), l == 0 ? nullptr : delta_.as<float>(), w.attn_norm,
-                                nullptr, n, H, eps, true, xn_.as<uint16_t>(), stream_),
+                                nullptr, n, H, eps, true, xn_.as<uint16_t>(), stream_, early),
           "attention norm");
     Mark("norms");
     Gemm(check, xn_.as<uint16_t>(), n, H, w.wqkv, q_dim() + 2 * kv_dim(), qkv_.as<float>());
@@ -698,7 +790,7 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
                          n, c_.num_heads, c_.num_kv_heads, c_.head_dim, block_size_,
                          rope_inv_freq_.as<double>(), w.bqkv, q_.as<uint16_t>(), KCache(l),
                          VCache(l)};
-    check(gpu::LaunchRopeWriteKv(rope, stream_), "rope and KV write");
+    check(gpu::LaunchRopeWriteKv(rope, stream_, early), "rope and KV write");
     Mark("rope + kv write");
     gpu::PrefillAttentionArgs prefill{q_.as<uint16_t>(), KCache(l), VCache(l),
                                       Plan<gpu::PrefillJob>(layout_.prefill_jobs),
@@ -721,12 +813,13 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
     Gemm(check, attn_.as<uint16_t>(), n, q_dim(), w.wo, H, delta_.as<float>());
     Mark("gemm o");
     check(gpu::LaunchAddRmsNorm(x_.as<float>(), delta_.as<float>(), w.ffn_norm, nullptr, n, H, eps,
-                                true, xn_.as<uint16_t>(), stream_),
+                                true, xn_.as<uint16_t>(), stream_, early),
           "ffn norm");
     Mark("norms");
     Gemm(check, xn_.as<uint16_t>(), n, H, w.w_gate_up, 2 * I, gate_up_.as<float>());
     Mark("gemm gate_up");
-    check(gpu::LaunchSiluMul(gate_up_.as<float>(), n, I, act_.as<uint16_t>(), stream_), "silu");
+    check(gpu::LaunchSiluMul(gate_up_.as<float>(), n, I, act_.as<uint16_t>(), stream_, early),
+          "silu");
     Mark("silu");
     Gemm(check, act_.as<uint16_t>(), n, I, w.w_down, H, delta_.as<float>());
     Mark("gemm down");
@@ -736,14 +829,14 @@ absl::Status CudaBackend::Forward(const ForwardShape& s) {
     // still be computed from x and delta.
     check(gpu::LaunchAddRmsNorm(x_.as<float>(), delta_.as<float>(), final_norm_,
                                 Plan<int32_t>(layout_.logit_rows), s.logit_rows, H, eps, false,
-                                xn_.as<uint16_t>(), stream_),
+                                xn_.as<uint16_t>(), stream_, early),
           "final norm");
     Mark("norms");
     Gemm(check, xn_.as<uint16_t>(), s.logit_rows, H, lm_head_, c_.vocab_size, logits_.as<float>());
     Mark("gemm lm_head");
     check(gpu::LaunchSample(logits_.as<float>(), s.logit_rows, c_.vocab_size,
                             Plan<gpu::SampleEntry>(layout_.samples), probs_.as<float>(),
-                            tokens_.as<int32_t>(), stream_),
+                            tokens_.as<int32_t>(), stream_, early),
           "sampling");
     Mark("sampling");
   }

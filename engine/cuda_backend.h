@@ -22,11 +22,19 @@ struct CudaBackendOptions {
   int32_t max_step_rows = 2048;       // rows the step buffers are first sized for (they grow)
   bool cuda_graphs = true;            // replay decode steps from CUDA graphs
   int32_t max_graph_rows = 256;       // larger decode steps run eagerly
-  // Matrix products of up to 64 rows through the decode GEMM (kernels/decode_gemm.cu); off:
-  // every product through cublasGemmEx. Off by default: on the H100 it is ahead where one split
-  // fills the card (gate_up, lm_head) but its split-K merge loses at 64 rows (o 40 us against
-  // 22; bench/results/cuda/2026-12-07), so the model's step is slower with it.
-  bool decode_gemm = false;
+  // Matrix products of up to 64 rows: through the decode GEMM (kernels/decode_gemm.cu) or
+  // cublasGemmEx. kMeasured times cuBLAS and the decode GEMM at each split count it takes, at
+  // init, for each of the model's shapes and row tile counts on this GPU, and keeps the
+  // fastest (H100: ours for gate_up, lm_head and the smaller qkv and o steps, cuBLAS for
+  // down and 64-row o; bench/results/cuda/2026-12-07/early_launch). kOn: the decode GEMM
+  // at its plan's splits everywhere.
+  enum class DecodeGemm { kOff, kOn, kMeasured };
+  DecodeGemm decode_gemm = DecodeGemm::kMeasured;
+  // Programmatic dependent launch (sm_90) of the layer's kernels and the decode GEMM: each
+  // starts while the kernel ahead finishes (the GEMM with its weight stages in flight) and
+  // waits for it before it reads what that kernel wrote. Decode attention launches early
+  // either way (DecodeAttentionArgs::early_launch).
+  bool early_launch = true;
   bool progress = true;               // a progress line on stderr while the weights upload
   // Benchmarks only: steps run eagerly with a CUDA event after each launch, and the last step's
   // GPU time by phase is kept in CudaBackendStats::last_phases.
@@ -50,6 +58,9 @@ struct CudaBackendStats {
   double last_step_ms = 0, last_host_ms = 0, last_gpu_ms = 0;
   // With profile_phases: the last step's GPU time by phase, in launch order of first use.
   std::vector<std::pair<std::string, double>> last_phases;
+  // Each product shape (out x in) and row count the decode GEMM takes: which kernel runs it,
+  // with both times where they were measured (DecodeGemm::kMeasured).
+  std::vector<std::string> gemm_choices;
 };
 
 // Counters of a backend made by CreateCudaBackend; zeros for any other backend.

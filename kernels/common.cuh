@@ -53,6 +53,32 @@ __device__ __forceinline__ void AllowDependentLaunch() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+// The start of a kernel that may be launched early: wait for the kernel ahead, then let the one
+// behind launch. Allowing only after the wait keeps at most one early launch waiting behind a
+// running kernel (allowed before it, launches pile up: kernels/NOTES.md, seventh run).
+__device__ __forceinline__ void WaitThenAllowDependents() {
+  WaitForPreviousGrid();
+  AllowDependentLaunch();
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when
+// `early` (the kernel must wait, WaitForPreviousGrid, before it touches what the kernel ahead
+// reads or writes).
+template <typename... Params, typename... Args>
+cudaError_t LaunchMaybeEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
+                             size_t smem, cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = early ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
 
 template <int kWidth>
 __device__ __forceinline__ float WarpSum(float x) {

@@ -12,12 +12,16 @@
 // mma.sync m16n8k16. The CUDA-core variant computes the same accumulators with FMAs from the
 // same tiles, so a wrong fragment layout shows as a difference between the two.
 //
-// Split-K (launch_plan.h's DecodeGemmPlanFor) with a merge of fixed order: every split writes
-// its fp32 partial to the workspace; the last CTA of the tile to count itself in sums the
-// partials in split order (its own from registers) and writes y. The result does not depend on
-// which CTA finished last, so two launches give the same bits.
+// Split-K (launch_plan.h's DecodeGemmPlanFor) merged in a thread block cluster: the splits of a
+// tile are one cluster (at most 8 CTAs, which the GPU places together); each CTA puts its fp32
+// partial in its own shared memory, and after a cluster barrier each sums a slice of the tile
+// over all the splits' shared memories (distributed shared memory), in split order, and writes
+// y. No workspace and no counters; the result does not depend on which CTA finished first, so
+// two launches give the same bits.
 #include <algorithm>
 #include <cstdint>
+
+#include <cooperative_groups.h>
 
 #include "kernels/common.cuh"
 #include "kernels/decode_attention_common.cuh"  // cp.async, CurrentSmLimits
@@ -45,17 +49,24 @@ struct GemmParams {
   const uint16_t* w;
   float* y;
   int rows, out, in, k_blocks, splits;
-  int32_t* counters;  // [tiles]
-  float* partials;    // [splits][rows][out]
 };
+
+// A split's partial tile in shared memory: fp32 [16 MT rows][kTileCols], rows padded by 4 floats
+// so that a warp's stores of its accumulators spread over the banks.
+constexpr int kPartialStride = kTileCols + 4;
+template <int MT>
+constexpr int PartialBytes() {
+  return 16 * MT * kPartialStride * int{sizeof(float)};
+}
+static_assert(PartialBytes<4>() <= SmemBytes<1>(), "a partial fits where the stages were");
 
 
 // Stage `kb` of `in` into a stage buffer: 8 weight pieces and MT x pieces a thread, zeros past
-// `out`, `rows` and `in` (nothing is read there).
-template <int MT>
-__device__ __forceinline__ void IssueStage(const GemmParams& p, int n0, int kb, uint16_t* stage) {
+// `out`, `rows` and `in` (nothing is read there). The weight's half and x's apart, so that an
+// early launch can copy weight stages before its wait for the kernel that writes x.
+__device__ __forceinline__ void IssueWeightStage(const GemmParams& p, int n0, int kb,
+                                                 uint16_t* stage) {
   uint16_t* w_tile = stage;
-  uint16_t* x_tile = stage + kTileCols * kTileK;
   const int piece = CopyPiece(threadIdx.x);
   const int k = kb * kTileK + piece * 8;
   const bool k_valid = k < p.in;
@@ -66,6 +77,13 @@ __device__ __forceinline__ void IssueStage(const GemmParams& p, int n0, int kb, 
     const uint16_t* src = valid ? p.w + int64_t{n} * p.in + k : p.w;
     CopyAsync16(w_tile + Swizzled(row, piece), src, valid);
   }
+}
+template <int MT>
+__device__ __forceinline__ void IssueXStage(const GemmParams& p, int kb, uint16_t* stage) {
+  uint16_t* x_tile = stage + kTileCols * kTileK;
+  const int piece = CopyPiece(threadIdx.x);
+  const int k = kb * kTileK + piece * 8;
+  const bool k_valid = k < p.in;
 #pragma unroll
   for (int i = 0; i < 16 * MT * kRowPieces / kThreads; ++i) {
     const int row = CopyRow(i, threadIdx.x);
@@ -73,6 +91,11 @@ __device__ __forceinline__ void IssueStage(const GemmParams& p, int n0, int kb, 
     const uint16_t* src = valid ? p.x + int64_t{row} * p.in + k : p.x;
     CopyAsync16(x_tile + Swizzled(row, piece), src, valid);
   }
+}
+template <int MT>
+__device__ __forceinline__ void IssueStage(const GemmParams& p, int n0, int kb, uint16_t* stage) {
+  IssueWeightStage(p, n0, kb, stage);
+  IssueXStage<MT>(p, kb, stage);
 }
 
 // acc[mt][nt] += the stage's x rows of tile mt times w columns of the warp's n8 tile nt.
@@ -144,55 +167,28 @@ __device__ __forceinline__ void FmaStage(const uint16_t* stage, float (&acc)[MT]
   }
 }
 
-// One output pair (columns col, col + 1 of a row) of a [rows][out] fp32 array: one 8-byte
-// access where both columns exist and out is even (so that the pair is 8-byte aligned).
-struct Pair {
-  int64_t index;
-  bool first, second;
-  __device__ __forceinline__ Pair(int row, int col, const GemmParams& p)
-      : index(int64_t{row} * p.out + col),
-        first(row < p.rows && col < p.out),
-        second(row < p.rows && col + 1 < p.out) {}
-  __device__ __forceinline__ bool vector(int out) const { return second && out % 2 == 0; }
-};
-__device__ __forceinline__ void StoreFloat(float* dst, float v, bool to_l2) {
-  if (to_l2) {
-    __stcg(dst, v);
-  } else {
-    *dst = v;
-  }
-}
-// to_l2: a partial, which another SM reads next (no L1 allocation).
-__device__ __forceinline__ void StorePair(float* base, const Pair& at, int out, float a, float b,
-                                          bool to_l2) {
-  if (at.vector(out)) {
-    float2* dst = reinterpret_cast<float2*>(base + at.index);
-    if (to_l2) {
-      __stcg(dst, make_float2(a, b));
-    } else {
-      *dst = make_float2(a, b);
-    }
+// Columns col, col + 1 of row `row` of y: one 8-byte store where both exist and out is even
+// (so that the pair is 8-byte aligned).
+__device__ __forceinline__ void StorePair(const GemmParams& p, int row, int col, float a, float b) {
+  if (row >= p.rows || col >= p.out) return;
+  float* dst = p.y + int64_t{row} * p.out + col;
+  if (col + 1 < p.out && p.out % 2 == 0) {
+    *reinterpret_cast<float2*>(dst) = make_float2(a, b);
     return;
   }
-  if (at.first) StoreFloat(base + at.index, a, to_l2);
-  if (at.second) StoreFloat(base + at.index + 1, b, to_l2);
-}
-// Another CTA's partial, from L2 (it was written by another SM).
-__device__ __forceinline__ float2 LoadPair(const float* base, const Pair& at, int out) {
-  if (at.vector(out)) return __ldcg(reinterpret_cast<const float2*>(base + at.index));
-  return make_float2(at.first ? __ldcg(base + at.index) : 0.0f,
-                     at.second ? __ldcg(base + at.index + 1) : 0.0f);
+  dst[0] = a;
+  if (col + 1 < p.out) dst[1] = b;
 }
 
-// This thread's accumulators as pairs: acc[mt][nt][2h], [2h + 1] are one pair.
-template <int MT>
-__device__ __forceinline__ Pair PairOf(const GemmParams& p, int n0, int mt, int nt, int h) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  return Pair(16 * mt + AccRow(lane, 2 * h), n0 + warp * kWarpCols + nt * 8 + AccCol(lane, 0), p);
+// Accumulator pair acc[mt][nt][2h], [2h + 1]: tile row 16 mt + AccRow, tile column of its first.
+__device__ __forceinline__ int PairRow(int mt, int h) { return 16 * mt + AccRow(threadIdx.x % 32, 2 * h); }
+__device__ __forceinline__ int PairCol(int nt) {
+  return (threadIdx.x / 32) * kWarpCols + nt * 8 + AccCol(threadIdx.x % 32, 0);
 }
 
+// One split: the accumulators straight to y.
 template <int MT>
-__device__ __forceinline__ void StoreTile(const GemmParams& p, int n0, float* base, bool to_l2,
+__device__ __forceinline__ void StoreTile(const GemmParams& p, int n0,
                                           const float (&acc)[MT][kColTiles][4]) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -200,64 +196,51 @@ __device__ __forceinline__ void StoreTile(const GemmParams& p, int n0, float* ba
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        StorePair(base, PairOf<MT>(p, n0, mt, nt, h), p.out, acc[mt][nt][2 * h],
-                  acc[mt][nt][2 * h + 1], to_l2);
+        StorePair(p, PairRow(mt, h), n0 + PairCol(nt), acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
       }
     }
   }
 }
 
-// The last CTA of a tile: y = the splits' partials summed in split order, this split's own
-// from registers. Loads go out kBatch splits at a time (a load behind the add before it
-// would wait a latency a split).
+// Several splits, one cluster: each CTA's partial into its shared memory; then CTA r of the
+// cluster sums float4 column groups r, r + splits, ... of every row over the splits' partials
+// in split order and writes them to y.
 template <int MT>
-__device__ __forceinline__ void MergeSplits(const GemmParams& p, int n0, int split,
-                                            const float (&acc)[MT][kColTiles][4]) {
-  constexpr int kBatch = 4;
-  const int64_t split_stride = int64_t{p.rows} * p.out;
+__device__ __forceinline__ void MergeInCluster(const GemmParams& p, int n0, float* partial,
+                                               const float (&acc)[MT][kColTiles][4]) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    if (16 * mt >= p.rows) break;
-    float2 sum[kColTiles][2];
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) sum[nt][0] = sum[nt][1] = make_float2(0.0f, 0.0f);
-    for (int s0 = 0; s0 < p.splits; s0 += kBatch) {
-      float2 part[kBatch][kColTiles][2];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int s = s0 + b;
-#pragma unroll
-        for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            part[b][nt][h] = s < p.splits && s != split
-                                 ? LoadPair(p.partials + s * split_stride,
-                                            PairOf<MT>(p, n0, mt, nt, h), p.out)
-                                 : make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
-          }
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        if (s0 + b >= p.splits) break;
-#pragma unroll
-        for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            sum[nt][h].x += part[b][nt][h].x;
-            sum[nt][h].y += part[b][nt][h].y;
-          }
-        }
-      }
-    }
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        StorePair(p.y, PairOf<MT>(p, n0, mt, nt, h), p.out, sum[nt][h].x, sum[nt][h].y, false);
+        *reinterpret_cast<float2*>(partial + PairRow(mt, h) * kPartialStride + PairCol(nt)) =
+            make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
       }
     }
   }
+  cluster.sync();  // every split's partial is in place
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int rows = min(16 * MT, p.rows);
+  constexpr int kGroups = kTileCols / 4;  // float4 column groups of a row
+  for (int g = rank + p.splits * static_cast<int>(threadIdx.x); g < rows * kGroups;
+       g += p.splits * kThreads) {
+    const int row = g / kGroups, col = (g % kGroups) * 4;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int s = 0; s < p.splits; ++s) {
+      const float4 v = *reinterpret_cast<const float4*>(
+          cluster.map_shared_rank(partial + row * kPartialStride + col, s));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    StorePair(p, row, n0 + col, sum.x, sum.y);
+    StorePair(p, row, n0 + col + 2, sum.z, sum.w);
+  }
+  cluster.sync();  // no CTA leaves while another still reads its shared memory
 }
 
 // Grid (tiles, splits).
@@ -265,7 +248,6 @@ template <int MT, bool kTensorCores>
 __global__ void __launch_bounds__(kThreads, kDecodeGemmCtasPerSm)
     DecodeGemmTileKernel(const GemmParams p) {
   extern __shared__ __align__(128) uint16_t smem[];  // [kStages][w 128 rows, x 16 MT rows][64]
-  __shared__ int is_last;
   const int tile = blockIdx.x, split = blockIdx.y, n0 = tile * kTileCols;
   const int kb_begin = SplitBegin(split, p.splits, p.k_blocks);
   const int blocks = SplitBegin(split + 1, p.splits, p.k_blocks) - kb_begin;
@@ -278,9 +260,16 @@ __global__ void __launch_bounds__(kThreads, kDecodeGemmCtasPerSm)
       acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
     }
   }
+  // The weight's first stages go out before the wait for the kernel ahead (it writes x, and
+  // reads or writes y); the first group holds them all.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < blocks) IssueStage<MT>(p, n0, kb_begin + s, smem + s * StageElems<MT>());
+    if (s < blocks) IssueWeightStage(p, n0, kb_begin + s, smem + s * StageElems<MT>());
+  }
+  WaitForPreviousGrid();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < blocks) IssueXStage<MT>(p, kb_begin + s, smem + s * StageElems<MT>());
     CopyAsyncCommit();
   }
   for (int i = 0, stage = 0; i < blocks; ++i, stage = stage + 1 < kStages ? stage + 1 : 0) {
@@ -297,31 +286,30 @@ __global__ void __launch_bounds__(kThreads, kDecodeGemmCtasPerSm)
     }
   }
   CopyAsyncWait<0>();  // only empty groups are left; nothing may land after the CTA leaves
+  AllowDependentLaunch();  // the kernel behind may start while the tiles are merged and stored
 
   if (p.splits == 1) {
-    StoreTile<MT>(p, n0, p.y, false, acc);
+    StoreTile<MT>(p, n0, acc);
     return;
   }
-  StoreTile<MT>(p, n0, p.partials + split * (int64_t{p.rows} * p.out), true, acc);
-  // Count this split in; its partial is visible device-wide before the count is.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    is_last = atomicAdd(p.counters + tile, 1) == p.splits - 1;
-    if (is_last) p.counters[tile] = 0;  // every split has counted: ready for the next launch
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  MergeSplits<MT>(p, n0, split, acc);
+  __syncthreads();  // every warp is done with the stages: the partial takes their place
+  MergeInCluster<MT>(p, n0, reinterpret_cast<float*>(smem), acc);
 }
 
 template <int MT, bool kTensorCores>
-cudaError_t LaunchTiles(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+cudaError_t LaunchTiles(const GemmParams& p, dim3 grid, bool early, cudaStream_t stream) {
   constexpr auto kKernel = DecodeGemmTileKernel<MT, kTensorCores>;
+  // Dynamic shared memory up to what the SM gives a CTA beside the kernel's static shared
+  // memory (their sum past the opt-in limit is an invalid launch).
+  static int max_smem = 0;
   static const cudaError_t configured = [] {
-    cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         SmemBytes<MT>());
+    cudaFuncAttributes attributes{};
+    cudaError_t e = cudaFuncGetAttributes(&attributes, kKernel);
+    max_smem = CurrentSmLimits().max_smem_per_cta - static_cast<int>(attributes.sharedSizeBytes);
+    if (e == cudaSuccess) {
+      e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               std::max(SmemBytes<MT>(), max_smem));
+    }
     if (e == cudaSuccess) {
       e = cudaFuncSetAttribute(kKernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
@@ -329,17 +317,45 @@ cudaError_t LaunchTiles(const GemmParams& p, dim3 grid, cudaStream_t stream) {
     return e;
   }();
   if (configured != cudaSuccess) return configured;
-  kKernel<<<grid, kThreads, SmemBytes<MT>(), stream>>>(p);
-  return cudaGetLastError();
+  // An early launch's CTAs are placed as SMs free up: padded so that no SM takes more than
+  // an even share (a plain launch places them breadth-first).
+  const int smem = early ? std::max(SmemBytes<MT>(),
+                                    std::min(max_smem, EvenPlacementSmem(SmemBytes<MT>(),
+                                                                         int64_t{grid.x} * grid.y,
+                                                                         CurrentSmLimits())))
+                         : SmemBytes<MT>();
+  // The splits of a tile are one cluster (MergeInCluster); early: a programmatic dependent launch.
+  cudaLaunchAttribute attrs[2] = {};
+  unsigned count = 0;
+  if (grid.y > 1) {
+    attrs[count].id = cudaLaunchAttributeClusterDimension;
+    attrs[count].val.clusterDim.x = 1;
+    attrs[count].val.clusterDim.y = grid.y;
+    attrs[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  if (early) {
+    attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attrs;
+  config.numAttrs = count;
+  return cudaLaunchKernelEx(&config, kKernel, p);
 }
 
 template <bool kTensorCores>
-cudaError_t LaunchForRows(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+cudaError_t LaunchForRows(const GemmParams& p, dim3 grid, bool early, cudaStream_t stream) {
   switch ((p.rows + 15) / 16) {
-    case 1: return LaunchTiles<1, kTensorCores>(p, grid, stream);
-    case 2: return LaunchTiles<2, kTensorCores>(p, grid, stream);
-    case 3: return LaunchTiles<3, kTensorCores>(p, grid, stream);
-    case 4: return LaunchTiles<4, kTensorCores>(p, grid, stream);
+    case 1: return LaunchTiles<1, kTensorCores>(p, grid, early, stream);
+    case 2: return LaunchTiles<2, kTensorCores>(p, grid, early, stream);
+    case 3: return LaunchTiles<3, kTensorCores>(p, grid, early, stream);
+    case 4: return LaunchTiles<4, kTensorCores>(p, grid, early, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -348,27 +364,17 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 }  // namespace
 
-size_t DecodeGemmWorkspaceBytes(int32_t max_rows, int32_t out, int32_t in) {
-  const DecodeGemmPlan plan = DecodeGemmPlanFor(out, in, CurrentSmLimits().sms);
-  return static_cast<size_t>(DecodeGemmWorkspaceBytes(plan, max_rows, out));
-}
-
 cudaError_t LaunchDecodeGemm(const DecodeGemmArgs& a, cudaStream_t stream) {
   if (!DecodeGemmTakes(a.rows, a.out, a.in) || !Aligned16(a.x) || !Aligned16(a.w) ||
-      !Aligned16(a.y) || !Aligned16(a.workspace) || a.workspace == nullptr) {
+      !Aligned16(a.y)) {
     return cudaErrorInvalidValue;
   }
   const DecodeGemmPlan plan = DecodeGemmPlanFor(a.out, a.in, CurrentSmLimits().sms, a.splits);
-  if (a.workspace_bytes < static_cast<size_t>(DecodeGemmWorkspaceBytes(plan, a.rows, a.out))) {
-    return cudaErrorInvalidValue;
-  }
-  uint8_t* workspace = static_cast<uint8_t*>(a.workspace);
-  const GemmParams p{a.x, a.w, a.y, a.rows, a.out, a.in, plan.k_blocks, plan.splits,
-                     reinterpret_cast<int32_t*>(workspace),
-                     reinterpret_cast<float*>(workspace + kDecodeGemmCounterBytes)};
+  const GemmParams p{a.x, a.w, a.y, a.rows, a.out, a.in, plan.k_blocks, plan.splits};
   const dim3 grid(plan.tiles, plan.splits);
-  return a.kernel == DecodeGemmKernel::kTensorCores ? LaunchForRows<true>(p, grid, stream)
-                                                    : LaunchForRows<false>(p, grid, stream);
+  return a.kernel == DecodeGemmKernel::kTensorCores
+             ? LaunchForRows<true>(p, grid, a.early_launch, stream)
+             : LaunchForRows<false>(p, grid, a.early_launch, stream);
 }
 
 }  // namespace spanserve::gpu

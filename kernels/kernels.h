@@ -1,7 +1,10 @@
 // Launchers of the CUDA kernels: plain C++ declarations, so that the backend and the tests are
 // compiled by the host compiler. bf16 arrays are passed as uint16_t bit patterns. Every launcher
 // returns the launch's error (cudaGetLastError), never synchronizes, and has fixed shapes given
-// by its arguments, so it can be captured in a CUDA graph.
+// by its arguments, so it can be captured in a CUDA graph. `early_launch` (sm_90's programmatic
+// dependent launch): the kernel's CTAs may start while the kernel ahead in the stream still
+// runs, read only what no kernel writes (weights, the step's plan), and wait for it before
+// anything else; graphs keep such launches as programmatic edges.
 //
 // KV cache of one layer, for K and for V alike: bf16 [num_blocks][num_kv_heads][block_size][head_dim].
 #pragma once
@@ -26,7 +29,8 @@ cudaError_t LaunchEmbedding(const int32_t* tokens, const uint16_t* table, int32_
 //   out[i] = bf16(y / sqrt(mean(y^2) + eps) * weight).
 cudaError_t LaunchAddRmsNorm(float* x, const float* delta, const float* weight,
                              const int32_t* row_map, int32_t rows, int32_t hidden, float eps,
-                             bool write_back, uint16_t* out, cudaStream_t stream);
+                             bool write_back, uint16_t* out, cudaStream_t stream,
+                             bool early_launch = false);
 
 // qkv: fp32 [rows][(heads + 2 kv_heads) * head_dim] (Q, K, V per row), plus qkv_bias (the
 // same width, one for all rows) where it is not null. Rotates Q and K by the row's position
@@ -45,11 +49,12 @@ struct RopeKvArgs {
   uint16_t* k_cache;
   uint16_t* v_cache;
 };
-cudaError_t LaunchRopeWriteKv(const RopeKvArgs& args, cudaStream_t stream);
+cudaError_t LaunchRopeWriteKv(const RopeKvArgs& args, cudaStream_t stream,
+                              bool early_launch = false);
 
 // gate_up: fp32 [rows][2 * inter] (gate then up); out = bf16(silu(gate) * up) [rows][inter].
 cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uint16_t* out,
-                          cudaStream_t stream);
+                          cudaStream_t stream, bool early_launch = false);
 
 // Block-sparse paged decode attention, split-KV. Grid (num_splits, num_kv_heads, num_rows), or
 // with split_major (num_kv_heads, num_rows, num_splits), so that every row's split 0 is
@@ -111,17 +116,15 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionArgs& args, cudaStream_
 // workspace.
 cudaError_t LaunchSample(const float* logits, int32_t rows, int32_t vocab,
                          const SampleEntry* params, float* probs, int32_t* tokens,
-                         cudaStream_t stream);
+                         cudaStream_t stream, bool early_launch = false);
 
 
 // y[rows, out] (fp32) = x[rows, in] . w[out, in]^T, bf16 inputs, fp32 accumulation, for the
 // shapes DecodeGemmTakes (launch_plan.h) takes; x, w and y 16-byte aligned. Rows of x and y
 // past `rows` are neither read nor written. Split-K (DecodeGemmPlanFor, at the device's SM
-// count unless `splits` > 0) with a deterministic merge: each split writes its partial to the
-// workspace, and the last CTA of a tile to arrive sums them in split order and writes y, then
-// zeroes the tile's counter. The workspace (DecodeGemmWorkspaceBytes) must start zeroed once;
-// launches leave its counters at zero again, so a captured graph replays. Launches sharing a
-// workspace must be ordered (one stream).
+// count unless `splits` > 0) with a deterministic merge: a tile's splits are one thread block
+// cluster and sum their partials in shared memory in split order. No workspace: launches of
+// any shapes may share a stream or run side by side.
 enum class DecodeGemmKernel : int32_t {
   kTensorCores,  // mma.sync m16n8k16
   kCudaCores,    // the same tiles and pipeline with fp32 FMAs: the check of the MMA path
@@ -131,14 +134,12 @@ struct DecodeGemmArgs {
   const uint16_t* w;  // bf16 [out][in]
   float* y;           // fp32 [rows][out]
   int32_t rows, out, in;
-  void* workspace;
-  size_t workspace_bytes;
   int32_t splits = 0;  // 0: DecodeGemmPlanFor's choice
   DecodeGemmKernel kernel = DecodeGemmKernel::kTensorCores;
+  // The first stages of w are in flight before the wait for the kernel ahead (only w: x is
+  // that kernel's output); the shared memory is padded for an even placement (one wave).
+  bool early_launch = false;
 };
 cudaError_t LaunchDecodeGemm(const DecodeGemmArgs& args, cudaStream_t stream);
-// Workspace bytes that launches of up to max_rows rows of this shape need on the current device
-// (with the splits DecodeGemmPlanFor chooses there).
-size_t DecodeGemmWorkspaceBytes(int32_t max_rows, int32_t out, int32_t in);
 
 }  // namespace spanserve::gpu

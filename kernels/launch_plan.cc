@@ -136,9 +136,7 @@ std::vector<int32_t> WrittenBlocks(std::span<const int32_t> kv_block) {
 
 
 bool DecodeGemmTakes(int32_t rows, int32_t out, int32_t in) {
-  const int64_t max_tiles = kDecodeGemmCounterBytes / int64_t{sizeof(int32_t)};
-  return rows >= 1 && rows <= kDecodeGemmMaxRows && in >= 8 && in % 8 == 0 && out >= 1 &&
-         (int64_t{out} + kDecodeGemmTileCols - 1) / kDecodeGemmTileCols <= max_tiles;
+  return rows >= 1 && rows <= kDecodeGemmMaxRows && in >= 8 && in % 8 == 0 && out >= 1;
 }
 
 DecodeGemmPlan DecodeGemmPlanFor(int32_t out, int32_t in, int32_t num_sms, int32_t splits) {
@@ -147,17 +145,11 @@ DecodeGemmPlan DecodeGemmPlanFor(int32_t out, int32_t in, int32_t num_sms, int32
   plan.k_blocks = (in + kDecodeGemmTileK - 1) / kDecodeGemmTileK;
   if (plan.tiles < 1 || plan.k_blocks < 1) return plan;
   if (splits <= 0) {
-    const int32_t slots = std::max(num_sms, 1) * kDecodeGemmCtasPerSm;
-    splits = std::max(1, slots / plan.tiles);
+    splits = std::max(1, std::max(num_sms, 1) / (2 * plan.tiles));
     splits = std::min(splits, std::max(1, plan.k_blocks / kDecodeGemmMinSplitBlocks));
   }
   plan.splits = std::clamp(splits, 1, std::min(kDecodeGemmMaxSplits, plan.k_blocks));
   return plan;
-}
-
-int64_t DecodeGemmWorkspaceBytes(const DecodeGemmPlan& plan, int32_t rows, int32_t out) {
-  const int64_t partials = plan.splits > 1 ? int64_t{plan.splits} * rows * out * 4 : 0;
-  return kDecodeGemmCounterBytes + partials;
 }
 
 }  // namespace spanserve::gpu

@@ -179,15 +179,11 @@ std::vector<int32_t> WrittenBlocks(std::span<const int32_t> kv_block);
 inline constexpr int32_t kDecodeGemmMaxRows = 64;
 inline constexpr int32_t kDecodeGemmTileCols = 128;   // output columns (weight rows) of a CTA
 inline constexpr int32_t kDecodeGemmTileK = 64;       // `in` of one pipeline stage
-inline constexpr int32_t kDecodeGemmMaxSplits = 16;
+inline constexpr int32_t kDecodeGemmMaxSplits = 8;  // a cluster's CTAs (the portable most)
 inline constexpr int32_t kDecodeGemmMinSplitBlocks = 4;  // stages of the shortest split
 inline constexpr int32_t kDecodeGemmCtasPerSm = 2;    // 72-96 KiB of shared memory each
-// The tiles' arrival counters sit at the start of the workspace, at a fixed size, so that
-// launches of every shape can share one workspace: at most this many tiles (out <= 512k).
-inline constexpr int64_t kDecodeGemmCounterBytes = 16384;
-
-// Shapes the decode GEMM takes: 1 to 64 rows, `in` a multiple of 8 (16-byte copies), `out`
-// within the counters. The caller falls back to cuBLAS for the rest.
+// Shapes the decode GEMM takes: 1 to 64 rows, `in` a multiple of 8 (16-byte copies). The
+// caller falls back to cuBLAS for the rest.
 bool DecodeGemmTakes(int32_t rows, int32_t out, int32_t in);
 
 struct DecodeGemmPlan {
@@ -195,15 +191,12 @@ struct DecodeGemmPlan {
   int32_t k_blocks = 0;  // ceil(in / kDecodeGemmTileK)
   int32_t splits = 1;    // slices of `in`, each of k_blocks / splits stages (or one more)
 };
-// Splits: as many as keep tiles x splits CTAs within one wave of kDecodeGemmCtasPerSm a SM (a
-// second, partly filled wave would cost as long as the first), each of at least
-// kDecodeGemmMinSplitBlocks stages. LLaMA-7B at 132 SMs: qkv 96 tiles x 2, o 32 x 8, gate_up
-// 172 x 1, down 32 x 8, lm_head 250 x 1. `splits` > 0 forces a count (benchmarks), capped by
-// the stages there are.
+// Splits: as many as keep tiles x splits CTAs within half the SMs (one CTA each), each of at
+// least kDecodeGemmMinSplitBlocks stages. Measured, not modelled: on the H100 at 16-64 rows
+// every LLaMA-7B product was fastest so (qkv 96 tiles x 1, o 32 x 2, gate_up 172 x 1, down
+// 32 x 2, lm_head 250 x 1), and filling a wave of 2 CTAs a SM instead (o, down 8 splits) was
+// 30-40% slower at 64 rows (bench/results/cuda/2026-12-07/early_launch). `splits` > 0 forces
+// a count (benchmarks, the backend's measured choice), capped by the stages there are.
 DecodeGemmPlan DecodeGemmPlanFor(int32_t out, int32_t in, int32_t num_sms, int32_t splits = 0);
-
-// Workspace of a launch of `rows` rows: the counters, then with several splits each split's
-// fp32 partial [splits][rows][out].
-int64_t DecodeGemmWorkspaceBytes(const DecodeGemmPlan& plan, int32_t rows, int32_t out);
 
 }  // namespace spanserve::gpu

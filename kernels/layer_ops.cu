@@ -4,6 +4,9 @@
 // (tens of rows) they are latency-bound instead: each thread issues all its loads before it
 // uses any (16-byte vectors, several a thread), so a launch costs about one memory round trip
 // rather than one a loop iteration (AddRmsNorm took 16 us for 64 rows of 4096 that way).
+// Each may be launched early (programmatic dependent launch, `early_launch`): what does not
+// depend on the kernel ahead (the norm's weight, RoPE's angles from the step's plan) is read
+// before the wait, and the kernel behind may launch as soon as the wait returns.
 #include <algorithm>
 #include <cstdint>
 
@@ -29,6 +32,7 @@ __device__ float BlockSum(float v) {
 
 __global__ void __launch_bounds__(kRowThreads)
     EmbeddingKernel(const int32_t* tokens, const uint16_t* table, int32_t hidden, float* x) {
+  WaitThenAllowDependents();
   const int64_t r = blockIdx.x;
   const uint16_t* src = table + int64_t{tokens[r]} * hidden;
   for (int i = threadIdx.x; i < hidden; i += kRowThreads) x[r * hidden + i] = Bf16BitsToFloat(src[i]);
@@ -60,13 +64,20 @@ __global__ void __launch_bounds__(kNormThreads)
                          const float* __restrict__ weight, const int32_t* __restrict__ row_map,
                          int32_t hidden, float eps, bool write_back, uint16_t* __restrict__ out) {
   const int64_t i = blockIdx.x;
-  const int64_t r = row_map != nullptr ? row_map[i] : i;
   const int n4 = hidden / 4;
+  const float4* w4 = reinterpret_cast<const float4*>(weight);
+  const float4 zero = make_float4(0, 0, 0, 0);
+  float4 held_w[kNormVecs];  // the weight does not depend on the kernel ahead
+#pragma unroll
+  for (int v = 0; v < kNormVecs; ++v) {
+    const int j = threadIdx.x + v * kNormThreads;
+    held_w[v] = j < n4 ? w4[j] : zero;
+  }
+  WaitThenAllowDependents();  // row_map is written by no kernel, but x and delta are
+  const int64_t r = row_map != nullptr ? row_map[i] : i;
   float4* xr = reinterpret_cast<float4*>(x + r * hidden);
   const float4* dr = delta != nullptr ? reinterpret_cast<const float4*>(delta + r * hidden) : nullptr;
-  const float4* w4 = reinterpret_cast<const float4*>(weight);
   uint2* o4 = reinterpret_cast<uint2*>(out + i * hidden);
-  const float4 zero = make_float4(0, 0, 0, 0);
   float4 held[kNormVecs];
   float sum_squares = 0.0f;
 #pragma unroll
@@ -86,7 +97,7 @@ __global__ void __launch_bounds__(kNormThreads)
     const int j = threadIdx.x + v * kNormThreads;
     if (j >= n4) continue;
     if (write_back) xr[j] = held[v];
-    StoreNormed4(o4 + j, held[v], w4[j], inv_rms);
+    StoreNormed4(o4 + j, held[v], held_w[v], inv_rms);
   }
   for (int j = threadIdx.x + kNormVecs * kNormThreads; j < n4; j += kNormThreads) {
     // This thread wrote xr[j] above, so it reads its own value back.
@@ -99,6 +110,7 @@ __global__ void __launch_bounds__(kNormThreads)
 __global__ void __launch_bounds__(kRowThreads)
     AddRmsNormKernel(float* x, const float* delta, const float* weight, const int32_t* row_map,
                      int32_t hidden, float eps, bool write_back, uint16_t* out) {
+  WaitThenAllowDependents();
   const int64_t i = blockIdx.x;
   const int64_t r = row_map != nullptr ? row_map[i] : i;
   float* xr = x + r * hidden;
@@ -121,8 +133,6 @@ __global__ void __launch_bounds__(kRowThreads)
 // then Q to q_out and K, V to the cache slot, with the loads of several pairs issued together.
 constexpr int kRopeThreads = 512;
 __global__ void __launch_bounds__(kRopeThreads) RopeWriteKvKernel(const RopeKvArgs a) {
-  AllowDependentLaunch();  // decode attention may start; it waits for this grid before it
-                           // reads q or a block this step writes
   __shared__ float cos_sin[2][128];
   const int64_t r = blockIdx.x;
   const int hd = a.head_dim, half = hd / 2, H = a.num_heads, KVH = a.num_kv_heads;
@@ -132,6 +142,9 @@ __global__ void __launch_bounds__(kRopeThreads) RopeWriteKvKernel(const RopeKvAr
     cos_sin[0][i] = static_cast<float>(cos(angle));
     cos_sin[1][i] = static_cast<float>(sin(angle));
   }
+  // The angles came from the step's plan; q, K and V from the kernel ahead. Decode attention
+  // may launch now: it waits for this grid before it reads q or a block this step writes.
+  WaitThenAllowDependents();
   __syncthreads();
   const float* __restrict__ row = a.qkv + r * (H + 2 * KVH) * hd;
   const float* __restrict__ bias = a.qkv_bias;
@@ -164,6 +177,7 @@ __device__ __forceinline__ float Silu(float gate) { return gate / (1.0f + expf(-
 // index arithmetic (the launch checks rows * inter < 2^31).
 __global__ void SiluMulVec4Kernel(const float4* __restrict__ gate_up, int32_t rows, int32_t inter4,
                                   uint2* __restrict__ out) {
+  WaitThenAllowDependents();
   const int32_t n = rows * inter4;
   for (int32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += gridDim.x * blockDim.x) {
     const int32_t r = idx / inter4, i = idx - r * inter4;
@@ -176,6 +190,7 @@ __global__ void SiluMulVec4Kernel(const float4* __restrict__ gate_up, int32_t ro
 }
 
 __global__ void SiluMulKernel(const float* gate_up, int32_t rows, int32_t inter, uint16_t* out) {
+  WaitThenAllowDependents();
   const int64_t n = int64_t{rows} * inter;
   for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n;
        idx += int64_t{gridDim.x} * blockDim.x) {
@@ -200,40 +215,36 @@ cudaError_t LaunchEmbedding(const int32_t* tokens, const uint16_t* table, int32_
 
 cudaError_t LaunchAddRmsNorm(float* x, const float* delta, const float* weight,
                              const int32_t* row_map, int32_t rows, int32_t hidden, float eps,
-                             bool write_back, uint16_t* out, cudaStream_t stream) {
+                             bool write_back, uint16_t* out, cudaStream_t stream,
+                             bool early_launch) {
   if (rows == 0) return cudaSuccess;
   const bool vec4 = hidden % 4 == 0 && Aligned(x, 16) && Aligned(delta, 16) &&
                     Aligned(weight, 16) && Aligned(out, 8);
-  if (vec4) {
-    AddRmsNormVec4Kernel<<<rows, kNormThreads, 0, stream>>>(x, delta, weight, row_map, hidden,
-                                                            eps, write_back, out);
-  } else {
-    AddRmsNormKernel<<<rows, kRowThreads, 0, stream>>>(x, delta, weight, row_map, hidden, eps,
-                                                       write_back, out);
-  }
-  return cudaGetLastError();
+  return vec4 ? LaunchMaybeEarly(early_launch, AddRmsNormVec4Kernel, rows, kNormThreads, 0, stream,
+                                 x, delta, weight, row_map, hidden, eps, write_back, out)
+              : LaunchMaybeEarly(early_launch, AddRmsNormKernel, rows, kRowThreads, 0, stream, x,
+                                 delta, weight, row_map, hidden, eps, write_back, out);
 }
 
-cudaError_t LaunchRopeWriteKv(const RopeKvArgs& a, cudaStream_t stream) {
+cudaError_t LaunchRopeWriteKv(const RopeKvArgs& a, cudaStream_t stream, bool early_launch) {
   if (a.rows == 0) return cudaSuccess;
   if (a.head_dim % 2 != 0 || a.head_dim > 256) return cudaErrorInvalidValue;
-  RopeWriteKvKernel<<<a.rows, kRopeThreads, 0, stream>>>(a);
-  return cudaGetLastError();
+  return LaunchMaybeEarly(early_launch, RopeWriteKvKernel, a.rows, kRopeThreads, 0, stream, a);
 }
 
 cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uint16_t* out,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, bool early_launch) {
   if (rows == 0) return cudaSuccess;
   const int64_t n = int64_t{rows} * inter;
   if (inter % 4 == 0 && n < (int64_t{1} << 31) && Aligned(gate_up, 16) && Aligned(out, 8)) {
     const int blocks = static_cast<int>(std::min<int64_t>((n / 4 + 255) / 256, 4096));
-    SiluMulVec4Kernel<<<blocks, 256, 0, stream>>>(reinterpret_cast<const float4*>(gate_up), rows,
-                                                  inter / 4, reinterpret_cast<uint2*>(out));
-    return cudaGetLastError();
+    return LaunchMaybeEarly(early_launch, SiluMulVec4Kernel, blocks, 256, 0, stream,
+                            reinterpret_cast<const float4*>(gate_up), rows, inter / 4,
+                            reinterpret_cast<uint2*>(out));
   }
   const int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 4096));
-  SiluMulKernel<<<blocks, 256, 0, stream>>>(gate_up, rows, inter, out);
-  return cudaGetLastError();
+  return LaunchMaybeEarly(early_launch, SiluMulKernel, blocks, 256, 0, stream, gate_up, rows,
+                          inter, out);
 }
 
 }  // namespace spanserve::gpu

@@ -122,6 +122,7 @@ __device__ uint32_t ThresholdKey(const float* x, int32_t vocab, T target, Weight
 __global__ void __launch_bounds__(kSampleThreads)
     SampleKernel(const float* logits, int32_t vocab, const SampleEntry* params, float* probs,
                  int32_t* tokens) {
+  WaitThenAllowDependents();
   const int64_t row = blockIdx.x;
   const SampleEntry p = params[row];
   if (!p.active) {
@@ -224,10 +225,10 @@ __global__ void __launch_bounds__(kSampleThreads)
 
 cudaError_t LaunchSample(const float* logits, int32_t rows, int32_t vocab,
                          const SampleEntry* params, float* probs, int32_t* tokens,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, bool early_launch) {
   if (rows == 0) return cudaSuccess;
-  SampleKernel<<<rows, kSampleThreads, 0, stream>>>(logits, vocab, params, probs, tokens);
-  return cudaGetLastError();
+  return LaunchMaybeEarly(early_launch, SampleKernel, rows, kSampleThreads, 0, stream, logits,
+                          vocab, params, probs, tokens);
 }
 
 }  // namespace spanserve::gpu

@@ -43,8 +43,9 @@ ServerMetrics::ServerMetrics(metrics::Registry* r)
                                  "Sequences per engine step.",
                                  {1, 2, 4, 8, 16, 32, 64, 128, 256}).Get({})),
       step_duration(r->AddHistogram("spanserve_step_duration_seconds",
-                                    "Time of one engine step on the backend.",
-                                    StepBuckets()).Get({})),
+                                    "Time of one engine step on the backend, by phase: decode "
+                                    "(one row a sequence) or prefill (the step has prompt rows).",
+                                    StepBuckets(), {"phase"})),
       attention_density(r->AddHistogram("spanserve_attention_density_ratio",
                                         "Attended tokens over causal context, per decode token.",
                                         LinearBuckets(0.1, 0.1, 10)).Get({})),
@@ -81,7 +82,9 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
 
 void MetricsObserver::OnStep(const StepStats& stats) {
   m_->batch_size.Observe(stats.num_seqs);
-  m_->step_duration.Observe(stats.seconds);
+  // Apart, because a served run's steps mix both and only decode steps are what spans cut.
+  const bool decode_only = stats.num_rows == stats.num_seqs;
+  m_->step_duration.Get({decode_only ? "decode" : "prefill"}).Observe(stats.seconds);
   m_->kv_blocks_read.Inc(static_cast<double>(stats.kv_blocks_read));
   m_->kv_blocks_dense.Inc(static_cast<double>(stats.kv_blocks_dense));
   for (double density : stats.densities) m_->attention_density.Observe(density);

@@ -31,7 +31,7 @@ class ServerMetrics {
   metrics::Gauge& kv_blocks_capacity;
   metrics::Counter& preemptions;
   metrics::Histogram& batch_size;
-  metrics::Histogram& step_duration;
+  metrics::Family<metrics::Histogram>& step_duration;  // by phase: decode, prefill
   metrics::Histogram& attention_density;
   metrics::Counter& kv_blocks_read;
   metrics::Counter& kv_blocks_dense;

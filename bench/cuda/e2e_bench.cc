@@ -107,7 +107,8 @@ struct Options {
   int32_t requests = 256, batch = 64, min_context = 1024, max_context = 4096, block_size = 16;
   double memory_fraction = 0.9;
   bool profile_phases = false;
-  bool decode_gemm = false;  // kernels/decode_gemm.cu for products of up to 64 rows
+  std::string decode_gemm = "measured";  // CudaBackendOptions::decode_gemm: off, on, measured
+  bool early_launch = true;               // CudaBackendOptions::early_launch
   std::string json = "e2e.json";
 };
 
@@ -119,7 +120,11 @@ ModeResult RunMode(std::shared_ptr<const Model> model, const Options& o, SpanMod
   backend_options.pool.block_size = o.block_size;
   backend_options.gpu_memory_fraction = o.memory_fraction;
   backend_options.profile_phases = o.profile_phases;
-  backend_options.decode_gemm = o.decode_gemm;
+  using DecodeGemm = CudaBackendOptions::DecodeGemm;
+  backend_options.decode_gemm = o.decode_gemm == "off" ? DecodeGemm::kOff
+                                : o.decode_gemm == "on" ? DecodeGemm::kOn
+                                                        : DecodeGemm::kMeasured;
+  backend_options.early_launch = o.early_launch;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(model, backend_options);
   if (!backend.ok()) {
     std::fprintf(stderr, "%s\n", backend.status().ToString().c_str());
@@ -221,8 +226,12 @@ int Main(int argc, char** argv) {
   app.add_option("--json", o.json);
   app.add_flag("--profile-phases", o.profile_phases,
                "eager steps with an event after every launch: GPU time by phase");
-  app.add_flag("--decode-gemm", o.decode_gemm,
-               "products of up to 64 rows through the decode GEMM (default: cublasGemmEx)");
+  app.add_option("--decode-gemm", o.decode_gemm,
+                 "products of up to 64 rows: off (cublasGemmEx), on (the decode GEMM), measured "
+                 "(the faster of the two for each shape, timed at init)")
+      ->check(CLI::IsMember({"off", "on", "measured"}));
+  app.add_option("--early-launch", o.early_launch,
+                 "programmatic dependent launch of the layer's kernels and the decode GEMM");
   CLI11_PARSE(app, argc, argv);
   if (CudaDeviceCount() == 0) {
     std::fprintf(stderr, "no CUDA device visible\n");
@@ -243,11 +252,16 @@ int Main(int argc, char** argv) {
   std::FILE* json = std::fopen(o.json.c_str(), "w");
   std::fprintf(json, "{\"requests\": %d, \"batch\": %d, \"min_context\": %d, \"max_context\": %d, "
                      "\"block_size\": %d, \"copy_gbps\": %.1f, \"read_gbps\": %.1f, "
-                     "\"profile_phases\": %s, \"decode_gemm\": %s, \"speedup\": %.4f, "
-                     "\"modes\": [",
+                     "\"profile_phases\": %s, \"decode_gemm\": \"%s\", \"early_launch\": %s, "
+                     "\"speedup\": %.4f, \"gemm_choices\": [",
                o.requests, o.batch, o.min_context, o.max_context, o.block_size, copy_gbps,
-               read_gbps, o.profile_phases ? "true" : "false", o.decode_gemm ? "true" : "false",
-               speedup);
+               read_gbps, o.profile_phases ? "true" : "false", o.decode_gemm.c_str(),
+               o.early_launch ? "true" : "false", speedup);
+  const std::vector<std::string>& choices = results[0].backend.gemm_choices;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    std::fprintf(json, "%s\"%s\"", i ? ", " : "", choices[i].c_str());
+  }
+  std::fprintf(json, "], \"modes\": [");
   for (size_t i = 0; i < results.size(); ++i) {
     const ModeResult& r = results[i];
     std::fprintf(json, "%s{\"mode\": \"%s\", \"generated_tokens\": %lld, \"wall_seconds\": %.3f, "
@@ -276,10 +290,12 @@ int Main(int argc, char** argv) {
   std::fclose(json);
 
   std::printf("\nLLaMA-7B-shaped, dummy bf16 weights, %d requests, contexts %d-%d, batch %d, "
-              "block %d, read roof %.0f GB/s, copy %.0f GB/s (read + write)%s%s\n",
+              "block %d, read roof %.0f GB/s, copy %.0f GB/s (read + write)%s, decode GEMM %s, "
+              "early launch %s\n",
               o.requests, o.min_context, o.max_context, o.batch, o.block_size, read_gbps,
               copy_gbps, o.profile_phases ? ", PROFILED (eager steps)" : "",
-              o.decode_gemm ? ", decode GEMM" : "");
+              o.decode_gemm.c_str(), o.early_launch ? "on" : "off");
+  for (const std::string& line : choices) std::printf("  %s\n", line.c_str());
   std::printf("%-14s %8s %7s %8s %8s %8s %8s %8s %7s %8s %7s %5s\n", "mode", "tok/s", "wall_s",
               "step_ms", "host_ms", "gpu_ms", "floor", "w_floor", "kv_floor", "stp/flr",
               "kv_read", "preem");

@@ -138,15 +138,9 @@ int main(int argc, char** argv) {
     void* y;
     CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&x), 2 * size_t(max_m) * shape.k));
     CHECK_CUDA(cudaMalloc(&y, 4 * size_t(max_m) * shape.n));
-    // The decode GEMM's output (checked against cublasGemmEx's) and workspace, room for any
-    // split count, zeroed once (its launches leave the counters at zero).
+    // The decode GEMM's output, checked against cublasGemmEx's.
     float* y_ours;
-    void* gemm_workspace;
-    const size_t gemm_workspace_bytes = spanserve::gpu::kDecodeGemmCounterBytes +
-        size_t(spanserve::gpu::kDecodeGemmMaxSplits) * max_m * shape.n * 4;
     CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&y_ours), 4 * size_t(max_m) * shape.n));
-    CHECK_CUDA(cudaMalloc(&gemm_workspace, gemm_workspace_bytes));
-    CHECK_CUDA(cudaMemset(gemm_workspace, 0, gemm_workspace_bytes));
     CHECK_CUDA(spanserve::bench::FillRandomBf16(x, size_t(max_m) * shape.k, 2, stream));
     const double weight_bytes = 2.0 * w_elems;
     auto report = [&](int m, const char* variant, const char* out, int algo, float us) {
@@ -170,8 +164,7 @@ int main(int argc, char** argv) {
         if (!spanserve::gpu::DecodeGemmTakes(m, shape.n, shape.k)) continue;
         for (const int split_count : splits) {
           auto args = [&](int r) {
-            spanserve::gpu::DecodeGemmArgs a{x, w[r % copies], y_ours, m, shape.n, shape.k,
-                                             gemm_workspace, gemm_workspace_bytes};
+            spanserve::gpu::DecodeGemmArgs a{x, w[r % copies], y_ours, m, shape.n, shape.k};
             a.splits = split_count;
             a.kernel = kernel;
             return a;
@@ -236,7 +229,6 @@ int main(int argc, char** argv) {
     cudaFree(x);
     cudaFree(y);
     cudaFree(y_ours);
-    cudaFree(gemm_workspace);
   }
   cublasLtDestroy(lt);
   cublasDestroy(blas);

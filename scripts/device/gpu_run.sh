@@ -23,6 +23,10 @@
 #                                       cache, SDPA, CUDA graph; PEER_COMPILE=1 adds torch.compile)
 #                                       and cuda_e2e_bench at the same fixed context (PEER_CONTEXT)
 #                                       and batches 1 and 64, in turn
+#   scripts/device/gpu_run.sh variants  e2e once for each backend variant in E2E_VARIANTS (default:
+#                                       plain launches and cuBLAS; early launches and cuBLAS;
+#                                       early launches and the measured GEMM choice), one after
+#                                       another in one call, with E2E_ARGS
 #   scripts/device/gpu_run.sh all       check, kernels, e2e in turn (longer than one 10-minute
 #                                       command)
 # Several phases may be named in one call: gpu_run.sh check kernels interleave.
@@ -138,6 +142,18 @@ e2e() {
   grep -v '^dummy weights\|^cuda: weights' "$work/e2e.log" | tail -12
   cp "$work/e2e.json" "$out/" 2>/dev/null
 }
+variants() {
+  local v tag
+  for v in ${E2E_VARIANTS:-"0:off" "1:off" "1:measured"}; do
+    tag=early${v%%:*}_gemm_${v##*:}
+    timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --json "$work/e2e_$tag.json" \
+      --early-launch "${v%%:*}" --decode-gemm "${v##*:}" ${E2E_ARGS:-} >"$work/e2e_$tag.log" 2>&1 \
+      || status=1
+    echo "== $tag"
+    grep -v '^dummy weights\|^cuda: weights' "$work/e2e_$tag.log" | tail -26
+    cp "$work/e2e_$tag.json" "$out/" 2>/dev/null
+  done
+}
 bench() {
   "$pack/bin/cuda_attention_bench" --csv "$work/attention_bench.csv" ${BENCH_ARGS:-} \
     >"$work/attention_bench.log" 2>&1 || status=1
@@ -179,7 +195,9 @@ roof() {
 }
 gemm() {
   "$pack/bin/cuda_gemm_bench" ${GEMM_ARGS:-} >"$work/gemm.csv" 2>"$work/gemm.log" || status=1
-  grep -E '^#|gemm_ex_default|decode_gemm|lt_best' "$work/gemm.csv" | column -t -s, | head -160
+  # The GPU machine has no column(1).
+  grep -E '^#|gemm_ex_default|decode_gemm|lt_best' "$work/gemm.csv" |
+    { if command -v column >/dev/null; then column -t -s,; else cat; fi; } | head -160
   cp "$work/gemm.csv" "$out/" 2>/dev/null
 }
 breakdown() {
@@ -211,9 +229,9 @@ peer() {
 }
 for p in "${phases[@]}"; do
   case $p in
-    check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer) $p ;;
+    check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer|variants) $p ;;
     all) check; kernels; e2e ;;
-    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer|all ..."; exit 2 ;;
+    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer|variants|all ..."; exit 2 ;;
   esac
 done
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .

@@ -50,12 +50,15 @@ std::shared_ptr<const Model> TestModel(int hidden, int heads, int kv_heads, int 
 }
 
 std::unique_ptr<Backend> MakeCuda(std::shared_ptr<const Model> model, int32_t block_size,
-                                  int32_t num_blocks, bool graphs, bool decode_gemm = true) {
+                                  int32_t num_blocks, bool graphs, bool decode_gemm = true,
+                                  bool early_launch = true) {
   CudaBackendOptions options;
   options.pool.block_size = block_size;
   options.pool.num_blocks = num_blocks;
   options.cuda_graphs = graphs;
-  options.decode_gemm = decode_gemm;
+  options.decode_gemm = decode_gemm ? CudaBackendOptions::DecodeGemm::kOn
+                                    : CudaBackendOptions::DecodeGemm::kOff;
+  options.early_launch = early_launch;
   options.max_step_rows = 256;
   options.progress = false;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(model, options);
@@ -283,6 +286,51 @@ TEST(CudaBackend, DecodeGemmMatchesCublas) {
     EXPECT_GE(a.identical, 55);
     EXPECT_EQ(a.identical + a.near_ties, 60);
   }
+}
+
+// Early launches (each kernel waits for the one ahead before it reads its output) compute the
+// same bits as plain launches, in graphs and eagerly, with either product kernel.
+TEST(CudaBackend, EarlyLaunchesGiveThePlainLaunchesBits) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::shared_ptr<const Model> model = TestModel(512, 8, 2, 2);
+  Schedule schedule = MakeSchedule(60, 16, 6);
+  schedule.batch = 40;
+  for (const bool graphs : {true, false}) {
+    for (const bool decode_gemm : {true, false}) {
+      std::unique_ptr<Backend> plain = MakeCuda(model, 16, 1024, graphs, decode_gemm, false);
+      std::unique_ptr<Backend> early = MakeCuda(model, 16, 1024, graphs, decode_gemm, true);
+      ASSERT_TRUE(plain && early);
+      const Agreement a = Compare(RunGreedy(early.get(), schedule), RunGreedy(plain.get(), schedule),
+                                  kLogitTolerance);
+      EXPECT_EQ(a.identical, 60) << "graphs " << graphs << ", decode GEMM " << decode_gemm;
+      EXPECT_EQ(a.max_logit_error, 0.0) << "graphs " << graphs << ", decode GEMM " << decode_gemm;
+    }
+  }
+}
+
+// The measured choice times cuBLAS and the decode GEMM at its split counts for every shape and
+// row tile count.
+TEST(CudaBackend, MeasuredDecodeGemmChoosesForEveryShape) {
+  SPANSERVE_SKIP_WITHOUT_GPU();
+  std::shared_ptr<const Model> model = TestModel(512, 8, 2, 2);
+  CudaBackendOptions options;
+  options.pool.num_blocks = 256;
+  options.max_step_rows = 256;
+  options.progress = false;
+  ASSERT_EQ(options.decode_gemm, CudaBackendOptions::DecodeGemm::kMeasured);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(model, options);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  const std::vector<std::string>& choices = GetCudaBackendStats(**backend).gemm_choices;
+  EXPECT_EQ(choices.size(), 5u * 4u);  // qkv, o, gate_up, down, lm_head at 16, 32, 48, 64 rows
+  for (const std::string& line : choices) {
+    std::printf("%s\n", line.c_str());
+    EXPECT_NE(line.find("(cuBLAS "), std::string::npos) << line;  // both were timed
+    EXPECT_NE(line.find(" splits "), std::string::npos) << line;
+  }
+  const Agreement a = Compare(RunGreedy(backend->get(), MakeSchedule(20, 16, 7)),
+                              RunGreedy(MakeCpu(model, 16, 256).get(), MakeSchedule(20, 16, 7)),
+                              kLogitTolerance);
+  EXPECT_EQ(a.identical + a.near_ties, 20);
 }
 
 // A bad batch is an INVALID_ARGUMENT error, and the backend goes on working after it.

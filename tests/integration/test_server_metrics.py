@@ -75,6 +75,9 @@ def test_counters_follow_the_traffic(busy_server):
     names = ("spanserve_generated_tokens_total", "spanserve_kv_blocks_dense_total",
              "spanserve_kv_blocks_read_total", "spanserve_time_to_first_token_seconds_count")
     before = {name: server.metric(name) for name in names}
+    steps = "spanserve_step_duration_seconds_count"
+    decode_before = server.metric(steps, {"phase": "decode"})
+    prefill_before = server.metric(steps, {"phase": "prefill"})
     ok_before = server.metric("spanserve_requests_total", {"rpc": "Generate", "code": "OK"})
     response = server.stub().Generate(request(max_tokens=17, ignore_eos=True), timeout=60)
     # The engine reports a step and a finish to the observer just after the client's answer.
@@ -87,6 +90,10 @@ def test_counters_follow_the_traffic(busy_server):
                  what=f"{name} to grow by {increase}")
     assert server.metric("spanserve_requests_total", {"rpc": "Generate", "code": "OK"}) == \
         ok_before + 1
+    # The prompt's step(s) gave the first token, one decode step each of the other 16.
+    wait_for(lambda: server.metric(steps, {"phase": "decode"}) == decode_before + 16, 5,
+             what="16 decode steps")
+    assert server.metric(steps, {"phase": "prefill"}) >= prefill_before + 1
     assert server.metric("spanserve_kv_blocks_read_total") <= \
         server.metric("spanserve_kv_blocks_dense_total")
     assert server.metric("spanserve_kv_blocks_capacity") > 0

@@ -185,9 +185,13 @@ def test_metric_deltas():
         "spanserve_generated_tokens_total 160\nspanserve_kv_blocks_read_total 7\n"
         'spanserve_requests_total{rpc="GenerateStream",code="OK"} 5\n'
         'spanserve_requests_total{rpc="GenerateStream",code="RESOURCE_EXHAUSTED"} 1\n'
-        'spanserve_requests_total{rpc="GetModelInfo",code="OK"} 0\n')
+        'spanserve_requests_total{rpc="GetModelInfo",code="OK"} 0\n'
+        'spanserve_step_duration_seconds_count{phase="decode"} 40\n'
+        'spanserve_step_duration_seconds_sum{phase="prefill"} 0.5\n')
     deltas = sb.metric_deltas(before, after)
     assert deltas["spanserve_generated_tokens_total"] == 60
+    assert deltas['spanserve_step_duration_seconds_count{phase="decode"}'] == 40
+    assert deltas['spanserve_step_duration_seconds_sum{phase="prefill"}'] == 0.5
     assert deltas["spanserve_kv_blocks_read_total"] == 7
     assert deltas["spanserve_preemptions_total"] == 0
     assert deltas["requests"] == {"GenerateStream OK": 2, "GenerateStream RESOURCE_EXHAUSTED": 1}
