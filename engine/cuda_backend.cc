@@ -527,6 +527,7 @@ void CudaBackend::ChooseDecodeGemms() {
       if (options_.decode_gemm != Mode::kMeasured) continue;
       const float cublas = TimeProduct(shape, rows, kCublas);
       float best = cublas;
+      chosen[tiles - 1] = kCublas;  // unless a split count beats it
       std::string times;
       for (const int32_t asked : {planned, 1, 2, 4, 8}) {
         const int32_t splits = gpu::DecodeGemmPlanFor(shape.out, shape.in, num_sms_, asked).splits;
@@ -538,7 +539,6 @@ void CudaBackend::ChooseDecodeGemms() {
           chosen[tiles - 1] = splits;
         }
       }
-      if (best == cublas) chosen[tiles - 1] = kCublas;
       lines[tiles - 1] = absl::StrFormat(
           "%s %dx%d rows %d: %s (cuBLAS %.1f us%s)", shape.name, shape.out, shape.in, rows,
           chosen[tiles - 1] == kCublas ? std::string("cuBLAS")
@@ -665,8 +665,7 @@ absl::Status CudaBackend::Init() {
   cap.row_splits = static_cast<int32_t>(
       gpu::MaxRowSplits(cap.rows, c_.num_kv_heads, group(), c_.head_dim, num_sms_));
   cap.prefill_jobs = cap.rows;
-  const size_t fixed =
-      weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
+  const size_t fixed = weight_bytes + StepBufferBytes(cap) + kBlasWorkspaceBytes;
   size_t free = 0, total = 0;
   check(cudaMemGetInfo(&free, &total), "memory info");
   if (!check.status().ok()) return check.status();
@@ -700,7 +699,6 @@ absl::Status CudaBackend::Init() {
 
   if (absl::Status s = blas_workspace_.Allocate(kBlasWorkspaceBytes, "the cuBLAS workspace"); !s.ok()) return s;
   check(cublasSetWorkspace(blas_, blas_workspace_.as<void>(), kBlasWorkspaceBytes), "workspace");
-
   if (absl::Status s = weights_.Allocate(weight_bytes, "the weights"); !s.ok()) return s;
   if (absl::Status s = kv_.Allocate(kv_bytes, "the KV cache"); !s.ok()) return s;
   const std::vector<double> inv_freq = RopeInverseFrequencies(c_);

@@ -271,22 +271,14 @@ cudaError_t LaunchDecodeKernel(int kernel_smem, const DecodeAttentionArgs& a, cu
     return e;
   }();
   if (configured != cudaSuccess) return configured;
-  cudaLaunchAttribute early{};
-  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  early.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = a.split_major ? dim3(a.num_kv_heads, a.num_rows, a.num_splits)
+  const dim3 grid = a.split_major ? dim3(a.num_kv_heads, a.num_rows, a.num_splits)
                                   : dim3(a.num_splits, a.num_kv_heads, a.num_rows);
-  config.blockDim = dim3(kDecodeThreads);
   // The CTAs placed at once: all of an early launch's; a split-major launch's split 0.
   const int64_t placed = int64_t{a.split_major ? 1 : a.num_splits} * a.num_kv_heads * a.num_rows;
-  config.dynamicSmemBytes = a.early_launch || a.split_major
-                                ? EvenPlacementSmem(kernel_smem, placed, CurrentSmLimits())
-                                : kernel_smem;
-  config.stream = stream;
-  config.attrs = &early;
-  config.numAttrs = a.early_launch ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kKernel, a);
+  const int smem = a.early_launch || a.split_major
+                       ? EvenPlacementSmem(kernel_smem, placed, CurrentSmLimits())
+                       : kernel_smem;
+  return LaunchMaybeEarly(a.early_launch, kKernel, grid, dim3(kDecodeThreads), smem, stream, a);
 }
 
 // The tensor-core kernel's launcher (decode_attention_tc.cu), for groups of 1 to 8.

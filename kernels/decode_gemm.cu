@@ -186,17 +186,16 @@ __device__ __forceinline__ int PairCol(int nt) {
   return (threadIdx.x / 32) * kWarpCols + nt * 8 + AccCol(threadIdx.x % 32, 0);
 }
 
-// One split: the accumulators straight to y.
-template <int MT>
-__device__ __forceinline__ void StoreTile(const GemmParams& p, int n0,
-                                          const float (&acc)[MT][kColTiles][4]) {
+// store(tile row, tile column, a, b) for each of this thread's accumulator pairs.
+template <int MT, typename Store>
+__device__ __forceinline__ void ForEachPair(const float (&acc)[MT][kColTiles][4], Store&& store) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        StorePair(p, PairRow(mt, h), n0 + PairCol(nt), acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+        store(PairRow(mt, h), PairCol(nt), acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
       }
     }
   }
@@ -210,17 +209,9 @@ __device__ __forceinline__ void MergeInCluster(const GemmParams& p, int n0, floa
                                                const float (&acc)[MT][kColTiles][4]) {
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        *reinterpret_cast<float2*>(partial + PairRow(mt, h) * kPartialStride + PairCol(nt)) =
-            make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
-      }
-    }
-  }
+  ForEachPair<MT>(acc, [&](int row, int col, float a, float b) {
+    *reinterpret_cast<float2*>(partial + row * kPartialStride + col) = make_float2(a, b);
+  });
   cluster.sync();  // every split's partial is in place
   const int rank = static_cast<int>(cluster.block_rank());
   const int rows = min(16 * MT, p.rows);
@@ -288,8 +279,10 @@ __global__ void __launch_bounds__(kThreads, kDecodeGemmCtasPerSm)
   CopyAsyncWait<0>();  // only empty groups are left; nothing may land after the CTA leaves
   AllowDependentLaunch();  // the kernel behind may start while the tiles are merged and stored
 
-  if (p.splits == 1) {
-    StoreTile<MT>(p, n0, acc);
+  if (p.splits == 1) {  // the accumulators straight to y
+    ForEachPair<MT>(acc, [&](int row, int col, float a, float b) {
+      StorePair(p, row, n0 + col, a, b);
+    });
     return;
   }
   __syncthreads();  // every warp is done with the stages: the partial takes their place

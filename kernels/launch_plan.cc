@@ -134,7 +134,6 @@ std::vector<int32_t> WrittenBlocks(std::span<const int32_t> kv_block) {
   return blocks;
 }
 
-
 bool DecodeGemmTakes(int32_t rows, int32_t out, int32_t in) {
   return rows >= 1 && rows <= kDecodeGemmMaxRows && in >= 8 && in % 8 == 0 && out >= 1;
 }
