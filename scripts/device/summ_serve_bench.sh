@@ -10,7 +10,8 @@
 # DENSE, keeping every output; bench/summ_quality.py scores them. NUM_PROMPTS (default 256)
 # requests a run. With TRAIN_MINUTES set, the carried model is first trained on for that long
 # (training/tools/gpu_train_summ.sh --init-from; its files come back too) and the result served;
-# where no model is carried or shipped, one is trained from scratch for that long.
+# where no model is carried or shipped, one is trained from scratch for that long; TRAIN_FLAGS
+# go to the trainer (e.g. --attention rows).
 # EXPAND_KV_HEADS=N serves the model with its KV heads repeated to N (tools/expand_kv_heads.py:
 # the same logits) where its query heads per KV head are a count the CUDA kernels lack.
 # DEVICE (default cuda) picks the backend: cpu tries the script here, on a small NUM_PROMPTS.
@@ -41,9 +42,9 @@ if [[ -n ${TRAIN_MINUTES:-} ]]; then
   if [[ -f $model/config.json ]]; then  # on from the carried model, with a fresh optimizer
     model=$(cd "$(dirname "$model")" && pwd)/$(basename "$model")
     training/tools/gpu_train_summ.sh "$TRAIN_MINUTES" --init-from "$model" \
-      --lr "${TRAIN_LR:-5e-4}" --warmup 100 || exit 1
+      --lr "${TRAIN_LR:-5e-4}" --warmup 100 ${TRAIN_FLAGS:-} || exit 1
   else  # no model anywhere: from scratch, with the config's schedule
-    training/tools/gpu_train_summ.sh "$TRAIN_MINUTES" || exit 1
+    training/tools/gpu_train_summ.sh "$TRAIN_MINUTES" ${TRAIN_FLAGS:-} || exit 1
   fi
   model=training/runs/summ-long/model
 fi
