@@ -362,3 +362,34 @@ def test_summ_long_config_is_a_shape_the_cuda_kernels_serve():
     assert "group_size == 1 || group_size == 2 || group_size == 4 || group_size == 8" in kernels
     assert c["hidden"] // c["heads"] in (64, 128)
     assert c["heads"] % c["kv_heads"] == 0 and c["heads"] // c["kv_heads"] in (1, 2, 4, 8)
+
+
+def test_token_classes_split_headers_digits_and_text(sp, vocab):
+    # One output with two headers; the classes come from the token ids alone.
+    output = "<a>2,13</a>Ada built 54 sheds.<a>7</a>Bo won."
+    ids = sp.encode(output) + [sp.eos_id()]
+    labels = torch.tensor([[D.IGNORE, D.IGNORE] + ids])
+    classes = train.token_classes(labels, vocab, train.digit_piece_ids(sp))[0].tolist()
+    names = [train.TOKEN_CLASSES[c] if c >= 0 else None for c in classes]
+    assert names[:2] == [None, None]  # no loss, no class
+    inside = False
+    for piece_id, name in zip(ids, names[2:]):
+        piece = sp.id_to_piece(piece_id)
+        if piece_id in (vocab.anchor_id, vocab.header_end_id):
+            inside = piece_id == vocab.anchor_id
+            assert name is None, piece
+        elif inside:
+            assert name == "header", piece
+        elif piece.lstrip("\u2581").isdigit():
+            assert name == "digit", piece
+        else:
+            assert name == "text", piece
+    assert names.count("header") >= 4 and names.count("digit") == 2
+
+
+def test_evaluation_reports_token_accuracy_by_class(arith_files, tmp_path):
+    args = run_args(arith_files, tmp_path, "--tokenizer", TOKENIZER, "--steps", "3",
+                    "--eval-examples", "0")
+    accuracy = train.train(args)["token_accuracy"]
+    assert set(accuracy) == {"header", "digit", "text"}  # arithmetic answers have all three
+    assert all(0.0 <= a <= 1.0 for a in accuracy.values())

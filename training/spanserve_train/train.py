@@ -232,15 +232,43 @@ def lr_at(step: int, args, time_fraction: float = 0.0, steps: Optional[int] = No
 
 # ----------------------------------------------------------------------------- running
 
-def loss_of(model, batch, device, autocast_dtype, attention: str = "rows") -> torch.Tensor:
-    """Mean cross-entropy over the output's tokens; logits are made for those only."""
+def output_logits(model, batch, device, autocast_dtype, attention: str = "rows") -> tuple:
+    """(logits [N, V], labels [N]) at the output's tokens, in order; logits for those only."""
     labels = batch["labels"].to(device)
     at = labels != D.IGNORE
     mask = D.batch_rows(batch, device) if attention == "rows" else D.batch_mask(batch, device)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(batch["input_ids"].to(device), mask, batch["positions"].to(device),
                        logits_at=at)
-    return F.cross_entropy(logits.float(), labels[at])
+    return logits, labels[at]
+
+
+def loss_of(model, batch, device, autocast_dtype, attention: str = "rows") -> torch.Tensor:
+    """Mean cross-entropy over the output's tokens."""
+    logits, labels = output_logits(model, batch, device, autocast_dtype, attention)
+    return F.cross_entropy(logits.float(), labels)
+
+
+TOKEN_CLASSES = ("header", "digit", "text")
+
+
+def token_classes(labels: torch.Tensor, vocab, digit_ids: torch.Tensor) -> torch.Tensor:
+    """The class of each label of [B, T] (D.IGNORE where no loss) as an index into TOKEN_CLASSES,
+    -1 for the header delimiters: inside <a>..</a> (the source ids the model names),
+    a digit of the text (numbers, which must be copied or derived), any other token (EOS too)."""
+    opened = (labels == vocab.anchor_id).cumsum(1)
+    closed = (labels == vocab.header_end_id).cumsum(1)
+    delimiter = (labels == vocab.anchor_id) | (labels == vocab.header_end_id)
+    classes = torch.full_like(labels, TOKEN_CLASSES.index("text"))
+    classes[torch.isin(labels, digit_ids.to(labels.device))] = TOKEN_CLASSES.index("digit")
+    classes[opened > closed] = TOKEN_CLASSES.index("header")
+    classes[delimiter | (labels == D.IGNORE)] = -1
+    return classes
+
+
+def digit_piece_ids(sp) -> torch.Tensor:
+    return torch.tensor([i for i in range(sp.get_piece_size())
+                         if sp.id_to_piece(i).lstrip("\u2581").isdigit()], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -269,9 +297,20 @@ def generate(model, vocab, prompt_ids: List[int], eos_id: int, max_new: int,
 def evaluate(model, val, records, sp, vocab, args, device, autocast_dtype) -> dict:
     model.eval()
     losses = []
+    right = torch.zeros(len(TOKEN_CLASSES))
+    seen = torch.zeros(len(TOKEN_CLASSES))
+    digits = digit_piece_ids(sp)
     for i in range(0, min(len(val), args.val_batches * args.batch_size), args.batch_size):
         batch = D.collate(val[i:i + args.batch_size], vocab, sp.eos_id())
-        losses.append(float(loss_of(model, batch, device, autocast_dtype)))
+        logits, labels = output_logits(model, batch, device, autocast_dtype, args.attention)
+        losses.append(float(F.cross_entropy(logits.float(), labels)))
+        # Teacher-forced accuracy by class: which part of the answer the model has learnt.
+        classes = token_classes(batch["labels"], vocab, digits)
+        classes = classes[batch["labels"] != D.IGNORE].to(device)
+        hit = logits.argmax(-1) == labels
+        for c in range(len(TOKEN_CLASSES)):
+            right[c] += float(hit[classes == c].sum())
+            seen[c] += float((classes == c).sum())
     exact = answers = 0
     shown = None
     n = min(args.eval_examples, len(val))
@@ -285,6 +324,8 @@ def evaluate(model, val, records, sp, vocab, args, device, autocast_dtype) -> di
             answers += check_output(record["prompt"], text).answer_correct
         shown = shown or text
     result = {"val_loss": sum(losses) / max(1, len(losses))}
+    result["token_accuracy"] = {name: round(float(right[c] / seen[c]), 4)
+                                for c, name in enumerate(TOKEN_CLASSES) if seen[c] > 0}
     if n:  # no greedy examples asked for: no score (a 0.0 would read as a failure)
         result["exact_match"] = exact / n
         if records and "answer" in records[0]:

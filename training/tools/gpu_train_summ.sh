@@ -75,7 +75,7 @@ split -b 15M -d runs/model.tar "$out/model.part"
 cp runs/summ-long/metrics.jsonl runs/ 2>/dev/null
 tar -cf "$out/logs.tar" -C runs train.log device.txt data.log \
   $(cd runs && ls metrics.jsonl profile-*.log 2>/dev/null)
-grep -E '^model:|^train:|^val:|resumed|time limit|^exported|exit|Error|error' runs/train.log
+grep -E '^model:|^train:|^val:|^eval|resumed|time limit|^exported|exit|Error|error' runs/train.log | cut -c1-600
 grep -E '^step' runs/train.log | awk 'NR % 4 == 1' | tail -16
 grep -E '^step' runs/train.log | tail -1
 ls -la "$out"
