@@ -64,6 +64,7 @@ if [[ -n ${PROFILE_STEPS:-} ]]; then
       --run-steps $((30 + PROFILE_STEPS)) >"runs/profile-$attention.log" 2>&1
     echo "profile $attention exit $?"
     grep -E '^step' "runs/profile-$attention.log" | tail -2
+    grep -A14 -m1 '^ *Name' "runs/profile-$attention.log" | cut -c1-200
   done
 fi
 python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
