@@ -393,3 +393,25 @@ def test_evaluation_reports_token_accuracy_by_class(arith_files, tmp_path):
     accuracy = train.train(args)["token_accuracy"]
     assert set(accuracy) == {"header", "digit", "text"}  # arithmetic answers have all three
     assert all(0.0 <= a <= 1.0 for a in accuracy.values())
+
+
+@pytest.mark.parametrize("attention", ["mask", "rows"])
+def test_padding_a_batch_to_an_alignment_keeps_its_loss(arith_files, sp, vocab, attention):
+    records = D.load_jsonl(arith_files[1])[:6]
+    examples = [D.encode_record(r, sp, vocab, "whole") for r in records]
+    packed = D.Packed.of(examples[:6], vocab)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=sp.get_piece_size(), hidden_size=32,
+                                         intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=512))
+    model.init_weights(std=0.2)
+    losses = []
+    for pad_to in (1, 64):
+        batch = D.collate_packed(packed, range(6), sp.eos_id(), [False, True], with_mask=False,
+                                 pad_to=pad_to)
+        assert batch["input_ids"].shape[1] % pad_to == 0
+        losses.append(float(train.loss_of(model, batch, torch.device("cpu"), None, attention)))
+    longest = max(len(ex) for ex in examples[:6])
+    assert longest % 64 != 0  # so that the padding is real
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -247,12 +247,14 @@ class Packed:
 
 
 def collate_packed(packed: Packed, indices: Sequence[int], pad_id: int,
-                   dense: Sequence[bool] = (), with_mask: bool = True) -> dict:
+                   dense: Sequence[bool] = (), with_mask: bool = True, pad_to: int = 1) -> dict:
     """A padded batch of packed examples: input_ids, labels, positions, the layout tensors
     (segment, dense, refs, lengths) and, with_mask, attention_mask [B, T, T] made from them.
-    Examples flagged in `dense` attend densely everywhere (the DENSE mode's mask)."""
+    Examples flagged in `dense` attend densely everywhere (the DENSE mode's mask). T is the
+    longest example's length rounded up to a multiple of `pad_to` (fused attention kernels
+    want aligned rows: a key length off the alignment makes a padded copy of the mask)."""
     lengths = packed.lengths()[list(indices)]
-    B, T = len(indices), int(lengths.max())
+    B, T = len(indices), -(-int(lengths.max()) // pad_to) * pad_to
     S = max(1, int(packed.segments[list(indices)].max()))
     input_ids = np.full((B, T), pad_id, dtype=np.int64)
     labels = np.full((B, T), IGNORE, dtype=np.int64)
@@ -337,11 +339,13 @@ class CollatedBatches(torch.utils.data.IterableDataset):
     turn, so the order is the single-process order and a resumed run still sees the same
     batches."""
 
-    def __init__(self, packed, batch_size, seed, start_step, pad_id, dense_fraction, with_mask):
+    def __init__(self, packed, batch_size, seed, start_step, pad_id, dense_fraction, with_mask,
+                 pad_to=1):
         super().__init__()
         self.packed, self.batch_size, self.seed, self.start_step = \
             packed, batch_size, seed, start_step
         self.pad_id, self.dense_fraction, self.with_mask = pad_id, dense_fraction, with_mask
+        self.pad_to = pad_to
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -353,19 +357,20 @@ class CollatedBatches(torch.utils.data.IterableDataset):
                 step = self.start_step + i
                 rng = random.Random(f"dense-{self.seed}-{step}")  # a function of the step
                 dense = [rng.random() < self.dense_fraction for _ in batch]
-                yield collate_packed(self.packed, batch, self.pad_id, dense, self.with_mask)
+                yield collate_packed(self.packed, batch, self.pad_id, dense, self.with_mask,
+                                     self.pad_to)
 
 
 def collated_batches(examples, batch_size: int, seed: int, start_step: int, vocab, pad_id: int,
                      workers: int = 0, dense_fraction: float = 0.0,
-                     with_mask: bool = True) -> Iterator[dict]:
+                     with_mask: bool = True, pad_to: int = 1) -> Iterator[dict]:
     """Endless collated batches of `examples` (a list of Example, or Packed); `workers` > 0
     collates in that many processes. A `dense_fraction` of the examples, drawn per step, get
     the DENSE mode's causal mask (see train.py --dense-fraction). Without with_mask a batch
     carries only its layout: batch_mask makes the mask where it is used (on the GPU)."""
     packed = examples if isinstance(examples, Packed) else Packed.of(examples, vocab)
     dataset = CollatedBatches(packed, batch_size, seed, start_step, pad_id, dense_fraction,
-                              with_mask)
+                              with_mask, pad_to)
     if workers <= 0:
         return iter(dataset)
     return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,

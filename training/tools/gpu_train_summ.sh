@@ -12,7 +12,8 @@
 # 3. training from scratch for MINUTES (a time-limited cosine: it anneals and exports within
 #    the call), resuming runs/summ-long/checkpoint.pt if a warm machine kept it.
 # With PROFILE_STEPS=N, first 10 + N + 20 steps on the validation documents under each attention
-# form (--attention mask, then rows), the middle N profiled: runs/profile-*.log.
+# form (--attention mask with unaligned and 64-aligned batches, then rows), the middle N
+# profiled: runs/profile-*.log.
 # To go on from an exported model on a fresh machine, pass --init-from DIR (its weights, a fresh
 # optimizer and schedule).
 # Returns under $OUT: model.partNN (a tar of the bf16 export, cut into 15 MiB parts; join with
@@ -57,14 +58,15 @@ fi
 cat runs/data.log
 echo "data and tokenizer ready after $(( $(date +%s) - t0 )) s"
 if [[ -n ${PROFILE_STEPS:-} ]]; then
-  for attention in mask rows; do
+  for variant in mask:1 mask:64 rows:64; do  # attention form : batch length alignment
+    attention=${variant%:*} pad=${variant#*:}
     python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
-      --train-data "$data/val.jsonl" --out "runs/profile-$attention" --fresh --log-every 10 \
-      --workers 4 --attention "$attention" --profile-steps "$PROFILE_STEPS" \
-      --run-steps $((30 + PROFILE_STEPS)) >"runs/profile-$attention.log" 2>&1
-    echo "profile $attention exit $?"
-    grep -E '^step' "runs/profile-$attention.log" | tail -2
-    grep -A14 -m1 '^ *Name' "runs/profile-$attention.log" | cut -c1-200
+      --train-data "$data/val.jsonl" --out "runs/profile-$attention-$pad" --fresh --log-every 10 \
+      --workers 4 --attention "$attention" --pad-to "$pad" --profile-steps "$PROFILE_STEPS" \
+      --run-steps $((30 + PROFILE_STEPS)) >"runs/profile-$attention-$pad.log" 2>&1
+    echo "profile $attention pad $pad exit $?"
+    grep -E '^step' "runs/profile-$attention-$pad.log" | tail -1
+    grep -A12 -m1 '^ *Name' "runs/profile-$attention-$pad.log" | cut -c1-200
   done
 fi
 python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
