@@ -13,7 +13,7 @@
 #    the call), resuming runs/summ-long/checkpoint.pt if a warm machine kept it.
 # With PROFILE_STEPS=N, first 10 + N + 20 steps on the validation documents under each attention
 # form (--attention mask with unaligned and 64-aligned batches, then rows), the middle N
-# profiled: runs/profile-*.log.
+# profiled: runs/profile-*.log; PROFILE_ONLY=1 returns them (profile_logs.tar) and stops there.
 # To go on from an exported model on a fresh machine, pass --init-from DIR (its weights, a fresh
 # optimizer and schedule).
 # Returns under $OUT: model.partNN (a tar of the bf16 export, cut into 15 MiB parts; join with
@@ -68,6 +68,10 @@ if [[ -n ${PROFILE_STEPS:-} ]]; then
     grep -E '^step' "runs/profile-$attention-$pad.log" | tail -1
     grep -A12 -m1 '^ *Name' "runs/profile-$attention-$pad.log" | cut -c1-200
   done
+  if [[ -n ${PROFILE_ONLY:-} ]]; then  # the profiles alone: no training run
+    tar -cf "$out/profile_logs.tar" -C runs device.txt data.log $(cd runs && ls profile-*.log)
+    exit 0
+  fi
 fi
 python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
   --time-limit-min "$minutes" "${train_flags[@]}" "$@" >runs/train.log 2>&1
