@@ -67,6 +67,7 @@ if [[ -n ${PROFILE_STEPS:-} ]]; then
     echo "profile $attention pad $pad exit $?"
     grep -E '^step' "runs/profile-$attention-$pad.log" | tail -1
     grep -A12 -m1 '^ *Name' "runs/profile-$attention-$pad.log" | cut -c1-200
+    grep -E 'time total:' "runs/profile-$attention-$pad.log"  # GPU busy against host time
   done
   if [[ -n ${PROFILE_ONLY:-} ]]; then  # the profiles alone: no training run
     tar -cf "$out/profile_logs.tar" -C runs device.txt data.log $(cd runs && ls profile-*.log)
