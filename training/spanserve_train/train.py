@@ -398,6 +398,10 @@ def pick_device(args) -> tuple:
     autocast_dtype = None
     if device.type == "cuda" and args.dtype != "fp32" and torch.cuda.is_bf16_supported():
         autocast_dtype = torch.bfloat16
+    if device.type == "cuda" and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        # cuDNN's SDPA builds a graph for each new shape on the host (10-40 ms a call, measured
+        # on the H100), and every batch has a new length: flash and memory-efficient do not.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return device, autocast_dtype
 
 

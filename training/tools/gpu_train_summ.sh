@@ -58,7 +58,7 @@ fi
 cat runs/data.log
 echo "data and tokenizer ready after $(( $(date +%s) - t0 )) s"
 if [[ -n ${PROFILE_STEPS:-} ]]; then
-  for variant in mask:1 mask:64 rows:64; do  # attention form : batch length alignment
+  for variant in ${PROFILE_VARIANTS:-mask:1 mask:64 rows:64}; do  # attention form : batch length alignment
     attention=${variant%:*} pad=${variant#*:}
     python3 -u -m spanserve_train.train --config configs/train-summ-long.json --device cuda \
       --train-data "$data/val.jsonl" --out "runs/profile-$attention-$pad" --fresh --log-every 10 \
