@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="rows: a causal fused kernel for all rows and a masked one for the output's "
            "restricted rows (data.span_rows); mask: one masked kernel over the full [T, T] "
            "mask (the same values, slower at long prompts)")
-    a("--pad-to", type=int, default=64,
+    a("--pad-to", type=int, default=0,
       help="pad each training batch's length to a multiple of this (aligned rows for the "
-           "fused attention kernels; padding has no loss and no real row attends it)")
+           "fused attention kernels; padding has no loss and no real row attends it; 0: 64 on "
+           "CUDA, none on the CPU, where padding is only more work)")
     a("--profile-steps", type=int, default=0,
       help="profile this many training steps after 10 warm ones (torch.profiler) and print "
            "the kernels' table to the log")
@@ -472,7 +473,7 @@ def train(args) -> dict:
         os.remove(metrics_path)  # a fresh run starts a fresh log
     stream = D.collated_batches(train_set, args.batch_size, args.seed, step, vocab, sp.eos_id(),
                                 args.workers, args.dense_fraction, with_mask=False,
-                                pad_to=args.pad_to)
+                                pad_to=args.pad_to or (64 if device.type == "cuda" else 1))
     model.train()
     t0, tokens, loss_sum, loss_n, start = time.time(), 0, 0.0, 0, step
     data_wait, profiler = 0.0, None  # seconds the loop waited for batches
