@@ -476,7 +476,7 @@ std::vector<CudaBackend::ProductShape> CudaBackend::ProductShapes() const {
   return shapes;
 }
 
-// The decode GEMM's split count for this product (0: its plan's), or -1: cuBLAS runs it.
+// The decode GEMM's split count for this product, or kCublas: cuBLAS runs it.
 int32_t CudaBackend::DecodeGemmSplits(int32_t rows, int32_t out, int32_t in) const {
   if (!gpu::DecodeGemmTakes(rows, out, in)) return kCublas;
   const auto found = decode_gemm_splits_.find({out, in});

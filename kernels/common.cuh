@@ -63,21 +63,37 @@ __device__ __forceinline__ void WaitThenAllowDependents() {
 
 // kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when
 // `early` (the kernel must wait, WaitForPreviousGrid, before it touches what the kernel ahead
-// reads or writes).
+// reads or writes), in thread block clusters of `cluster` CTAs where that is not 1 x 1 x 1.
 template <typename... Params, typename... Args>
-cudaError_t LaunchMaybeEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
-                             size_t smem, cudaStream_t stream, Args... args) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+cudaError_t LaunchClustered(bool early, dim3 cluster, void (*kernel)(Params...), dim3 grid,
+                            dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attrs[2] = {};
+  unsigned count = 0;
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attrs[count].id = cudaLaunchAttributeClusterDimension;
+    attrs[count].val.clusterDim.x = cluster.x;
+    attrs[count].val.clusterDim.y = cluster.y;
+    attrs[count].val.clusterDim.z = cluster.z;
+    ++count;
+  }
+  if (early) {
+    attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  config.attrs = &attr;
-  config.numAttrs = early ? 1 : 0;
+  config.attrs = attrs;
+  config.numAttrs = count;
   return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+template <typename... Params, typename... Args>
+cudaError_t LaunchMaybeEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
+                             size_t smem, cudaStream_t stream, Args... args) {
+  return LaunchClustered(early, dim3(1, 1, 1), kernel, grid, block, smem, stream, args...);
 }
 
 template <int kWidth>

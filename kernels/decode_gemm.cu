@@ -318,28 +318,7 @@ cudaError_t LaunchTiles(const GemmParams& p, dim3 grid, bool early, cudaStream_t
                                                                          CurrentSmLimits())))
                          : SmemBytes<MT>();
   // The splits of a tile are one cluster (MergeInCluster); early: a programmatic dependent launch.
-  cudaLaunchAttribute attrs[2] = {};
-  unsigned count = 0;
-  if (grid.y > 1) {
-    attrs[count].id = cudaLaunchAttributeClusterDimension;
-    attrs[count].val.clusterDim.x = 1;
-    attrs[count].val.clusterDim.y = grid.y;
-    attrs[count].val.clusterDim.z = 1;
-    ++count;
-  }
-  if (early) {
-    attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[count].val.programmaticStreamSerializationAllowed = 1;
-    ++count;
-  }
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = attrs;
-  config.numAttrs = count;
-  return cudaLaunchKernelEx(&config, kKernel, p);
+  return LaunchClustered(early, dim3(1, grid.y, 1), kKernel, grid, dim3(kThreads), smem, stream, p);
 }
 
 template <bool kTensorCores>

@@ -46,6 +46,8 @@ ServerMetrics::ServerMetrics(metrics::Registry* r)
                                     "Time of one engine step on the backend, by phase: decode "
                                     "(one row a sequence) or prefill (the step has prompt rows).",
                                     StepBuckets(), {"phase"})),
+      decode_step_duration(step_duration.Get({"decode"})),
+      prefill_step_duration(step_duration.Get({"prefill"})),
       attention_density(r->AddHistogram("spanserve_attention_density_ratio",
                                         "Attended tokens over causal context, per decode token.",
                                         LinearBuckets(0.1, 0.1, 10)).Get({})),
@@ -84,7 +86,7 @@ void MetricsObserver::OnStep(const StepStats& stats) {
   m_->batch_size.Observe(stats.num_seqs);
   // Apart, because a served run's steps mix both and only decode steps are what spans cut.
   const bool decode_only = stats.num_rows == stats.num_seqs;
-  m_->step_duration.Get({decode_only ? "decode" : "prefill"}).Observe(stats.seconds);
+  (decode_only ? m_->decode_step_duration : m_->prefill_step_duration).Observe(stats.seconds);
   m_->kv_blocks_read.Inc(static_cast<double>(stats.kv_blocks_read));
   m_->kv_blocks_dense.Inc(static_cast<double>(stats.kv_blocks_dense));
   for (double density : stats.densities) m_->attention_density.Observe(density);

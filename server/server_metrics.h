@@ -32,6 +32,8 @@ class ServerMetrics {
   metrics::Counter& preemptions;
   metrics::Histogram& batch_size;
   metrics::Family<metrics::Histogram>& step_duration;  // by phase: decode, prefill
+  metrics::Histogram& decode_step_duration;            // its two children, looked up once
+  metrics::Histogram& prefill_step_duration;
   metrics::Histogram& attention_density;
   metrics::Counter& kv_blocks_read;
   metrics::Counter& kv_blocks_dense;
