@@ -109,7 +109,7 @@ __device__ __forceinline__ float WarpMax(float x) {
   return x;
 }
 
-// Tensor-core fragments (mma.sync), shared by the decode attention and the decode GEMM.
+// Tensor-core fragments (mma.sync), shared by the attention kernels and the decode GEMM.
 __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -119,6 +119,24 @@ __device__ __forceinline__ void LoadMatrixX4(uint32_t (&r)[4], const void* row) 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(SharedAddress(row))
                : "memory");
+}
+// The same four matrices, transposed: lane l gets rows 2 (l % 4) and + 1 at column l / 4 of each,
+// the B operand of mma.sync from a row-major [k][n] tile.
+__device__ __forceinline__ void LoadMatrixX4Trans(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(row))
+               : "memory");
+}
+__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {  // lo in the low half
+  return uint32_t{FloatToBf16Bits(lo)} | uint32_t{FloatToBf16Bits(hi)} << 16;
+}
+// Element offset of 16-byte piece `piece` of row `token` in a [rows][HD] bf16 tile: pieces are
+// XOR-swizzled by the row's low 3 bits, so the 8 rows an ldmatrix reads at one piece column
+// sit in 8 different 16-byte bank groups.
+template <int HD>
+__device__ __forceinline__ int TileOffset(int token, int piece) {
+  return token * HD + ((piece ^ (token & 7)) * 8);
 }
 // c += a b: a 16x16 (row), b 16x8 (col), c 16x8 fp32.
 __device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,

@@ -24,30 +24,12 @@ constexpr int TcSmemBytes() {
   return kStages * kDecodeWarps * 2 * kTileTokens * HD * int{sizeof(uint16_t)};
 }
 
-
-__device__ __forceinline__ void LoadMatrixX4Trans(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SharedAddress(row))
-               : "memory");
-}
 // The transpose of an 8x8 bf16 matrix held one row a 4 lanes (row lane / 4, columns
 // 2 (lane % 4) and + 1), in the same layout.
 __device__ __forceinline__ uint32_t TransposeMatrix(uint32_t x) {
   uint32_t y;
   asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
   return y;
-}
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  return uint32_t{FloatToBf16Bits(lo)} | uint32_t{FloatToBf16Bits(hi)} << 16;
-}
-
-// Element offset of 16-byte piece `piece` of token row `token` in a [16][HD] tile: pieces are
-// XOR-swizzled by the row's low 3 bits, so the 8 rows an ldmatrix reads at one piece column
-// sit in 8 different 16-byte bank groups.
-template <int HD>
-__device__ __forceinline__ int TileOffset(int token, int piece) {
-  return token * HD + ((piece ^ (token & 7)) * 8);
 }
 
 template <int HD, int G>

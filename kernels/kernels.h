@@ -104,6 +104,9 @@ struct PrefillAttentionArgs {
   int32_t num_jobs, num_heads, num_kv_heads, head_dim, block_size;
   float scale;
   uint16_t* out;              // bf16 [rows][num_heads][head_dim]
+  // mma.sync m16n8k16 (bf16 in, fp32 accumulate); false: the CUDA-core kernel, kept as the
+  // check of the tensor-core path and for comparison.
+  bool tensor_cores = true;
 };
 // Rows per prefill job for a group size (the plan's prefill_tile_rows).
 int32_t PrefillTileRows(int32_t group_size);

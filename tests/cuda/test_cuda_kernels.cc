@@ -287,9 +287,8 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
     DeviceArray<float> partial_o(size_t(plan.decode_rows) * plan.num_splits * H * hd + 1);
     DeviceArray<float> partial_lse(size_t(plan.decode_rows) * plan.num_splits * H + 1);
     DeviceArray<int32_t> counters(std::vector<int32_t>(size_t(plan.decode_rows) * kvh + 1, 0));
-    out.Poison();
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const gpu::PrefillAttentionArgs prefill{
+    gpu::PrefillAttentionArgs prefill{
         q_dev.get(), caches.k_dev.get(), caches.v_dev.get(),
         reinterpret_cast<const gpu::PrefillJob*>(at(layout.prefill_jobs)),
         reinterpret_cast<const int32_t*>(at(layout.positions)),
@@ -301,28 +300,34 @@ TEST(StepAttention, PrefillAndDecodeRowsMatchReference) {
         reinterpret_cast<const ChunkEntry*>(at(layout.chunks)), plan.decode_rows,
         plan.num_splits, H, kvh, hd, spec.block_size, scale, partial_o.get(), partial_lse.get(),
         out.get(), counters.get()};
-    SyncOk(gpu::LaunchPrefillAttention(prefill, nullptr));
-    SyncOk(gpu::LaunchDecodeAttention(decode, nullptr));
-    const std::vector<float> got = ToFloats(out.Download());
-    for (int32_t r = 0; r < n; ++r) {
-      const AttentionRow& row = batch.rows[r];
-      const StepSequence& seq = batch.seqs[row.seq];
-      const std::vector<KvChunk> chunks =
-          row.causal ? CausalChunks({batch.block_tables.data() + seq.table_begin,
-                                     size_t(seq.num_blocks)},
-                                    spec.block_size, batch.positions[r])
-                     : std::vector<KvChunk>(batch.chunks.begin() + row.chunk_begin,
-                                            batch.chunks.begin() + row.chunk_end);
-      std::vector<double> want;
-      for (int32_t h = 0; h < H; ++h) {
-        const std::span<const float> qh(&q[(size_t(r) * H + h) * hd], hd);
-        const std::vector<double> ref = RefAttention(qh, caches.k.data(), caches.v.data(),
-                                                     caches.layout, h / group, chunks, scale);
-        want.insert(want.end(), ref.begin(), ref.end());
+    // Both prefill kernels, each against the reference (the decode counters reset themselves).
+    for (const bool tensor_cores : {false, true}) {
+      prefill.tensor_cores = tensor_cores;
+      out.Poison();
+      SyncOk(gpu::LaunchPrefillAttention(prefill, nullptr));
+      SyncOk(gpu::LaunchDecodeAttention(decode, nullptr));
+      const std::vector<float> got = ToFloats(out.Download());
+      for (int32_t r = 0; r < n; ++r) {
+        const AttentionRow& row = batch.rows[r];
+        const StepSequence& seq = batch.seqs[row.seq];
+        const std::vector<KvChunk> chunks =
+            row.causal ? CausalChunks({batch.block_tables.data() + seq.table_begin,
+                                       size_t(seq.num_blocks)},
+                                      spec.block_size, batch.positions[r])
+                       : std::vector<KvChunk>(batch.chunks.begin() + row.chunk_begin,
+                                              batch.chunks.begin() + row.chunk_end);
+        std::vector<double> want;
+        for (int32_t h = 0; h < H; ++h) {
+          const std::span<const float> qh(&q[(size_t(r) * H + h) * hd], hd);
+          const std::vector<double> ref = RefAttention(qh, caches.k.data(), caches.v.data(),
+                                                       caches.layout, h / group, chunks, scale);
+          want.insert(want.end(), ref.begin(), ref.end());
+        }
+        ASSERT_LT(MaxRelErr({&got[size_t(r) * H * hd], size_t(H) * hd}, want), kTolerance)
+            << "trial " << trial << " row " << r << (row.causal ? " causal" : " chunks")
+            << " position " << batch.positions[r] << " B " << spec.block_size << " G " << group
+            << " tensor_cores " << tensor_cores;
       }
-      ASSERT_LT(MaxRelErr({&got[size_t(r) * H * hd], size_t(H) * hd}, want), kTolerance)
-          << "trial " << trial << " row " << r << (row.causal ? " causal" : " chunks")
-          << " position " << batch.positions[r] << " B " << spec.block_size << " G " << group;
     }
   }
 }
