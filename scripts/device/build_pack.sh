@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 build=${BUILD_DIR:-build-cuda}
 shared=${SHARED_DIR:-../shared}
 targets=(test_launch_plan test_cuda_kernels test_cuda_backend cuda_attention_bench cuda_e2e_bench
-         cuda_gemm_bench cuda_read_roof_bench spanserve_sentencepiece)
+         cuda_gemm_bench cuda_read_roof_bench cuda_prefill_bench spanserve_sentencepiece)
 cmake -S . -B "$build" -G Ninja >/dev/null
 cmake --build "$build" --target "${targets[@]}" -j "${JOBS:-2}"
 rm -rf .pack/cuda
@@ -16,7 +16,8 @@ rm -rf .pack/cuda
   "$build/tests/cuda/test_launch_plan" "$build/tests/cuda/test_cuda_kernels" \
   "$build/tests/cuda/test_cuda_backend" "$build/bench/cuda/cuda_attention_bench" \
   "$build/bench/cuda/cuda_e2e_bench" "$build/bench/cuda/cuda_gemm_bench" \
-  "$build/bench/cuda/cuda_read_roof_bench" "$build/engine/libspanserve_sentencepiece.so" >/dev/null
+  "$build/bench/cuda/cuda_read_roof_bench" "$build/bench/cuda/cuda_prefill_bench" \
+  "$build/engine/libspanserve_sentencepiece.so" >/dev/null
 strip --strip-debug .pack/cuda/bin/* .pack/cuda/lib/*
 # The tests find their data under the source directory compiled into them; gpu_run.sh links it.
 pwd > .pack/cuda/source_dir.txt

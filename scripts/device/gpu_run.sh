@@ -15,6 +15,8 @@
 #   scripts/device/gpu_run.sh interleave  the dense shapes again, ours and SDPA alternating
 #                                       (INTERLEAVE_ARGS: e.g. --rounds 5 --cases llama3_8b:16:2048)
 #   scripts/device/gpu_run.sh roof      read-only roof: cuda_read_roof_bench (load paths, orders)
+#   scripts/device/gpu_run.sh prefill   the prefill attention kernels, tensor cores against CUDA
+#                                       cores, side by side (PREFILL_ARGS; fails where they differ)
 #   scripts/device/gpu_run.sh gemm      the decode GEMMs: cublasGemmEx default against every
 #                                       cuBLASLt heuristic algorithm, fp32 and bf16 out
 #   scripts/device/gpu_run.sh breakdown where a full-batch decode step goes: cuda_e2e_bench
@@ -200,6 +202,11 @@ gemm() {
     { if command -v column >/dev/null; then column -t -s,; else cat; fi; } | head -160
   cp "$work/gemm.csv" "$out/" 2>/dev/null
 }
+prefill() {
+  "$pack/bin/cuda_prefill_bench" --csv "$work/prefill.csv" ${PREFILL_ARGS:-} >"$work/prefill.log" 2>&1 || status=1
+  tail -24 "$work/prefill.log"
+  cp "$work/prefill.csv" "$out/" 2>/dev/null
+}
 breakdown() {
   timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --profile-phases \
     --json "$work/breakdown.json" ${BREAKDOWN_ARGS:---requests 64 --min-context 1024 --max-context 2048} \
@@ -229,9 +236,9 @@ peer() {
 }
 for p in "${phases[@]}"; do
   case $p in
-    check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer|variants) $p ;;
+    check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|prefill|breakdown|peer|variants) $p ;;
     all) check; kernels; e2e ;;
-    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|breakdown|peer|variants|all ..."; exit 2 ;;
+    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|prefill|breakdown|peer|variants|all ..."; exit 2 ;;
   esac
 done
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .
