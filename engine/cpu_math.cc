@@ -32,7 +32,9 @@ float Bf16ToFloat(uint16_t bits) { return std::bit_cast<float>(uint32_t{bits} <<
 void Linear(const float* x, int32_t rows, int32_t in, const float* w, int32_t out, float* y) {
   if (rows == 0) return;
   static const bool single_threaded_blas = [] {
+#ifdef SPANSERVE_OPENBLAS  // the reference BLAS (SPANSERVE_BLAS_VENDOR=Generic) has no threads
     openblas_set_num_threads(1);
+#endif
     return true;
   }();
   (void)single_threaded_blas;

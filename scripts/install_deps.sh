@@ -10,7 +10,7 @@ packages=(
   clang libclang-rt-14-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libyaml-cpp-dev libsentencepiece-dev sentencepiece
-  libopenblas-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
+  libopenblas-dev libblas-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
   libssl-dev openssl libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus

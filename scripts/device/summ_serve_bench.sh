@@ -3,7 +3,9 @@
 #   .devcarry/devpack.tar.xz   the server (build/server/spanserve, its SentencePiece module and
 #                              the gRPC stubs), packed here by ../shared/device/pack.sh;
 #   .devcarry/summ/model.partNN and test.jsonl.gz, as training/tools/gpu_train_summ.sh returned
-#                              them (or a model in training/runs/summ-long/model on a warm
+#                              them, or model.tar.xz (`cat model.part* | xz > model.tar.xz`: 21
+#                              against 31 MB, so that it travels with the devpack within 64 MiB)
+#                              (or a model in training/runs/summ-long/model on a warm
 #                              machine, or models/summ-long).
 # The real spanserve binary serves the model with the CUDA backend; bench/serve_bench.py drives
 # it over gRPC from the held-out split at each CONCURRENCY (default 64,256), SELF_SELECTED then
@@ -28,7 +30,9 @@ rm -rf "$work"; mkdir -p "$work"
 source scripts/device/unpack_devpack.sh
 
 model=training/runs/summ-long/model
-if [[ -d .devcarry/summ ]] && ls .devcarry/summ/model.part* >/dev/null 2>&1; then
+if [[ -f .devcarry/summ/model.tar.xz ]]; then  # the parts joined and xz'd, to fit the carry
+  tar -xJf .devcarry/summ/model.tar.xz -C "$work" && model=$work/model
+elif [[ -d .devcarry/summ ]] && ls .devcarry/summ/model.part* >/dev/null 2>&1; then
   cat .devcarry/summ/model.part* > "$work/model.tar" && tar -xf "$work/model.tar" -C "$work"
   model=$work/model
 elif [[ ! -f $model/config.json ]]; then
