@@ -1,5 +1,5 @@
 // What the two decode attention kernels (decode_attention.cu: CUDA cores; decode_attention_tc.cu:
-// tensor cores) share: the cp.async copies, the chunk entries, and the end of a CTA, which
+// tensor cores) share: the chunk entries, and the end of a CTA, which
 // combines its partial softmaxes and writes the output, or the split's partials and, for the
 // last split of a (row, KV head) to finish, the merge of all splits.
 #pragma once
@@ -13,7 +13,6 @@ namespace spanserve::gpu {
 
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
-constexpr float kLog2e = 1.4426950408889634f;
 // Splits merged with this many loads in flight: a load behind a branch on the split's weight
 // would wait for the one before it (64 splits cost 64 memory latencies, measured).
 constexpr int kMergeBatch = 16;
@@ -67,24 +66,6 @@ class ChunkPrefetch {
   ChunkEntry head_, current_, next_;
 };
 
-// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (nothing is read then).
-// The L2 fetches 256 bytes a miss: 1-2% faster at the memory roof for both kernels than no
-// hint or 128 (measured side by side, bench/results/cuda/2026-11-23/session4).
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void CopyAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 // The start of a CTA's copy pipeline: its first kPending passes issued (issue(stage), one
 // commit group each; in_flight[s] gets what issue returns) and the wait for the kernel ahead,

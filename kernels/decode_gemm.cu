@@ -24,7 +24,7 @@
 #include <cooperative_groups.h>
 
 #include "kernels/common.cuh"
-#include "kernels/decode_attention_common.cuh"  // cp.async, CurrentSmLimits
+#include "kernels/decode_attention_common.cuh"  // CurrentSmLimits
 #include "kernels/decode_gemm_layout.h"
 #include "kernels/kernels.h"
 

@@ -18,7 +18,6 @@
 // token j of the tile, the warp keeps each item's online softmax, and lane j owns head_dim / 32
 // output dimensions in the P.V product.
 #include "kernels/common.cuh"
-#include "kernels/decode_attention_common.cuh"  // CopyAsync16, CopyAsyncCommit, CopyAsyncWait
 #include "kernels/kernels.h"
 
 namespace spanserve::gpu {

@@ -16,13 +16,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "bench/cuda/bench_util.h"
 #include "engine/backend.h"
+#include "engine/cpu_math.h"
 #include "engine/cuda_step_plan.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
@@ -53,13 +53,6 @@ bool Check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return true;
   std::fprintf(stderr, "cuda error in %s: %s\n", what, cudaGetErrorString(e));
   return false;
-}
-
-float Bf16ToFloat(uint16_t bits) {
-  const uint32_t u = uint32_t{bits} << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
 }
 
 double Median(std::vector<double> v) {
