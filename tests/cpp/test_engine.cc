@@ -128,24 +128,45 @@ TEST_F(EngineTest, PoolIsAllFreeAfterFinishedCancelledAndPreempted) {
   EngineConfig config;
   config.max_batched_tokens = 48;
   std::unique_ptr<Engine> engine = MakeEngine(10, config);
+  std::vector<GenerateRequest> requests = VariedRequests(10, 60);
+  for (GenerateRequest& r : requests) r.ignore_eos = true;  // only length or cancel ends one
   std::vector<std::unique_ptr<Collector>> collectors;
-  std::vector<Engine::RequestId> ids;
-  for (const GenerateRequest& r : VariedRequests(10, 60)) {
+  std::vector<Engine::RequestId> ids(requests.size(), -1);
+  std::atomic<bool> running_cancelled{false};
+  std::atomic<bool> all_submitted{false};
+  for (size_t i = 0; i < requests.size(); ++i) {
     collectors.push_back(std::make_unique<Collector>());
-    ids.push_back(*engine->Submit(r, collectors.back()->Sink()));
+    EventSink sink = collectors.back()->Sink();
+    if (i == 0) {
+      // Cancel from the engine thread at request 0's third token: a test thread polling for
+      // it could wake after the request had finished (CI, 2 cores), and nothing was cancelled.
+      sink = [&, sink](GenerationEvent&& event) {
+        const bool third = event.token >= 0 && collectors[0]->num_tokens() == 2;
+        sink(std::move(event));
+        if (third && !running_cancelled.exchange(true)) {
+          while (!all_submitted.load()) std::this_thread::yield();  // ids[4] is known
+          engine->Cancel(ids[0]);
+          engine->Cancel(ids[4]);
+          engine->Cancel(987654);  // unknown: ignored
+        }
+      };
+    }
+    absl::StatusOr<Engine::RequestId> id = engine->Submit(requests[i], std::move(sink));
+    EXPECT_TRUE(id.ok()) << id.status();
+    ids[i] = id.value_or(-1);
   }
-  // Cancel some while waiting, some while running.
-  engine->Cancel(ids[9]);
-  while (collectors[0]->num_tokens() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  engine->Cancel(ids[0]);
-  engine->Cancel(ids[4]);
-  engine->Cancel(987654);  // unknown: ignored
-  int cancelled = 0;
-  for (auto& c : collectors) {
-    ASSERT_TRUE(c->Wait());
-    cancelled += c->final_event().finish_reason == FinishReason::kCancelled;
+  engine->Cancel(ids[9]);  // still waiting behind the others
+  all_submitted.store(true);
+  for (auto& c : collectors) ASSERT_TRUE(c->Wait());
+  EXPECT_TRUE(running_cancelled.load());
+  for (size_t i : {0, 4, 9}) {
+    EXPECT_EQ(collectors[i]->final_event().finish_reason, FinishReason::kCancelled) << i;
+    EXPECT_LT(collectors[i]->num_tokens(), static_cast<size_t>(requests[i].max_tokens)) << i;
   }
-  EXPECT_GE(cancelled, 3);
+  EXPECT_LE(collectors[0]->num_tokens(), 4u);  // the cancel lands at the next step
+  for (size_t i : {1, 2, 3, 5, 6, 7, 8}) {
+    EXPECT_EQ(collectors[i]->final_event().finish_reason, FinishReason::kLength) << i;
+  }
   EXPECT_GT(engine->Stats().preemptions, 0);
   EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
   EXPECT_EQ(engine->Stats().running, 0);
