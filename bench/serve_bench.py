@@ -30,6 +30,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import http.client
 import json
 import math
@@ -533,36 +534,124 @@ class Progress:
         print(self.line(), file=sys.stderr, flush=True)
 
 
-def run_load(backend, requests: List[BenchRequest], mode: str, load: Load, args,
-             progress: Progress) -> tuple:
-    """Sends every request once under the load; returns (outcomes in request order, duration).
-    Nothing is sent after args.time_limit seconds; each request has args.request_timeout."""
-    n = len(requests)
-    workers = int(load.value) if load.kind == "concurrency" else args.max_concurrency
-    arrivals = poisson_schedule(n, load.value, args.seed) if load.kind == "rate" else [0.0] * n
-    start = time.perf_counter()
+def send_all(backend, requests: List[BenchRequest], arrivals: List[float], workers: int,
+             start: float, mode: str, args, on_done) -> List[Outcome]:
+    """Sends requests[i] at start + arrivals[i] (time.monotonic), at most `workers` in flight;
+    nothing after start + args.time_limit. Returns the outcomes in request order."""
     deadline = start + args.time_limit
 
     def one(i: int) -> Outcome:
-        sent_at = time.perf_counter()
+        sent_at = time.monotonic()
         if sent_at > deadline:
             return Outcome(sent=False, error="not sent: time limit")
         outcome = backend.generate(requests[i], mode, args.ignore_eos)
         outcome.start = sent_at - start
-        outcome.late = outcome.start - arrivals[i] if load.kind == "rate" else 0.0
-        progress.add(outcome)
+        outcome.late = outcome.start - arrivals[i]
+        on_done(outcome)
         return outcome
 
     futures = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for i in range(n):
-            wait = start + arrivals[i] - time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+        for i in range(len(requests)):
+            wait = start + arrivals[i] - time.monotonic()
             if wait > 0:
-                time.sleep(min(wait, max(deadline - time.perf_counter(), 0)))
+                time.sleep(min(wait, max(deadline - time.monotonic(), 0)))
             futures.append(pool.submit(one, i))
-        outcomes = [f.result() for f in futures]
-    duration = max((o.start + o.e2e for o in outcomes if o.sent), default=0.0)
-    return outcomes, duration
+        return [f.result() for f in futures]
+
+
+def load_plan(n: int, load: Load, args) -> tuple:
+    """(arrival offsets, most requests in flight) of a run."""
+    workers = int(load.value) if load.kind == "concurrency" else args.max_concurrency
+    arrivals = poisson_schedule(n, load.value, args.seed) if load.kind == "rate" else [0.0] * n
+    return arrivals, workers
+
+
+def run_duration(outcomes: List[Outcome]) -> float:
+    return max((o.start + o.e2e for o in outcomes if o.sent), default=0.0)
+
+
+def run_load(backend, requests: List[BenchRequest], mode: str, load: Load, args,
+             progress: Progress) -> tuple:
+    """Sends every request once under the load; returns (outcomes in request order, duration).
+    Nothing is sent after args.time_limit seconds; each request has args.request_timeout."""
+    arrivals, workers = load_plan(len(requests), load, args)
+    outcomes = send_all(backend, requests, arrivals, workers, time.monotonic(), mode, args,
+                        progress.add)
+    if load.kind != "rate":
+        for o in outcomes:
+            o.late = 0.0
+    return outcomes, run_duration(outcomes)
+
+
+# One Python process streams about 20k gRPC messages/s at most (the GIL: each message is
+# ~50 us of interpreter time); a server that generates faster would be measured at the
+# client's speed. ClientProcesses spreads a run over processes, each with its own channel.
+_child_backend = None
+_child_done = None
+
+
+def _child_init(make_backend, done_queue, ready):
+    global _child_backend, _child_done
+    _child_backend, _child_done = make_backend(), done_queue
+    ready.wait()  # every process up before the first run, so that they start together
+
+
+def _child_send(task: tuple) -> List[Outcome]:
+    requests, arrivals, workers, start, mode, args = task
+    done = lambda o: _child_done.put(o.ok)
+    return send_all(_child_backend, requests, arrivals, workers, start, mode, args, done)
+
+
+class ClientProcesses:
+    """N spawned processes, each building its backend with make_backend() (picklable: a
+    module-level class, or functools.partial of one), that share each run: request i goes to
+    process i % N, the run's concurrency is divided among them, and all start at one instant."""
+
+    def __init__(self, make_backend, n: int):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")  # gRPC does not survive fork
+        self.n, self.done, ready = n, ctx.Queue(), ctx.Barrier(n + 1)
+        self.pool = ctx.Pool(n, initializer=_child_init,
+                             initargs=(make_backend, self.done, ready))
+        ready.wait(timeout=120)
+
+    def run_load(self, requests: List[BenchRequest], mode: str, load: Load, args,
+                 progress: Progress) -> tuple:
+        arrivals, workers = load_plan(len(requests), load, args)
+        start = time.monotonic() + 0.2  # time to hand out the tasks
+        tasks = []
+        for p in range(self.n):
+            part = list(range(p, len(requests), self.n))
+            share = workers // self.n + (p < workers % self.n)
+            tasks.append(([requests[i] for i in part], [arrivals[i] for i in part], share,
+                          start, mode, args))
+        pending = self.pool.map_async(_child_send, tasks)
+        while not pending.ready():  # forward the children's finishes to the progress line
+            self._drain(progress, timeout=0.2)
+        self._drain(progress, timeout=0)
+        outcomes: List[Optional[Outcome]] = [None] * len(requests)
+        for p, part_outcomes in enumerate(pending.get()):
+            for i, o in zip(range(p, len(requests), self.n), part_outcomes):
+                outcomes[i] = o
+        if load.kind != "rate":
+            for o in outcomes:
+                o.late = 0.0
+        return outcomes, run_duration(outcomes)
+
+    def _drain(self, progress: Progress, timeout: float):
+        import queue
+        try:
+            while True:
+                ok = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
+                progress.add(Outcome(ok=ok))
+                timeout = 0
+        except queue.Empty:
+            pass
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
 
 
 def scrape(host: str, port: Optional[int], api_key: str) -> Optional[Dict[str, float]]:
@@ -583,7 +672,9 @@ def git_commit() -> str:
         return ""
 
 
-def benchmark(args, backend, requests: List[BenchRequest]) -> dict:
+def benchmark(args, backend, requests: List[BenchRequest], clients=None) -> dict:
+    """clients: a ClientProcesses to send the measured runs from (warm-up and model info go
+    through backend)."""
     modes = [m.strip() for m in args.span_modes.split(",")]
     loads = parse_loads(args.request_rate, args.concurrency)
     server = backend.model_info()
@@ -598,7 +689,9 @@ def benchmark(args, backend, requests: List[BenchRequest]) -> dict:
         for mode in modes:
             progress = Progress(f"{mode}, {load.label()}", len(requests), args.progress_interval)
             before = scrape(args.host, args.metrics_port, args.api_key)
-            outcomes, duration = run_load(backend, requests, mode, load, args, progress)
+            outcomes, duration = (clients.run_load(requests, mode, load, args, progress)
+                                  if clients else
+                                  run_load(backend, requests, mode, load, args, progress))
             progress.close()
             run = {"mode": mode, "load": load.to_json(), "summary": summarize(outcomes, duration)}
             if before is not None:
@@ -618,6 +711,7 @@ def benchmark(args, backend, requests: List[BenchRequest]) -> dict:
                    "span_modes": modes, "loads": [load.to_json() for load in loads],
                    "ignore_eos": args.ignore_eos, "max_concurrency": args.max_concurrency,
                    "warmup": args.warmup, "itl_basis": backend.itl_basis,
+                   "client_processes": clients.n if clients else 1,
                    "mean_max_tokens": sum(r.max_tokens for r in requests) / len(requests)},
         "server": server,
         "runs": runs,
@@ -736,6 +830,9 @@ def main(argv=None) -> int:
     p.add_argument("--progress-interval", type=float, default=5.0, help="seconds; 0: quiet")
     p.add_argument("--build-dir", default=os.environ.get("SPANSERVE_BUILD_DIR",
                                                          os.path.join(REPO, "build")))
+    p.add_argument("--client-processes", type=int, default=1,
+                   help="send each run from N processes (one Python process streams ~20k "
+                        "gRPC messages/s at most; use more for servers faster than that)")
     p.add_argument("--out", help="JSON results")
     p.add_argument("--plot", help="PNG plot")
     p.add_argument("--save-requests", action="store_true", help="every request in the JSON")
@@ -750,20 +847,27 @@ def main(argv=None) -> int:
             raise ValueError(f"--span-modes: unknown mode {bad[0]!r} ({', '.join(SPAN_MODES)})")
         if args.num_prompts < 1:
             raise ValueError("--num-prompts must be >= 1")
+        if args.client_processes < 1:
+            raise ValueError("--client-processes must be >= 1")
         requests = load_dataset(args.dataset, args.num_prompts, args.seed, args.max_tokens)
     except (ValueError, OSError) as err:
         p.error(str(err))
     if args.port is None:
         args.port = 50051 if args.backend == "grpc" else 8080
     build_dir = os.path.abspath(args.build_dir)
-    backend = (GrpcBackend(args.host, args.port, args.api_key, args.request_timeout, build_dir,
-                           args.save_text)
-               if args.backend == "grpc" else
-               HttpBackend(args.host, args.port, args.api_key, args.request_timeout, args.model))
+    make_backend = (functools.partial(GrpcBackend, args.host, args.port, args.api_key,
+                                      args.request_timeout, build_dir, args.save_text)
+                    if args.backend == "grpc" else
+                    functools.partial(HttpBackend, args.host, args.port, args.api_key,
+                                      args.request_timeout, args.model))
+    backend = make_backend()
+    clients = ClientProcesses(make_backend, args.client_processes) if args.client_processes > 1 else None
     try:
-        result = benchmark(args, backend, requests)
+        result = benchmark(args, backend, requests, clients)
     finally:
         backend.close()
+        if clients:
+            clients.close()
     print(table(result))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

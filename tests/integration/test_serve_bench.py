@@ -113,3 +113,19 @@ def test_closed_loop_and_failures_are_reported(server, tmp_path):
     assert all(r["output_tokens"] <= r_max for r, r_max in
                zip([r for r in run["requests"] if r["ok"]], [8, 16, 8, 16]))
     assert "2 requests failed" in proc.stderr
+
+
+def test_client_processes_send_every_request_once_over_grpc(server, tmp_path):
+    before = counters(server)
+    result, proc = run_bench(server, tmp_path, "--dataset", "arith", "--num-prompts", "8",
+                             "--concurrency", "4", "--max-tokens", "16", "--ignore-eos",
+                             "--client-processes", "2", "--save-text")
+    after = counters(server)
+    assert result["config"]["client_processes"] == 2
+    for run in result["runs"]:
+        check_run(run, 8)
+        assert run["summary"]["completed"] == 8
+        assert run["summary"]["total_output_tokens"] == 8 * 16
+        assert all(r["text"] for r in run["requests"])
+    assert after["ok"] - before["ok"] == 16
+    assert "8/8 done (0 failed)" in proc.stderr  # the children's finishes reach the progress

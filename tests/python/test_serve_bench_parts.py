@@ -317,6 +317,38 @@ def test_time_limit_stops_sending_and_counts_what_was_not_sent():
     assert s["failed"] == 0 and len(backend.sent) == s["completed"]
 
 
+class SlowFakeBackend:
+    """Picklable for spawned clients: answers after 0.2 s with the process that answered."""
+    itl_basis = "token"
+
+    def generate(self, req, mode, ignore_eos):
+        time.sleep(0.2)
+        return sb.Outcome(ok=True, ttft=0.1, e2e=0.2, output_tokens=req.max_tokens,
+                          finish_reason=str(os.getpid()))
+
+    def close(self):
+        pass
+
+
+def test_client_processes_share_the_run_and_keep_request_order():
+    clients = sb.ClientProcesses(SlowFakeBackend, 3)
+    try:
+        progress = sb.Progress("test", 12, interval=0)
+        outcomes, duration = clients.run_load(requests(12), "dense", sb.Load("concurrency", 6),
+                                              bench_args(), progress)
+    finally:
+        clients.close()
+    assert [o.output_tokens for o in outcomes] == list(range(1, 13))  # request order
+    assert progress.done == 12 and all(o.ok for o in outcomes)
+    pids = [o.finish_reason for o in outcomes]
+    assert len(set(pids)) == 3 and os.getpid() not in map(int, pids)
+    assert all(pids[i] == pids[i % 3] for i in range(12))  # request i in process i % 3
+    # 6 in flight over 3 processes: two waves of 0.2 s, from one common start.
+    assert 0.4 <= duration < 0.4 + 0.5
+    starts = sorted(o.start for o in outcomes)
+    assert all(t < 0.15 for t in starts[:6]) and all(0.2 <= t < 0.6 for t in starts[6:])
+
+
 # ---- output ----
 
 def test_plot_and_table(tmp_path):
