@@ -7,16 +7,17 @@
 
 namespace spanserve {
 
-absl::StatusOr<std::shared_ptr<const Model>> LoadDummyModel(const std::string& name,
-                                                            const std::string& config_json,
-                                                            DType dtype) {
+absl::StatusOr<std::shared_ptr<const Model>> LoadDummyModel(
+    const std::string& name, const std::string& config_json, DType dtype,
+    const std::string& prompt_segmentation) {
   const char* env = std::getenv("SPANSERVE_SOURCE_DIR");
   const std::string source = env != nullptr ? env : SPANSERVE_SOURCE_DIR;
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / name;
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "config.json") << config_json;
-  std::ofstream(dir / "spanserve.json") << R"({"span_protocol": 1, "anchor_token": "<a>",
-    "header_end_token": "</a>", "prompt_segmentation": "whole", "max_header_tokens": 32})";
+  std::ofstream(dir / "spanserve.json")
+      << R"({"span_protocol": 1, "anchor_token": "<a>", "header_end_token": "</a>", )"
+      << R"("prompt_segmentation": ")" << prompt_segmentation << R"(", "max_header_tokens": 32})";
   std::error_code ec;
   std::filesystem::copy_file(source + "/tests/data/tokenizer/tokenizer.model",
                              dir / "tokenizer.model",

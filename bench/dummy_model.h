@@ -12,8 +12,9 @@ namespace spanserve {
 
 // Writes <tmp>/<name>/{config.json, spanserve.json, tokenizer.model} and loads it (dummy mode).
 // The source tree (for the tokenizer) is $SPANSERVE_SOURCE_DIR, else the one built from.
-absl::StatusOr<std::shared_ptr<const Model>> LoadDummyModel(const std::string& name,
-                                                            const std::string& config_json,
-                                                            DType dtype);
+// prompt_segmentation: the span config's ("whole", "lines" or "sentences").
+absl::StatusOr<std::shared_ptr<const Model>> LoadDummyModel(
+    const std::string& name, const std::string& config_json, DType dtype,
+    const std::string& prompt_segmentation = "whole");
 
 }  // namespace spanserve

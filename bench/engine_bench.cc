@@ -137,6 +137,117 @@ void BM_ForcedChain(benchmark::State& state) {
 BENCHMARK(BM_ForcedChain)->ArgName("self_selected")->Arg(0)->Arg(1)
     ->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 
+// ---- The engine thread's own cost, with a backend that computes nothing ----
+
+// Returns each sampled sequence's forced token (or token 5) at once: what is left of a step
+// is the engine's scheduling, batch building, span planning and token hand-out.
+class NullBackend : public Backend {
+ public:
+  NullBackend(int32_t num_blocks, int32_t block_size, int32_t vocab)
+      : num_blocks_(num_blocks), block_size_(block_size), vocab_(vocab) {}
+  std::string name() const override { return "null"; }
+  absl::Status Step(const StepBatch& batch, StepOutput* out) override {
+    if (absl::Status s = ValidateStepBatch(batch, num_blocks_, block_size_, vocab_); !s.ok()) {
+      return s;
+    }
+    out->tokens.assign(batch.seqs.size(), -1);
+    for (size_t i = 0; i < batch.seqs.size(); ++i) {
+      const StepSequence& seq = batch.seqs[i];
+      if (seq.sample) out->tokens[i] = seq.forced_token >= 0 ? seq.forced_token : 5;
+    }
+    return absl::OkStatus();
+  }
+  int32_t num_kv_blocks() const override { return num_blocks_; }
+  int32_t block_size() const override { return block_size_; }
+  int32_t vocab_size() const override { return vocab_; }
+
+ private:
+  int32_t num_blocks_, block_size_, vocab_;
+};
+
+// The test tokenizer with sentence segmentation: the summary task's span plans.
+std::shared_ptr<const Model> SentenceModel() {
+  static std::shared_ptr<const Model> model = [] {
+    auto loaded = LoadDummyModel("spanserve_bench_sentences", R"({
+      "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+      "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "vocab_size": 320,
+      "max_position_embeddings": 8192, "tie_word_embeddings": false,
+      "bos_token_id": 1, "eos_token_id": 2})", DType::kF32, "sentences");
+    if (!loaded.ok()) std::abort();
+    return *loaded;
+  }();
+  return model;
+}
+
+struct PhaseTimer : EngineObserver {
+  void OnStep(const StepStats& s) override {
+    std::lock_guard<std::mutex> lock(mu);
+    schedule += s.schedule_seconds;
+    build += s.build_seconds;
+    backend += s.seconds;
+    emit += s.emit_seconds;
+    rows += s.num_rows;
+    ++steps;
+  }
+  std::mutex mu;
+  double schedule = 0, build = 0, backend = 0, emit = 0;
+  int64_t rows = 0, steps = 0;
+};
+
+// The served summary benchmark's shape: 64 requests of ~120 sentences (~3k tokens with the
+// test tokenizer), each output 8 summary sentences that name 1-3 sources. Counters are
+// microseconds of engine-thread time per prompt row and per generated token.
+void BM_EngineHostCost(benchmark::State& state) {
+  const SpanMode mode = state.range(0) ? SpanMode::kSelfSelected : SpanMode::kDense;
+  std::shared_ptr<const Model> model = SentenceModel();
+  const Tokenizer& tok = *model->tokenizer;
+  const int batch = 64, sentences = 120;
+  std::vector<GenerateRequest> requests(batch);
+  for (int i = 0; i < batch; ++i) {
+    for (int k = 0; k < sentences; ++k) {
+      requests[i].prompt += "Otto " + std::to_string(k) + " sat on " +
+                            std::to_string((i * 31 + k * 7) % 97) + " mats. ";
+    }
+    std::string output;
+    for (int k = 0; k < 8; ++k) {
+      const int a = (k * 13 + i) % sentences, b = (k * 29 + 5) % sentences;
+      output += "<a>" + std::to_string(a) + "," + std::to_string(b) + "</a>Otto " +
+                std::to_string(a) + " and Otto " + std::to_string(b) + " sat on 12 mats.";
+    }
+    requests[i].forced_output = tok.Encode(output);
+    requests[i].max_tokens = static_cast<int32_t>(requests[i].forced_output.size());
+    requests[i].span_mode = mode;
+  }
+  KvPoolOptions pool;
+  pool.block_size = 16;
+  pool.num_blocks = 65536;
+  PhaseTimer timer;
+  EngineConfig config;
+  config.max_running = 256;
+  config.max_batched_tokens = 8192;
+  auto engine = CreateEngine(model, std::make_unique<NullBackend>(pool.num_blocks,
+                             pool.block_size, model->config.vocab_size), config, &timer);
+  if (!engine.ok()) std::abort();
+  double wall = 0;
+  for (auto _ : state) wall += RunBatch(engine->get(), requests);
+  int64_t generated = 0, prompt = 0;
+  for (const GenerateRequest& r : requests) generated += r.max_tokens;
+  for (const GenerateRequest& r : requests) prompt += tok.Encode(r.prompt).size();
+  generated *= state.iterations();
+  prompt *= state.iterations();
+  state.counters["prompt_tokens"] = double(prompt) / state.iterations() / batch;
+  state.counters["out_tokens"] = double(generated) / state.iterations() / batch;
+  state.counters["build_us_per_row"] = 1e6 * timer.build / timer.rows;
+  state.counters["emit_us_per_tok"] = 1e6 * timer.emit / generated;
+  state.counters["sched_us_per_step"] = 1e6 * timer.schedule / timer.steps;
+  state.counters["null_step_us"] = 1e6 * timer.backend / timer.steps;
+  state.counters["host_us_per_tok"] = 1e6 * (timer.schedule + timer.build + timer.emit) / generated;
+  state.counters["wall_us_per_tok"] = 1e6 * wall / generated;
+}
+BENCHMARK(BM_EngineHostCost)->ArgName("self_selected")->Arg(0)->Arg(1)
+    ->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
+
 }  // namespace
 }  // namespace spanserve
 

@@ -351,7 +351,9 @@ void EngineImpl::Loop() {
       std::unique_lock<std::mutex> lock(mu_);
       if (!TakeInbox(lock)) break;
     }
+    const Clock::time_point scheduled_at = Clock::now();
     const Schedule schedule = scheduler_.Next();
+    const Clock::time_point built_at_start = Clock::now();
     if (schedule.num_preempted > 0) {
       preemptions_ += schedule.num_preempted;
       for (int i = 0; i < schedule.num_preempted; ++i) observer_->OnPreemption();
@@ -362,10 +364,13 @@ void EngineImpl::Loop() {
     if (schedule.empty()) continue;
 
     StepStats stats;
+    stats.schedule_seconds = SecondsBetween(scheduled_at, built_at_start);
     BuildBatch(schedule, &stats);
     const Clock::time_point start = Clock::now();
+    stats.build_seconds = SecondsBetween(built_at_start, start);
     const absl::Status status = backend_->Step(batch_, &output_);
-    stats.seconds = SecondsBetween(start, Clock::now());
+    const Clock::time_point stepped = Clock::now();
+    stats.seconds = SecondsBetween(start, stepped);
     ++steps_;
     if (status.ok()) {
       ApplyStep(schedule);
@@ -374,6 +379,7 @@ void EngineImpl::Loop() {
         Finish(work.seq, FinishReason::kError, {}, std::string(status.message()));
       }
     }
+    stats.emit_seconds = SecondsBetween(stepped, Clock::now());
     observer_->OnStep(stats);
     PublishCounts();
   }
@@ -534,7 +540,7 @@ void EngineImpl::Finish(Sequence* seq, FinishReason reason, GenerationEvent even
   event.kv_blocks_dense = seq->kv_blocks_dense;
   event.attended_tokens = seq->attended_tokens;
   event.context_tokens = seq->context_tokens;
-  event.segments = SegmentReports(*seq);
+  if (seq->request.return_spans) event.segments = SegmentReports(*seq);
 
   RequestStats stats;
   stats.finish_reason = reason;

@@ -44,6 +44,9 @@ struct GenerateRequest {
   SpanMode span_mode = SpanMode::kSelfSelected;
   bool ignore_eos = false;
   bool include_span_markup = false;      // keep <a>header</a> in the returned text
+  // The final event carries every segment's report. Its texts decode the whole prompt and
+  // output on the engine thread (~1 ms at 3k tokens), so only a request that asks gets them.
+  bool return_spans = false;
   std::vector<int32_t> forced_output;    // benchmarks: emit these tokens, computing every step
 };
 
@@ -89,7 +92,12 @@ struct EngineStats {
 struct StepStats {
   int32_t num_seqs = 0;
   int32_t num_rows = 0;
-  double seconds = 0;
+  double seconds = 0;            // the backend's Step
+  // The engine thread's own work around it: choosing the work, building the batch (span
+  // plans included), and handing out the tokens (sinks, stop strings, finishes).
+  double schedule_seconds = 0;
+  double build_seconds = 0;
+  double emit_seconds = 0;
   int64_t kv_blocks_read = 0;    // decode rows of this step
   int64_t kv_blocks_dense = 0;
   std::vector<double> densities; // per decode row: attended tokens / (position + 1)

@@ -48,6 +48,16 @@ ServerMetrics::ServerMetrics(metrics::Registry* r)
                                     StepBuckets(), {"phase"})),
       decode_step_duration(step_duration.Get({"decode"})),
       prefill_step_duration(step_duration.Get({"prefill"})),
+      engine_loop(r->AddCounter("spanserve_engine_loop_seconds_total",
+                                "Busy time of the engine thread by phase: schedule (choosing "
+                                "the step's work), build (its batch and span plans), backend "
+                                "(the step itself), emit (handing out its tokens). The rest of "
+                                "the wall time the loop waited for work.",
+                                {"phase"})),
+      loop_schedule(engine_loop.Get({"schedule"})),
+      loop_build(engine_loop.Get({"build"})),
+      loop_backend(engine_loop.Get({"backend"})),
+      loop_emit(engine_loop.Get({"emit"})),
       attention_density(r->AddHistogram("spanserve_attention_density_ratio",
                                         "Attended tokens over causal context, per decode token.",
                                         LinearBuckets(0.1, 0.1, 10)).Get({})),
@@ -87,6 +97,10 @@ void MetricsObserver::OnStep(const StepStats& stats) {
   // Apart, because a served run's steps mix both and only decode steps are what spans cut.
   const bool decode_only = stats.num_rows == stats.num_seqs;
   (decode_only ? m_->decode_step_duration : m_->prefill_step_duration).Observe(stats.seconds);
+  m_->loop_schedule.Inc(stats.schedule_seconds);
+  m_->loop_build.Inc(stats.build_seconds);
+  m_->loop_backend.Inc(stats.seconds);
+  m_->loop_emit.Inc(stats.emit_seconds);
   m_->kv_blocks_read.Inc(static_cast<double>(stats.kv_blocks_read));
   m_->kv_blocks_dense.Inc(static_cast<double>(stats.kv_blocks_dense));
   for (double density : stats.densities) m_->attention_density.Observe(density);

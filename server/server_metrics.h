@@ -34,6 +34,11 @@ class ServerMetrics {
   metrics::Family<metrics::Histogram>& step_duration;  // by phase: decode, prefill
   metrics::Histogram& decode_step_duration;            // its two children, looked up once
   metrics::Histogram& prefill_step_duration;
+  metrics::Family<metrics::Counter>& engine_loop;  // by phase: schedule, build, backend, emit
+  metrics::Counter& loop_schedule;
+  metrics::Counter& loop_build;
+  metrics::Counter& loop_backend;
+  metrics::Counter& loop_emit;
   metrics::Histogram& attention_density;
   metrics::Counter& kv_blocks_read;
   metrics::Counter& kv_blocks_dense;

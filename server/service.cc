@@ -331,6 +331,7 @@ absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& proto
           absl::StrCat("span_mode: unknown span mode ", static_cast<int>(proto.span_mode())));
   }
   request.include_span_markup = proto.include_span_markup();
+  request.return_spans = proto.return_spans();
   request.ignore_eos = proto.ignore_eos();
   return request;
 }

@@ -225,9 +225,10 @@ TEST_F(EngineTest, ForcedSpanOutputReadsFewerBlocksThanDense) {
   GenerateRequest request = Greedy("(11+22)*(33-4)+(5*6)-(7+8)*9+10=", 900);
   request.forced_output = tok.Encode(output);
   request.include_span_markup = true;
+  request.return_spans = true;
 
   std::unique_ptr<Engine> engine = MakeEngine(256, {}, /*block_size=*/16);
-  Collector sparse, dense;
+  Collector sparse, dense, unasked;
   ASSERT_TRUE(engine->Submit(request, sparse.Sink()).ok());
   request.span_mode = SpanMode::kDense;
   ASSERT_TRUE(engine->Submit(request, dense.Sink()).ok());
@@ -250,6 +251,16 @@ TEST_F(EngineTest, ForcedSpanOutputReadsFewerBlocksThanDense) {
   EXPECT_LE(s.attended_tokens, s.kv_blocks_read * 16);
   EXPECT_EQ(dense.final_event().attended_tokens, dense.final_event().context_tokens);
   EXPECT_EQ(dense.final_event().segments[5].refs, std::vector<int32_t>{4});
+
+  // Without return_spans the finish carries no segment reports (they cost a decode of the
+  // whole sequence on the engine thread), and everything else the same.
+  request.return_spans = false;
+  request.span_mode = SpanMode::kSelfSelected;
+  ASSERT_TRUE(engine->Submit(request, unasked.Sink()).ok());
+  ASSERT_TRUE(unasked.Wait());
+  EXPECT_TRUE(unasked.final_event().segments.empty());
+  EXPECT_EQ(unasked.text(), output);
+  EXPECT_EQ(unasked.final_event().kv_blocks_read, s.kv_blocks_read);
 }
 
 TEST_F(EngineTest, BadRequestsGetInvalidArgumentNamingTheField) {

@@ -6,6 +6,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 
@@ -27,6 +28,7 @@ EXPECTED = {
     "spanserve_preemptions_total": "counter",
     "spanserve_batch_size": "histogram",
     "spanserve_step_duration_seconds": "histogram",
+    "spanserve_engine_loop_seconds_total": "counter",
     "spanserve_attention_density_ratio": "histogram",
     "spanserve_kv_blocks_read_total": "counter",
     "spanserve_kv_blocks_dense_total": "counter",
@@ -97,6 +99,27 @@ def test_counters_follow_the_traffic(busy_server):
     assert server.metric("spanserve_kv_blocks_read_total") <= \
         server.metric("spanserve_kv_blocks_dense_total")
     assert server.metric("spanserve_kv_blocks_capacity") > 0
+
+
+def test_engine_loop_time_splits_into_phases(busy_server):
+    server = busy_server
+    loop = "spanserve_engine_loop_seconds_total"
+    phases = ("schedule", "build", "backend", "emit")
+    before = {p: server.metric(loop, {"phase": p}) for p in phases}
+    steps = "spanserve_step_duration_seconds_sum"
+    steps_before = sum(server.metric(steps, {"phase": p}) for p in ("decode", "prefill"))
+    t0 = time.monotonic()
+    server.stub().Generate(request(max_tokens=40, ignore_eos=True), timeout=60)
+    wait_for(lambda: server.metric("spanserve_generated_tokens_total") > 0, 5, what="a finish")
+    time.sleep(0.2)  # the last step's observation lands just after the answer
+    wall = time.monotonic() - t0
+    grown = {p: server.metric(loop, {"phase": p}) - before[p] for p in phases}
+    assert all(v > 0 for v in grown.values()), grown
+    assert sum(grown.values()) <= wall
+    # The backend phase is the step time the histograms observe, the same seconds.
+    steps_grown = sum(server.metric(steps, {"phase": p}) for p in ("decode", "prefill")) - \
+        steps_before
+    assert grown["backend"] == pytest.approx(steps_grown, rel=1e-6, abs=1e-9)
 
 
 def free_port():
