@@ -31,9 +31,12 @@ class Tokenizer {
   virtual int32_t eos_id() const = 0;
 };
 
-// Loads a SentencePiece model file. On failure returns null and sets *error.
+// Loads a SentencePiece model file. On failure returns null and sets *error. decode_tables:
+// short decodes of context-free pieces from tables (false: every decode by the processor, the
+// reference the tables are tested against).
 std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& path,
-                                                      std::string* error);
+                                                      std::string* error,
+                                                      bool decode_tables = true);
 
 // The tokenizer of a model directory: tokenizer.json (Hugging Face) when present, else
 // tokenizer.model (SentencePiece). Null with *error (naming the file) on failure; *path, when

@@ -35,7 +35,7 @@ void* OpenModule(const std::string& path) {
 #endif
 }
 
-using LoadFunction = Tokenizer* (*)(const char*, std::string*);
+using LoadFunction = Tokenizer* (*)(const char*, std::string*, bool);
 
 // Where the module may be: $SPANSERVE_SENTENCEPIECE_MODULE, beside the executable, in ../lib
 // (an install or a packed folder), then where this build put it.
@@ -91,10 +91,10 @@ extern "C" const char* __asan_default_options() { return "alloc_dealloc_mismatch
 #endif
 
 std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& path,
-                                                      std::string* error) {
+                                                      std::string* error, bool decode_tables) {
   LoadFunction load = FindLoad(error);
   if (!load) return nullptr;
-  return std::unique_ptr<Tokenizer>(load(path.c_str(), error));
+  return std::unique_ptr<Tokenizer>(load(path.c_str(), error, decode_tables));
 }
 
 }  // namespace spanserve
