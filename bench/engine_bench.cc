@@ -200,6 +200,7 @@ struct PhaseTimer : EngineObserver {
 // microseconds of engine-thread time per prompt row and per generated token.
 void BM_EngineHostCost(benchmark::State& state) {
   const SpanMode mode = state.range(0) ? SpanMode::kSelfSelected : SpanMode::kDense;
+  const bool return_spans = state.range(1) != 0;  // the segment reports, as before 013de2b
   std::shared_ptr<const Model> model = SentenceModel();
   const Tokenizer& tok = *model->tokenizer;
   const int batch = 64, sentences = 120;
@@ -218,6 +219,7 @@ void BM_EngineHostCost(benchmark::State& state) {
     requests[i].forced_output = tok.Encode(output);
     requests[i].max_tokens = static_cast<int32_t>(requests[i].forced_output.size());
     requests[i].span_mode = mode;
+    requests[i].return_spans = return_spans;
   }
   KvPoolOptions pool;
   pool.block_size = 16;
@@ -245,8 +247,8 @@ void BM_EngineHostCost(benchmark::State& state) {
   state.counters["host_us_per_tok"] = 1e6 * (timer.schedule + timer.build + timer.emit) / generated;
   state.counters["wall_us_per_tok"] = 1e6 * wall / generated;
 }
-BENCHMARK(BM_EngineHostCost)->ArgName("self_selected")->Arg(0)->Arg(1)
-    ->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
+BENCHMARK(BM_EngineHostCost)->ArgNames({"self_selected", "return_spans"})
+    ->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
 
 }  // namespace
 }  // namespace spanserve
