@@ -11,8 +11,7 @@ it says is fixed by how many fact sentences the kind has, so the task is a funct
 document and a model can learn it exactly:
 - 1: who did what:  "Ada Moss of the Birch Guild planted 41 young trees on 14 March."
 - 2: a comparison:  "Ada Moss planted 41 young trees and Ben Hale planted 38, a difference of 3."
-- 3: a total:       "Ada Moss, Ben Hale and Cy Roe planted 41, 38 and 31 young trees, 110 in
-                     all."
+- 3: a total:       "Ada Moss planted 41, Ben Hale 38 and Cy Roe 31 young trees, 110 in all."
 Its gold sources are exactly the kind's fact sentences, so every header is known. Sentences are
 numbered like the items of minutes, "(12) ...", the number being the sentence's segment id
 (SummSpec.numbered, on in the presets). The presets draw two-digit numbers (10-99): the sums
@@ -203,10 +202,12 @@ def _summary_sentence(facts: List[dict]) -> dict:
         derived = {"op": "difference", "of": [a["n"], b["n"]], "value": d}
     else:
         total = sum(f["n"] for f in facts)
-        parts = ", ".join(str(f["n"]) for f in facts[:2]) + f" and {facts[2]['n']}"
-        # The parts first, then their total: the sum is worked from numbers just written.
-        text = (f"{people[0]}, {people[1]} and {people[2]} {verb} {parts} {unit}, "
-                f"{total} in all.")
+        # Each number beside its person: copied from the one source that names both. (Names
+        # first and numbers after them made the model count its place in two lists, and the
+        # 2026-12-07 model repeated one: "A, B and C delivered 51, 27 and 27".) The parts
+        # first, then their total: the sum is worked from numbers just written.
+        text = (f"{people[0]} {verb} {facts[0]['n']}, {people[1]} {facts[1]['n']} and "
+                f"{people[2]} {facts[2]['n']} {unit}, {total} in all.")
         kind, entities = "total", people
         derived = {"op": "sum", "of": [f["n"] for f in facts], "value": total}
     numbers = sorted({int(x) for x in _numbers(text)})
