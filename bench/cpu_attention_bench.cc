@@ -11,8 +11,8 @@
 #include <random>
 #include <vector>
 
-#include "engine/attention_plan.h"
-#include "engine/cpu_math.h"
+#include "engine/backends/cpu_math.h"
+#include "engine/core/attention_plan.h"
 
 namespace spanserve {
 namespace {

@@ -11,8 +11,8 @@
 #include <mutex>
 
 #include "bench/dummy_model.h"
-#include "engine/cpu_backend.h"
-#include "engine/engine.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/core/engine.h"
 
 namespace spanserve {
 namespace {

@@ -11,7 +11,7 @@ set(spanserve_sanitize_common -fno-omit-frame-pointer -fno-sanitize-recover=unde
 if(SPANSERVE_SANITIZE AND SPANSERVE_FUZZ)
   message(FATAL_ERROR "SPANSERVE_FUZZ brings its own sanitizers: leave SPANSERVE_SANITIZE empty")
 endif()
-# The sanitizer runtimes refuse dlopen's RTLD_DEEPBIND (engine/tokenizer_loader.cc).
+# The sanitizer runtimes refuse dlopen's RTLD_DEEPBIND (engine/model/tokenizer_loader.cc).
 if(SPANSERVE_SANITIZE OR SPANSERVE_FUZZ)
   add_compile_definitions(SPANSERVE_SANITIZED)
 endif()

@@ -10,9 +10,9 @@
 namespace spanserve::gpu {
 
 // Chunks reach the decode kernel cut into pieces of at most PieceTokens(block size) tokens
-// (engine/cuda_step_plan.h's CutIntoPieces), so that a pass packs several pieces whatever the block size:
-// the edge of a partly attended block of 64 or 128 tokens then idles less than a piece's worth
-// of slots, not up to a whole pass's.
+// (engine/backends/cuda_step_plan.h's CutIntoPieces), so that a pass packs several pieces
+// whatever the block size: the edge of a partly attended block of 64 or 128 tokens then idles
+// less than a piece's worth of slots, not up to a whole pass's.
 inline constexpr int kMaxPieceTokens = 16;
 SPANSERVE_HOST_DEVICE inline int PieceTokens(int block_size) {
   return block_size < kMaxPieceTokens ? block_size : kMaxPieceTokens;

@@ -61,10 +61,11 @@ cudaError_t LaunchSiluMul(const float* gate_up, int32_t rows, int32_t inter, uin
 // dispatched before any split 1 (a lead layout, launch_plan.h's SplitLayoutFor). A CTA takes
 // the group of query heads of one KV head for one row and the chunks of
 // split_heads[row][split] (launch_plan.h's SplitHead), each at most PieceTokens(block_size)
-// tokens long (engine/cuda_step_plan.h's CutIntoPieces). CTAs of the row's empty splits (past
-// its row_splits) leave at once. A row of one split writes `out` directly; otherwise each CTA writes its (o, lse)
-// partials, and the splits are merged into `out`: by the last CTA of each (row, KV head) to
-// finish, counted in split_counters, or, without counters, by a second kernel.
+// tokens long (engine/backends/cuda_step_plan.h's CutIntoPieces). CTAs of the row's empty
+// splits (past its row_splits) leave at once. A row of one split writes `out` directly;
+// otherwise each CTA writes its (o, lse) partials, and the splits are merged into `out`: by
+// the last CTA of each (row, KV head) to finish, counted in split_counters, or, without
+// counters, by a second kernel.
 // The counters start at zero and the merging CTA zeroes them again, so that a captured graph
 // replays; launches sharing counters must be ordered (one stream: an early launch touches
 // them only after its wait for the kernel ahead).

@@ -1,8 +1,8 @@
 // What the kernels read of a step's launch metadata (chunk entries, split heads, prefill tiles,
 // sampling parameters) and the launch-shape choices made from the device and the batch's size
 // (graph buckets, splits, lead layouts, shared memory placement), as plain C++ so that they are
-// tested without a GPU. Knows nothing of the engine: engine/cuda_step_plan.h turns a StepBatch
-// into these arrays.
+// tested without a GPU. Knows nothing of the engine: engine/backends/cuda_step_plan.h turns a
+// StepBatch into these arrays.
 #pragma once
 
 #include <cstddef>

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/backend_factory.h"
-#include "engine/engine.h"
+#include "engine/backends/backend_factory.h"
+#include "engine/core/engine.h"
 
 namespace spanserve {
 
@@ -16,7 +16,7 @@ struct ServerConfig {
   // model:
   std::string model_path = "models/arith-small";
   // Megatron tensor parallelism over this many ranks: the CPU backend simulates them
-  // (engine/tensor_parallel.h); the CUDA backend runs on one GPU only so far.
+  // (engine/model/tensor_parallel.h); the CUDA backend runs on one GPU only so far.
   int32_t tensor_parallel_size = 1;
   // device: cpu | cuda | auto
   std::string device = "auto";
@@ -63,7 +63,7 @@ struct ServerConfig {
   int32_t debug_step_delay_ms = 0;      // sleeps before each engine step (tests, demos)
   int32_t debug_load_delay_ms = 0;      // sleeps before loading the model (tests)
   // Engine steps (1-based) the CPU backend fails with INTERNAL; test builds only
-  // (engine/cpu_backend.h), refused elsewhere.
+  // (engine/backends/cpu_backend.h), refused elsewhere.
   std::vector<int64_t> debug_fail_steps;
 };
 

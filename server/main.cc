@@ -17,8 +17,8 @@
 #include <sstream>
 #include <thread>
 
-#include "engine/backend_factory.h"
-#include "engine/engine.h"
+#include "engine/backends/backend_factory.h"
+#include "engine/core/engine.h"
 #include "server/api_keys.h"
 #include "server/config.h"
 #include "server/http_api.h"

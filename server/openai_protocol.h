@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "engine/engine.h"
+#include "engine/core/engine.h"
 #include "spanserve/v1/spanserve.pb.h"
 
 namespace spanserve::openai {

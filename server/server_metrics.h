@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "engine/engine.h"
+#include "engine/core/engine.h"
 #include "server/metrics.h"
 
 namespace spanserve {

@@ -6,7 +6,7 @@
 #include <atomic>
 #include <string>
 
-#include "engine/engine.h"
+#include "engine/core/engine.h"
 #include "server/api_keys.h"
 #include "server/config.h"
 #include "server/server_metrics.h"

@@ -30,10 +30,10 @@
 
 #include "CLI/CLI.hpp"
 #include "bench/cuda/bench_util.h"
-#include "engine/attention_plan.h"
-#include "engine/backend.h"
-#include "engine/cuda_step_plan.h"
-#include "engine/kv_block_manager.h"
+#include "engine/backends/backend.h"
+#include "engine/backends/cuda_step_plan.h"
+#include "engine/core/attention_plan.h"
+#include "engine/core/kv_block_manager.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
 

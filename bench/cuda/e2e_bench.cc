@@ -25,8 +25,8 @@
 #include "CLI/CLI.hpp"
 #include "bench/cuda/bench_util.h"
 #include "bench/dummy_model.h"
-#include "engine/cuda_backend.h"
-#include "engine/engine.h"
+#include "engine/backends/cuda_backend.h"
+#include "engine/core/engine.h"
 
 namespace spanserve::bench {
 namespace {

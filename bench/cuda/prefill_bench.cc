@@ -21,9 +21,9 @@
 
 #include "CLI/CLI.hpp"
 #include "bench/cuda/bench_util.h"
-#include "engine/backend.h"
-#include "engine/cpu_math.h"
-#include "engine/cuda_step_plan.h"
+#include "engine/backends/backend.h"
+#include "engine/backends/cpu_math.h"
+#include "engine/backends/cuda_step_plan.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
 

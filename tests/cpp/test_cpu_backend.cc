@@ -9,11 +9,11 @@
 #include <random>
 #include <string>
 
-#include "engine/attention_plan.h"
-#include "engine/cpu_backend.h"
-#include "engine/cpu_math.h"
-#include "engine/model_config.h"
-#include "engine/safetensors.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/backends/cpu_math.h"
+#include "engine/core/attention_plan.h"
+#include "engine/model/model_config.h"
+#include "engine/model/safetensors.h"
 #include "gtest/gtest.h"
 #include "tests/cpp/tiny_model.h"
 

@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "absl/strings/match.h"
-#include "engine/cpu_backend.h"
-#include "engine/engine.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/core/engine.h"
 #include "gtest/gtest.h"
 #include "tests/cpp/event_collector.h"
 #include "tests/cpp/tiny_model.h"

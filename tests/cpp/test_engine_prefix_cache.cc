@@ -10,8 +10,8 @@
 #include <random>
 #include <thread>
 
-#include "engine/cpu_backend.h"
-#include "engine/engine.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/core/engine.h"
 #include "gtest/gtest.h"
 #include "tests/cpp/event_collector.h"
 #include "tests/cpp/tiny_model.h"

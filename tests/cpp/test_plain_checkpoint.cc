@@ -6,8 +6,8 @@
 #include <future>
 
 #include "absl/strings/match.h"
-#include "engine/cpu_backend.h"
-#include "engine/engine.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/core/engine.h"
 #include "gtest/gtest.h"
 #include "tests/cpp/tiny_model.h"
 

@@ -4,8 +4,8 @@
 #include <random>
 #include <vector>
 
-#include "engine/kv_block_manager.h"
-#include "engine/scheduler.h"
+#include "engine/core/kv_block_manager.h"
+#include "engine/core/scheduler.h"
 #include "gtest/gtest.h"
 
 namespace spanserve {

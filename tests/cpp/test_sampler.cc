@@ -2,7 +2,7 @@
 #include <cmath>
 #include <map>
 
-#include "engine/sampler.h"
+#include "engine/backends/sampler.h"
 #include "gtest/gtest.h"
 
 namespace spanserve {

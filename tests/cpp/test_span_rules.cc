@@ -3,8 +3,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "engine/attention_plan.h"
-#include "engine/span_rules.h"
+#include "engine/core/attention_plan.h"
+#include "engine/core/span_rules.h"
 #include "gtest/gtest.h"
 
 namespace spanserve {

@@ -9,12 +9,12 @@
 #include <random>
 #include <string>
 
-#include "engine/attention_plan.h"
-#include "engine/cpu_backend.h"
-#include "engine/cpu_math.h"
-#include "engine/engine.h"
-#include "engine/safetensors.h"
-#include "engine/tensor_parallel.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/backends/cpu_math.h"
+#include "engine/core/attention_plan.h"
+#include "engine/core/engine.h"
+#include "engine/model/safetensors.h"
+#include "engine/model/tensor_parallel.h"
 #include "gtest/gtest.h"
 #include "tests/cpp/event_collector.h"
 #include "tests/cpp/tiny_model.h"

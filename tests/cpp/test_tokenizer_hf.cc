@@ -1,4 +1,4 @@
-// engine/tokenizer_hf.cc against Hugging Face `tokenizers` 0.23.2: for each kind under
+// engine/model/tokenizer_hf.cc against Hugging Face `tokenizers` 0.23.2: for each kind under
 // tests/data/tokenizers (training/tools/make_tokenizer_references.mjs made them), every text's
 // ids (special tokens as plain text, and matched), the post-processor's ids and the decoded
 // text equal the library's.
@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/tokenizer_hf.h"
+#include "engine/model/tokenizer_hf.h"
 
 namespace spanserve {
 namespace {

@@ -9,7 +9,7 @@
 #include <random>
 #include <stdexcept>
 
-#include "engine/safetensors.h"
+#include "engine/model/safetensors.h"
 
 namespace spanserve {
 namespace {

@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "engine/cuda_backend.h"
+#include "engine/backends/cuda_backend.h"
 #include "gtest/gtest.h"
 #include "tests/cuda/reference.h"
 

@@ -10,8 +10,8 @@
 #include <span>
 #include <vector>
 
-#include "engine/attention_plan.h"
-#include "engine/backend.h"
+#include "engine/backends/backend.h"
+#include "engine/core/attention_plan.h"
 
 namespace spanserve::testing {
 

@@ -5,7 +5,7 @@
 #include <limits>
 #include <numeric>
 
-#include "engine/safetensors.h"
+#include "engine/model/safetensors.h"
 #include "kernels/sample_uniform.h"
 
 namespace spanserve::testing {

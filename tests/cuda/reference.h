@@ -6,8 +6,8 @@
 #include <span>
 #include <vector>
 
-#include "engine/cpu_math.h"
-#include "engine/types.h"
+#include "engine/backends/cpu_math.h"
+#include "engine/core/types.h"
 
 namespace spanserve::testing {
 

@@ -17,11 +17,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/attention_plan.h"
-#include "engine/backend_factory.h"
-#include "engine/cpu_backend.h"
-#include "engine/cuda_backend.h"
-#include "engine/engine.h"
+#include "engine/backends/backend_factory.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/backends/cuda_backend.h"
+#include "engine/core/attention_plan.h"
+#include "engine/core/engine.h"
 #include "tests/cpp/tiny_model.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/cuda/random_batch.h"

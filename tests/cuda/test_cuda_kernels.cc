@@ -13,10 +13,10 @@
 #include <random>
 #include <vector>
 
-#include "engine/attention_plan.h"
-#include "engine/cuda_step_plan.h"
-#include "engine/model_config.h"
-#include "engine/sampler.h"
+#include "engine/backends/cuda_step_plan.h"
+#include "engine/backends/sampler.h"
+#include "engine/core/attention_plan.h"
+#include "engine/model/model_config.h"
 #include "kernels/kernels.h"
 #include "kernels/launch_plan.h"
 #include "tests/cuda/cuda_test_util.h"

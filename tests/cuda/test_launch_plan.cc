@@ -7,7 +7,7 @@
 #include <set>
 #include <vector>
 
-#include "engine/cuda_step_plan.h"
+#include "engine/backends/cuda_step_plan.h"
 #include "gtest/gtest.h"
 #include "kernels/decode_geometry.h"
 #include "kernels/decode_gemm_layout.h"

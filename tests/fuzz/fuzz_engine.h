@@ -10,7 +10,7 @@
 #include <memory>
 #include <string>
 
-#include "engine/engine.h"
+#include "engine/core/engine.h"
 #include "server/config.h"
 #include "tests/fuzz/fuzz_check.h"
 

@@ -1,6 +1,6 @@
-// libFuzzer: bytes as config.json through ParseModelConfigJson (engine/model_config.h). A config
-// it accepts must have the sizes the loader and the backends rely on.
-#include "engine/model_config.h"
+// libFuzzer: bytes as config.json through ParseModelConfigJson (engine/model/model_config.h).
+// A config it accepts must have the sizes the loader and the backends rely on.
+#include "engine/model/model_config.h"
 #include "tests/fuzz/fuzz_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -2,7 +2,7 @@
 // ToEngineRequest (server/service.cc) and Engine::Submit on a real engine (fuzz_engine.h): the
 // engine's validation, prompt segmentation and encoding, length checks and, for requests it
 // takes, the whole generation, which must finish. Odd-length prompts are cancelled at once.
-#include "engine/span_rules.h"
+#include "engine/core/span_rules.h"
 #include "server/service.h"
 #include "tests/fuzz/fuzz_engine.h"
 

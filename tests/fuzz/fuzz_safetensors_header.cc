@@ -1,7 +1,7 @@
-// libFuzzer: bytes as a safetensors file through ParseSafetensors (engine/safetensors.h). Every
-// tensor it accepts must lie in the data region and hold numel * dtype size bytes; reading them
-// all lets ASan check that.
-#include "engine/safetensors.h"
+// libFuzzer: bytes as a safetensors file through ParseSafetensors (engine/model/safetensors.h).
+// Every tensor it accepts must lie in the data region and hold numel * dtype size bytes; reading
+// them all lets ASan check that.
+#include "engine/model/safetensors.h"
 #include "tests/fuzz/fuzz_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

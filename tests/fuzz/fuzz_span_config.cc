@@ -1,6 +1,7 @@
-// libFuzzer: bytes as spanserve.json through ParseSpanConfigJson (engine/model_config.h). A span
-// config it accepts must name two different, non-empty span tokens and a header limit >= 1.
-#include "engine/model_config.h"
+// libFuzzer: bytes as spanserve.json through ParseSpanConfigJson (engine/model/model_config.h).
+// A span config it accepts must name two different, non-empty span tokens and a header limit
+// >= 1.
+#include "engine/model/model_config.h"
 #include "tests/fuzz/fuzz_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,4 +1,4 @@
-// libFuzzer: the span rule (engine/span_rules.h) on token sequences over a small vocabulary of
+// libFuzzer: the span rule (engine/core/span_rules.h) on token sequences over a small vocabulary of
 // digits, ',', '*', a multi-digit piece, content, <a>, </a> and an id past the pieces; then the
 // same bytes as prompt text through SegmentPromptText. Checks what the engine relies on: every
 // position's attended ranges are sorted, disjoint, causal and end at the position itself; the
@@ -10,7 +10,7 @@
 #include <cctype>
 #include <span>
 
-#include "engine/span_rules.h"
+#include "engine/core/span_rules.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace spanserve {

@@ -1,5 +1,5 @@
 """model.tensor_parallel_size through a real server: the shipped model served with 2 and 4
-simulated ranks on the CPU backend (engine/tensor_parallel.h: heads and MLP sharded, partial
+simulated ranks on the CPU backend (engine/model/tensor_parallel.h: heads and MLP sharded, partial
 products summed) gives the same greedy text as the unsharded server, in both span modes; a size
 that does not divide the model's heads stops the server with a message naming it."""
 from __future__ import annotations

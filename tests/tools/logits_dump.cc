@@ -15,10 +15,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/attention_plan.h"
-#include "engine/cpu_backend.h"
-#include "engine/model.h"
-#include "engine/span_rules.h"
+#include "engine/backends/cpu_backend.h"
+#include "engine/core/attention_plan.h"
+#include "engine/core/span_rules.h"
+#include "engine/model/model.h"
 
 namespace spanserve {
 namespace {

@@ -1,4 +1,4 @@
-"""Hugging Face model directories: what the engine loads (engine/model_loader.cc).
+"""Hugging Face model directories: what the engine loads (engine/model/model_loader.cc).
 
     config.json                      LlamaConfig.to_hf_dict()
     model.safetensors                the state_dict (lm_head.weight left out when tied), or shards

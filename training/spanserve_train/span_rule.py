@@ -1,8 +1,9 @@
 """The span rule of docs/span_rule.md in Python: segments, the header state machine, the attended
 ranges of every position and the attention mask, prompt segmentation and prompt encoding.
 
-The C++ engine (engine/span_rules.*) implements the same rule; tests/vectors/span_rule_vectors.json
-is generated from this module (training/tools/make_span_vectors.py) and checked by both sides.
+The C++ engine (engine/core/span_rules.*) implements the same rule;
+tests/vectors/span_rule_vectors.json is generated from this module
+(training/tools/make_span_vectors.py) and checked by both sides.
 """
 from __future__ import annotations
 

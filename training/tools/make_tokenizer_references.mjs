@@ -1,4 +1,4 @@
-// Reference data for engine/tokenizer_hf.cc (issue 20): tokenizer.json files of the kinds
+// Reference data for engine/model/tokenizer_hf.cc (issue 20): tokenizer.json files of the kinds
 // LLaMA-family checkpoints ship, and for each the ids and decoded text of a varied text set, as
 // the Hugging Face `tokenizers` library (Rust core 0.23.2, through its Node bindings) computes
 // them. Used only to make test data, never at run time.
