@@ -195,7 +195,8 @@ class GenerateCall final : public GenerationCall<grpc::ServerUnaryReactor> {
 };
 
 // Events are buffered as they come; one write is in flight at a time, and it carries every
-// token that arrived since the last one, so a slow reader gets groups of tokens.
+// token that arrived since the last one, so a slow reader gets groups of tokens. The engine
+// thread only buffers: a write it makes due is started on the service's WriteQueue.
 class GenerateStreamCall final
     : public GenerationCall<grpc::ServerWriteReactor<v1::GenerateStreamResponse>> {
  public:
@@ -225,8 +226,12 @@ class GenerateStreamCall final
         }
         have_final_ = true;
       }
+      // A write in flight takes the buffer when it is done (OnWriteDone); a posted pump will.
+      if (writing_now_ || pump_posted_ || finishing_) return;
+      pump_posted_ = true;
     }
-    Pump();
+    // The call lives until its Finish, which only the posted pump can start from here.
+    service_->write_queue()->Post([this] { Pump(); });
   }
 
   void FinishRpc(const grpc::Status& status) override {
@@ -247,6 +252,7 @@ class GenerateStreamCall final
     bool counted = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      pump_posted_ = false;
       if (finishing_ || writing_now_) return;
       const bool has_data = pending_.token_ids_size() > 0 || !pending_.text().empty();
       if (have_final_ && (broken_ || client_cancelled_ || !final_status_.ok())) {
@@ -287,6 +293,7 @@ class GenerateStreamCall final
   v1::GenerateStreamResponse pending_;   // arrived since the last write
   v1::GenerateStreamResponse writing_;   // owned by the write in flight
   bool writing_now_ = false;
+  bool pump_posted_ = false;  // a Pump waits in the write queue
   bool broken_ = false;
   bool have_final_ = false;
   bool finishing_ = false;

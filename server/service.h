@@ -10,6 +10,7 @@
 #include "server/api_keys.h"
 #include "server/config.h"
 #include "server/server_metrics.h"
+#include "server/write_queue.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
 namespace spanserve {
@@ -39,6 +40,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   Engine* engine() const { return engine_.load(); }
   const ServerConfig& config() const { return config_; }
   ServerMetrics* metrics() const { return metrics_; }
+  WriteQueue* write_queue() { return &write_queue_; }
   // UNAVAILABLE while loading or draining, else OK.
   grpc::Status Availability() const;
   // UNAUTHENTICATED unless the call carries one of the API keys (OK when none are set).
@@ -51,6 +53,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   std::atomic<Engine*> engine_{nullptr};
   std::string backend_name_;
   std::atomic<bool> draining_{false};
+  WriteQueue write_queue_{2};  // the streams' writes, off the engine thread
 };
 
 // The engine request for a protocol request: unset fields take the configured defaults, a
