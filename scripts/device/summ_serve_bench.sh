@@ -95,6 +95,6 @@ scrape > "$work/metrics.txt"
 kill $server; wait $server
 python3 bench/summ_quality.py score "$out/serve.json" "$test_split" --out "$out/quality.json"
 tar -cf "$out/serve_logs.tar" -C "$work" server.log metrics.txt device.txt
-grep -E 'step_duration_seconds_(sum|count)' "$work/metrics.txt" | head -12
+grep -E 'step_duration_seconds_(sum|count)|engine_loop_seconds_total' "$work/metrics.txt" | head -16
 tail -5 "$work/server.log"
 ls -la "$out"
