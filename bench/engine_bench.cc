@@ -12,6 +12,7 @@
 
 #include "bench/dummy_model.h"
 #include "engine/backends/cpu_backend.h"
+#include "engine/backends/cuda_step_plan.h"
 #include "engine/core/engine.h"
 
 namespace spanserve {
@@ -141,14 +142,29 @@ BENCHMARK(BM_ForcedChain)->ArgName("self_selected")->Arg(0)->Arg(1)
 
 // Returns each sampled sequence's forced token (or token 5) at once: what is left of a step
 // is the engine's scheduling, batch building, span planning and token hand-out.
+// With plan_like_cuda, it also builds the CUDA backend's host step plan (the metadata blob it
+// copies to the GPU each step), so that "backend" time is that plan's host cost.
 class NullBackend : public Backend {
  public:
-  NullBackend(int32_t num_blocks, int32_t block_size, int32_t vocab)
-      : num_blocks_(num_blocks), block_size_(block_size), vocab_(vocab) {}
+  NullBackend(int32_t num_blocks, int32_t block_size, int32_t vocab, bool plan_like_cuda)
+      : num_blocks_(num_blocks), block_size_(block_size), vocab_(vocab),
+        plan_like_cuda_(plan_like_cuda) {}
   std::string name() const override { return "null"; }
   absl::Status Step(const StepBatch& batch, StepOutput* out) override {
     if (absl::Status s = ValidateStepBatch(batch, num_blocks_, block_size_, vocab_); !s.ok()) {
       return s;
+    }
+    if (plan_like_cuda_) {
+      gpu::PlanOptions options;
+      options.block_size = block_size_;
+      options.num_splits = 4;
+      const gpu::PlanCapacity need = gpu::NeededCapacity(batch, options);
+      if (!capacity_.Covers(need)) {
+        capacity_ = capacity_.Max(need);
+        layout_ = gpu::PlanLayout::For(capacity_);
+        blob_.assign(layout_.total, 0);
+      }
+      benchmark::DoNotOptimize(gpu::BuildStepPlan(batch, options, layout_, blob_.data()));
     }
     out->tokens.assign(batch.seqs.size(), -1);
     for (size_t i = 0; i < batch.seqs.size(); ++i) {
@@ -163,6 +179,10 @@ class NullBackend : public Backend {
 
  private:
   int32_t num_blocks_, block_size_, vocab_;
+  bool plan_like_cuda_;
+  gpu::PlanCapacity capacity_;
+  gpu::PlanLayout layout_;
+  std::vector<uint8_t> blob_;
 };
 
 // The test tokenizer with sentence segmentation: the summary task's span plans.
@@ -201,6 +221,7 @@ struct PhaseTimer : EngineObserver {
 void BM_EngineHostCost(benchmark::State& state) {
   const SpanMode mode = state.range(0) ? SpanMode::kSelfSelected : SpanMode::kDense;
   const bool return_spans = state.range(1) != 0;  // the segment reports, as before 013de2b
+  const bool plan_like_cuda = state.range(2) != 0;
   std::shared_ptr<const Model> model = SentenceModel();
   const Tokenizer& tok = *model->tokenizer;
   const int batch = 64, sentences = 120;
@@ -229,7 +250,8 @@ void BM_EngineHostCost(benchmark::State& state) {
   config.max_running = 256;
   config.max_batched_tokens = 8192;
   auto engine = CreateEngine(model, std::make_unique<NullBackend>(pool.num_blocks,
-                             pool.block_size, model->config.vocab_size), config, &timer);
+                             pool.block_size, model->config.vocab_size, plan_like_cuda),
+                             config, &timer);
   if (!engine.ok()) std::abort();
   double wall = 0;
   for (auto _ : state) wall += RunBatch(engine->get(), requests);
@@ -244,11 +266,65 @@ void BM_EngineHostCost(benchmark::State& state) {
   state.counters["emit_us_per_tok"] = 1e6 * timer.emit / generated;
   state.counters["sched_us_per_step"] = 1e6 * timer.schedule / timer.steps;
   state.counters["null_step_us"] = 1e6 * timer.backend / timer.steps;
+  state.counters["step_us_per_row"] = 1e6 * timer.backend / timer.rows;
   state.counters["host_us_per_tok"] = 1e6 * (timer.schedule + timer.build + timer.emit) / generated;
   state.counters["wall_us_per_tok"] = 1e6 * wall / generated;
 }
-BENCHMARK(BM_EngineHostCost)->ArgNames({"self_selected", "return_spans"})
-    ->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
+BENCHMARK(BM_EngineHostCost)->ArgNames({"self_selected", "return_spans", "cuda_plan"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
+
+// The CUDA backend's host step plan alone, on a full prefill step (8192 causal rows of 3
+// prompts, 2.9k tokens each) and on a dense decode step (64 rows of 2.9k-token contexts, one
+// chunk a block, as the engine plans dense decode rows): what the backend's host spends
+// before its first launch.
+void BM_CudaStepPlan(benchmark::State& state) {
+  const bool prefill = state.range(0) != 0;
+  const int32_t block_size = 16, context = 2900;
+  StepBatch batch;
+  const int32_t seqs = prefill ? 3 : 64;
+  for (int32_t s = 0; s < seqs; ++s) {
+    const int32_t rows = prefill ? (s < 2 ? context : 8192 - 2 * context) : 1;
+    const int32_t first = prefill ? 0 : context - 1;
+    StepSequence seq;
+    seq.row_begin = batch.num_rows();
+    seq.num_rows = rows;
+    seq.table_begin = static_cast<int32_t>(batch.block_tables.size());
+    seq.num_blocks = (first + rows + block_size - 1) / block_size;
+    seq.sample = true;
+    for (int32_t b = 0; b < seq.num_blocks; ++b) batch.block_tables.push_back(s * 256 + b);
+    for (int32_t r = 0; r < rows; ++r) {
+      AttentionRow row;
+      row.seq = s;
+      row.causal = prefill;
+      if (!prefill) {
+        row.chunk_begin = static_cast<int32_t>(batch.chunks.size());
+        for (int32_t b = 0; b < seq.num_blocks; ++b) {
+          const int32_t end = std::min(block_size, context - b * block_size);
+          batch.chunks.push_back({s * 256 + b, 0, end});
+        }
+        row.chunk_end = static_cast<int32_t>(batch.chunks.size());
+      }
+      batch.token_ids.push_back(5);
+      batch.positions.push_back(first + r);
+      batch.rows.push_back(row);
+    }
+    batch.seqs.push_back(seq);
+  }
+  gpu::PlanOptions options;
+  options.block_size = block_size;
+  options.num_splits = 4;
+  const gpu::PlanLayout layout = gpu::PlanLayout::For(gpu::NeededCapacity(batch, options));
+  std::vector<uint8_t> blob(layout.total);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(ValidateStepBatch(batch, 64 * 256, block_size, 320));
+    benchmark::DoNotOptimize(gpu::BuildStepPlan(batch, options, layout, blob.data()));
+  }
+  state.counters["rows"] = batch.num_rows();
+  state.counters["us_per_row"] = benchmark::Counter(
+      batch.num_rows(), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  state.counters["blob_kb"] = layout.total / 1024.0;
+}
+BENCHMARK(BM_CudaStepPlan)->ArgName("prefill")->Arg(1)->Arg(0)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace spanserve
