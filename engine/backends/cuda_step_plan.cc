@@ -59,6 +59,16 @@ int32_t DecodePieces(const StepBatch& batch, int32_t block_size) {
   return n;
 }
 
+// True when CutIntoPieces would return the chunks unchanged: each non-empty and at most a
+// piece long.
+bool AllPieces(std::span<const KvChunk> chunks, int32_t block_size) {
+  const int32_t piece = PieceTokens(block_size);
+  for (const KvChunk& c : chunks) {
+    if (c.end - c.begin > piece || c.end <= c.begin) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool PlanCapacity::Covers(const PlanCapacity& need) const {
@@ -211,16 +221,21 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
   for (int32_t r = 0; r < plan.rows; ++r) {
     const bool real = r < n;
     if (real && batch.rows[r].causal) continue;
-    pieces.clear();
+    std::span<const KvChunk> cut;
     if (real) {
       const AttentionRow& row = batch.rows[r];
-      CutIntoPieces({batch.chunks.data() + row.chunk_begin,
-                     static_cast<size_t>(row.chunk_end - row.chunk_begin)},
-                    B, &pieces);
+      cut = {batch.chunks.data() + row.chunk_begin,
+             static_cast<size_t>(row.chunk_end - row.chunk_begin)};
+      // Dense rows and blocks of up to a piece come as pieces already: no copy to cut them.
+      if (!AllPieces(cut, B)) {
+        pieces.clear();
+        CutIntoPieces(cut, B, &pieces);
+        cut = pieces;
+      }
     }
-    SplitChunks(pieces, S, options.min_split_tokens, plan.chunks, bounds.data(),
+    SplitChunks(cut, S, options.min_split_tokens, plan.chunks, bounds.data(),
                 options.lead_percent);
-    for (const KvChunk& c : pieces) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
+    for (const KvChunk& c : cut) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
     FillSplitHeads(bounds.data(), S, chunks, r, written, heads + int64_t{plan.decode_rows} * S);
     ++plan.decode_rows;
   }
