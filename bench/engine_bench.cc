@@ -14,6 +14,7 @@
 #include "engine/backends/cpu_backend.h"
 #include "engine/backends/cuda_step_plan.h"
 #include "engine/core/engine.h"
+#include "engine/model/tokenizer.h"
 
 namespace spanserve {
 namespace {
@@ -325,6 +326,36 @@ void BM_CudaStepPlan(benchmark::State& state) {
   state.counters["blob_kb"] = layout.total / 1024.0;
 }
 BENCHMARK(BM_CudaStepPlan)->ArgName("prefill")->Arg(1)->Arg(0)->Unit(benchmark::kMicrosecond);
+
+// What the engine's detokenizer pays a generated token: Decode of a two-token window (and of
+// its one-token context), for each kind of tokenizer a model directory can ship.
+void BM_TokenizerDecodeWindow(benchmark::State& state) {
+  // 5 and 6: the first two through SentencePiece's processor alone (no piece tables).
+  static const char* kDirs[] = {"tests/data/tokenizer", "models/summ-long",
+                                "tests/data/tokenizers/gpt2", "tests/data/tokenizers/llama3",
+                                "tests/data/tokenizers/qwen2", "tests/data/tokenizer",
+                                "models/summ-long"};
+  const std::string dir = std::string(SPANSERVE_SOURCE_DIR) + "/" + kDirs[state.range(0)];
+  std::string error;
+  std::unique_ptr<Tokenizer> tok =
+      state.range(0) >= 5 ? LoadSentencePieceTokenizer(dir + "/tokenizer.model", &error, false)
+                          : LoadTokenizer(dir, &error);
+  if (!tok) {
+    state.SkipWithError(error.c_str());
+    return;
+  }
+  const std::vector<int32_t> ids =
+      tok->Encode("On 3 May, Otto Gallo delivered 51 food parcels to the old market in Kell.");
+  size_t i = 0, bytes = 0;
+  for (auto _ : state) {
+    const size_t a = i++ % (ids.size() - 1);
+    bytes += tok->Decode({ids[a], ids[a + 1]}).size() + tok->Decode({ids[a]}).size();
+  }
+  benchmark::DoNotOptimize(bytes);
+  state.SetLabel(std::string(kDirs[state.range(0)]) +
+                 (state.range(0) >= 5 ? " (processor)" : ""));
+}
+BENCHMARK(BM_TokenizerDecodeWindow)->DenseRange(0, 6)->Unit(benchmark::kNanosecond);
 
 }  // namespace
 }  // namespace spanserve
