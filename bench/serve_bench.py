@@ -567,8 +567,12 @@ def load_plan(n: int, load: Load, args) -> tuple:
     return arrivals, workers
 
 
-def run_duration(outcomes: List[Outcome]) -> float:
-    return max((o.start + o.e2e for o in outcomes if o.sent), default=0.0)
+def run_result(outcomes: List[Outcome], load: Load) -> tuple:
+    """(outcomes, duration) of a finished run; lateness counts only against a rate's schedule."""
+    if load.kind != "rate":
+        for o in outcomes:
+            o.late = 0.0
+    return outcomes, max((o.start + o.e2e for o in outcomes if o.sent), default=0.0)
 
 
 def run_load(backend, requests: List[BenchRequest], mode: str, load: Load, args,
@@ -578,10 +582,7 @@ def run_load(backend, requests: List[BenchRequest], mode: str, load: Load, args,
     arrivals, workers = load_plan(len(requests), load, args)
     outcomes = send_all(backend, requests, arrivals, workers, time.monotonic(), mode, args,
                         progress.add)
-    if load.kind != "rate":
-        for o in outcomes:
-            o.late = 0.0
-    return outcomes, run_duration(outcomes)
+    return run_result(outcomes, load)
 
 
 # One Python process streams about 20k gRPC messages/s at most (the GIL: each message is
@@ -634,10 +635,7 @@ class ClientProcesses:
         for p, part_outcomes in enumerate(pending.get()):
             for i, o in zip(range(p, len(requests), self.n), part_outcomes):
                 outcomes[i] = o
-        if load.kind != "rate":
-            for o in outcomes:
-                o.late = 0.0
-        return outcomes, run_duration(outcomes)
+        return run_result(outcomes, load)
 
     def _drain(self, progress: Progress, timeout: float):
         import queue

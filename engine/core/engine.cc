@@ -351,9 +351,9 @@ void EngineImpl::Loop() {
       std::unique_lock<std::mutex> lock(mu_);
       if (!TakeInbox(lock)) break;
     }
-    const Clock::time_point scheduled_at = Clock::now();
+    const Clock::time_point schedule_start = Clock::now();
     const Schedule schedule = scheduler_.Next();
-    const Clock::time_point built_at_start = Clock::now();
+    const Clock::time_point build_start = Clock::now();
     if (schedule.num_preempted > 0) {
       preemptions_ += schedule.num_preempted;
       for (int i = 0; i < schedule.num_preempted; ++i) observer_->OnPreemption();
@@ -364,10 +364,10 @@ void EngineImpl::Loop() {
     if (schedule.empty()) continue;
 
     StepStats stats;
-    stats.schedule_seconds = SecondsBetween(scheduled_at, built_at_start);
+    stats.schedule_seconds = SecondsBetween(schedule_start, build_start);
     BuildBatch(schedule, &stats);
     const Clock::time_point start = Clock::now();
-    stats.build_seconds = SecondsBetween(built_at_start, start);
+    stats.build_seconds = SecondsBetween(build_start, start);
     const absl::Status status = backend_->Step(batch_, &output_);
     const Clock::time_point stepped = Clock::now();
     stats.seconds = SecondsBetween(start, stepped);
