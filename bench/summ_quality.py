@@ -85,6 +85,18 @@ def speedups(rows: list) -> list:
     return out
 
 
+def fact_breakdown_lines(rows: list) -> str:
+    """Per run, the reference sentences by type: fact accuracy and the share of each error."""
+    lines = []
+    for r in rows:
+        for kind, t in r["quality"].get("facts_by_type", {}).items():
+            errors = ", ".join(f"{e} {100 * v:.1f}%" for e, v in t["errors"].items() if v)
+            lines.append(f"{r['mode']} {r['load']['kind']} {r['load']['value']} {kind}: "
+                         f"{t['sentences']} sentences, facts right {100 * t['fact_accuracy']:.1f}%"
+                         f"{'; ' + errors if errors else ''}")
+    return "\n".join(lines)
+
+
 def write_prompts(records: list, path: str, max_tokens: int) -> None:
     """The documents as serve_bench prompts: the sentences joined by spaces, which the server's
     `sentences` segmentation cuts back into the same segments."""
@@ -117,6 +129,7 @@ def main(argv=None) -> None:
     report = {"commit": result.get("commit"), "command": result.get("command"),
               "server": result.get("server"), "rows": rows, "speedups": speedups(rows)}
     print(table(rows))
+    print(fact_breakdown_lines(rows))
     for s in report["speedups"]:
         print(f"{s['load']['kind']} {s['load']['value']}: SELF_SELECTED/DENSE "
               f"{s['throughput_ratio']:.3f}x, fact accuracy {s['fact_accuracy_diff_pts']:+.2f} "

@@ -21,6 +21,10 @@
 #                                       cuBLASLt heuristic algorithm, fp32 and bf16 out
 #   scripts/device/gpu_run.sh breakdown where a full-batch decode step goes: cuda_e2e_bench
 #                                       --profile-phases (BREAKDOWN_ARGS), GPU time by phase
+#   scripts/device/gpu_run.sh summ      issue 17's served shape offline: cuda_e2e_bench --workload
+#                                       summ (the summary model's shape, dummy weights, ~3k-token
+#                                       prompts, forced span summaries; SUMM_ARGS), timed, then
+#                                       again with --profile-phases (prefill and decode by phase)
 #   scripts/device/gpu_run.sh peer      the PyTorch peer (bench/cuda/torch_e2e_peer.py, static
 #                                       cache, SDPA, CUDA graph; PEER_COMPILE=1 adds torch.compile)
 #                                       and cuda_e2e_bench at the same fixed context (PEER_CONTEXT)
@@ -214,6 +218,17 @@ breakdown() {
   grep -v '^dummy weights\|^cuda: weights' "$work/breakdown.log" | tail -8
   cp "$work/breakdown.json" "$out/" 2>/dev/null
 }
+summ() {
+  local args=${SUMM_ARGS:---requests 256 --batch 256 --min-context 1200 --max-context 4900}
+  local tag
+  for tag in timed profiled; do
+    timeout "${E2E_TIMEOUT:-0}" "$pack/bin/cuda_e2e_bench" --workload summ $args \
+      $([[ $tag == profiled ]] && echo --profile-phases) --json "$work/summ_$tag.json" \
+      >"$work/summ_$tag.log" 2>&1 || status=1
+    grep -v '^dummy weights\|^cuda: weights' "$work/summ_$tag.log" | tail -10
+    cp "$work/summ_$tag.json" "$out/" 2>/dev/null
+  done
+}
 # The Python of the GPU machine with its own libraries, not the packed ones.
 peer() {
   local ctx=${PEER_CONTEXT:-1536} batch
@@ -236,9 +251,9 @@ peer() {
 }
 for p in "${phases[@]}"; do
   case $p in
-    check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|prefill|breakdown|peer|variants) $p ;;
+    check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|prefill|breakdown|summ|peer|variants) $p ;;
     all) check; kernels; e2e ;;
-    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|prefill|breakdown|peer|variants|all ..."; exit 2 ;;
+    *) echo "usage: $0 check|kernels|e2e|splits|ab|bench|interleave|profile|roof|gemm|prefill|breakdown|summ|peer|variants|all ..."; exit 2 ;;
   esac
 done
 tar -czf "$out/logs_$phase${LOG_TAG:+_$LOG_TAG}.tar.gz" -C "$work" .

@@ -25,6 +25,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const fuzz::Generation run = fuzz::Run(*std::move(request), cancel);
   if (!run.submitted) return 0;
   fuzz::Check(run.finish.generated_tokens <= fuzz.config.max_tokens_limit, "past max_tokens");
+  // Segment reports come only when asked for (return_spans); then the prompt's count must hold.
+  if (!proto.return_spans()) {
+    fuzz::Check(run.finish.segments.empty(), "segments reported without return_spans");
+    return 0;
+  }
   size_t in_prompt = 0;
   for (const SegmentReport& segment : run.finish.segments) in_prompt += segment.in_prompt;
   fuzz::Check(in_prompt == prompt_segments, "the prompt's text made segments of its own");

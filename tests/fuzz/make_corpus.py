@@ -143,6 +143,10 @@ def request_seeds(build: Path) -> list[bytes]:
         R(prompt="x", stop=[""] * 3, seed=12),
         R(prompt="x" * 600, seed=13),
         R(prompt="go", seed=14),
+        # Segment reports asked for: the fuzz check counts the prompt's segments in them.
+        R(prompt="go", seed=14, return_spans=True),
+        R(prompt="One. Two! Three? Four.", max_tokens=8, seed=16, return_spans=True),
+        R(segments=["The cat sat.", "On the mat."], max_tokens=8, seed=17, return_spans=True),
     ]
     out = [r.SerializeToString() for r in requests]
     unknown = R(prompt="x", seed=15)

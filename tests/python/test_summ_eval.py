@@ -196,3 +196,39 @@ def test_aggregate_is_a_micro_average(record):
     assert agg["header_precision"] == 1.0 and agg["fact_accuracy"] == 1.0
     assert agg["rouge_l"] == pytest.approx(1.0)
     assert se.aggregate([])["records"] == 0
+
+
+def test_fact_errors_name_what_is_wrong():
+    total = {"type": "total", "entities": ["Ada Moss", "Ben Hale", "Cy Roe"],
+             "numbers": [31, 38, 41, 110], "derived": {"op": "sum", "of": [41, 38, 31],
+                                                       "value": 110}}
+    right = "Ada Moss planted 41, Ben Hale 38 and Cy Roe 31 young trees, 110 in all."
+    assert se.fact_errors(right, total) == []
+    assert se.fact_errors(right.replace("110", "111"), total) == ["derived_number",
+                                                                  "extra_number"]
+    assert se.fact_errors(right.replace("38", "31"), total) == ["copied_number"]
+    assert se.fact_errors(right.replace("Cy Roe", "Cy Moss"), total) == ["entity"]
+    assert se.fact_errors(None, total) == ["missing_sentence"]
+    who = {"type": "who", "entities": ["Ada Moss", "Birch Guild", "14 March"],
+           "numbers": [14, 41], "derived": None}
+    assert se.fact_errors("Ada Moss of the Birch Guild planted 41 young trees on 14 March.",
+                          who) == []
+    assert se.fact_errors("Ada Moss of the Birch Guild planted 41 young trees on 15 March.",
+                          who) == ["entity", "copied_number", "extra_number"]
+
+
+def test_fact_breakdown_counts_each_type_and_error(record):
+    texts = list(record["reference"])
+    kinds = [f["type"] for f in record["facts"]]
+    n_old = record["facts"][0]["derived"]["value"]  # sentence 0 is a comparison or a total
+    texts[0] = re.sub(rf"\b{n_old}\b", "9999", texts[0])
+    s = se.score_output(record, build(headers_of(record), texts[:-1]))  # the last one missing
+    by_type = se.aggregate([s])["facts_by_type"]
+    assert sum(t["sentences"] for t in by_type.values()) == len(kinds)
+    first, last = by_type[kinds[0]], by_type[kinds[-1]]
+    assert first["errors"]["derived_number"] == pytest.approx(1 / kinds.count(kinds[0]))
+    assert first["errors"]["extra_number"] == pytest.approx(1 / kinds.count(kinds[0]))
+    assert last["errors"]["missing_sentence"] == pytest.approx(1 / kinds.count(kinds[-1]))
+    right = len(kinds) - 2
+    assert sum(t["fact_accuracy"] * t["sentences"] for t in by_type.values()) == \
+        pytest.approx(right)

@@ -79,3 +79,16 @@ def test_a_run_without_saved_requests_is_refused(tool, records):
     del bare["requests"]
     with pytest.raises(ValueError, match="--save-requests"):
         tool.score_run(bare, records)
+
+
+def test_the_fact_breakdown_is_printed_per_run_and_type(tool, records):
+    perfect = [r["output"] for r in records]
+    dropped = [t.rsplit("<a>", 1)[0] for t in perfect]  # each summary's last sentence missing
+    rows = [tool.row(r, tool.score_run(r, records))
+            for r in (run("self_selected", perfect, 1.0), run("dense", dropped, 1.0))]
+    lines = tool.fact_breakdown_lines(rows).splitlines()
+    kinds = {f["type"] for r in records for f in r["facts"]}
+    assert len(lines) == 2 * len(kinds)
+    assert all("facts right 100.0%" in l and "missing" not in l
+               for l in lines if l.startswith("self_selected"))
+    assert any("missing_sentence" in l for l in lines if l.startswith("dense"))

@@ -74,6 +74,30 @@ def facts_correct(text: str, facts: dict) -> bool:
             and set(numbers_in(text)) == set(facts["numbers"]))
 
 
+FACT_ERRORS = ("missing_sentence", "entity", "copied_number", "derived_number", "extra_number")
+
+
+def fact_errors(text: "str | None", facts: dict) -> List[str]:
+    """Why a sentence's facts are wrong (empty when facts_correct): a gold entity missing, a
+    number copied from a source missing, the difference or total missing, or a number that is
+    no gold number. `text` None: no generated sentence in this slot."""
+    if text is None:
+        return ["missing_sentence"]
+    found, gold = set(numbers_in(text)), set(facts["numbers"])
+    derived = facts.get("derived")
+    copied = set(derived["of"]) if derived else gold
+    errors = []
+    if not all(has_entity(text, e) for e in facts["entities"]):
+        errors.append("entity")
+    if not copied <= found:
+        errors.append("copied_number")
+    if derived and derived["value"] not in found:
+        errors.append("derived_number")
+    if found - gold:
+        errors.append("extra_number")
+    return errors
+
+
 @dataclass
 class SummaryScore:
     sentences_ref: int = 0
@@ -85,6 +109,9 @@ class SummaryScore:
     header_gold: int = 0        # sum of |gold_k| over reference sentences
     facts_correct: int = 0
     sentence_facts: List[bool] = field(default_factory=list)  # per reference sentence
+    # per reference sentence: its facts' type (who, compare, total) and fact_errors
+    sentence_types: List[str] = field(default_factory=list)
+    sentence_errors: List[List[str]] = field(default_factory=list)
     rouge_l: float = 0.0        # F
     stray_text: bool = False
 
@@ -122,6 +149,8 @@ def score_segments(record: dict, segments: Sequence[OutSegment], stray: str = ""
         seg = segments[k] if k < len(segments) else None
         s.header_overlap += len(set(seg.refs) & set(gold)) if seg else 0
         s.sentence_facts.append(seg is not None and facts_correct(seg.text, facts))
+        s.sentence_types.append(facts.get("type", "?"))
+        s.sentence_errors.append(fact_errors(seg.text if seg else None, facts))
     s.facts_correct = sum(s.sentence_facts)
     generated = stray + "".join(seg.text for seg in segments)
     s.rouge_l = rouge_l(" ".join(record["reference"]), generated).fmeasure
@@ -148,4 +177,23 @@ def aggregate(scores: Sequence[SummaryScore]) -> dict:
             "header_precision": total.header_precision, "header_recall": total.header_recall,
             "malformed_rate": total.malformed_rate, "star_headers": total.star,
             "rouge_l": sum(s.rouge_l for s in scores) / len(scores) if scores else 0.0,
-            "stray_text": sum(s.stray_text for s in scores)}
+            "stray_text": sum(s.stray_text for s in scores),
+            **fact_breakdown(scores)}
+
+
+def fact_breakdown(scores: Sequence[SummaryScore]) -> dict:
+    """Reference sentences by type (who, compare, total): how many, the fraction right, and the
+    fraction with each fact error (a sentence can have several)."""
+    by_type: dict = {}
+    for s in scores:
+        for kind, right, errors in zip(s.sentence_types, s.sentence_facts, s.sentence_errors):
+            t = by_type.setdefault(kind, {"sentences": 0, "right": 0,
+                                          **{e: 0 for e in FACT_ERRORS}})
+            t["sentences"] += 1
+            t["right"] += right
+            for e in errors:
+                t[e] += 1
+    return {"facts_by_type": {
+        kind: {"sentences": t["sentences"], "fact_accuracy": t["right"] / t["sentences"],
+               "errors": {e: t[e] / t["sentences"] for e in FACT_ERRORS}}
+        for kind, t in sorted(by_type.items())}}
