@@ -102,7 +102,7 @@ int32_t EvenPlacementSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& lim
 }
 
 void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
-                    int32_t q_row, std::span<const int32_t> written_blocks, SplitHead* heads) {
+                    int32_t q_row, const WrittenBlockSet& written_blocks, SplitHead* heads) {
   int32_t used = 0;
   for (int32_t s = 0; s < num_splits; ++s) {
     if (bounds[s] < bounds[s + 1]) heads[used++] = {bounds[s], bounds[s + 1], 0, q_row, 0, {}};
@@ -110,9 +110,7 @@ void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry*
   for (int32_t s = used; s < num_splits; ++s) {
     heads[s] = {bounds[num_splits], bounds[num_splits], 0, q_row, 0, {}};
   }
-  auto written = [&](int32_t block) {
-    return std::binary_search(written_blocks.begin(), written_blocks.end(), block);
-  };
+  auto written = [&](int32_t block) { return written_blocks.contains(block); };
   for (int32_t s = 0; s < num_splits; ++s) {
     SplitHead& head = heads[s];
     head.row_splits = used;
@@ -127,11 +125,13 @@ void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry*
   }
 }
 
-std::vector<int32_t> WrittenBlocks(std::span<const int32_t> kv_block) {
-  std::vector<int32_t> blocks(kv_block.begin(), kv_block.end());
-  std::sort(blocks.begin(), blocks.end());
-  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-  return blocks;
+WrittenBlockSet::WrittenBlockSet(std::span<const int32_t> kv_block) {
+  int32_t max_block = -1;
+  for (int32_t b : kv_block) max_block = std::max(max_block, b);
+  bits_.assign(static_cast<size_t>(max_block + 1 + 63) / 64, 0);
+  for (int32_t b : kv_block) {
+    if (b >= 0) bits_[b / 64] |= uint64_t{1} << (b % 64);
+  }
 }
 
 bool DecodeGemmTakes(int32_t rows, int32_t out, int32_t in) {

@@ -162,15 +162,26 @@ struct SmLimits {
 // lead layout's grains must wait for a CTA to finish, not share an SM with the lead splits.
 int32_t EvenPlacementSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& limits);
 
+// The blocks a step's rows write their K and V into (kv_block of its rows), as a bitmap by block
+// id: FillSplitHeads asks it up to kSplitHeadEntries times a split head, a bit test each.
+class WrittenBlockSet {
+ public:
+  explicit WrittenBlockSet(std::span<const int32_t> kv_block);
+  bool contains(int32_t block) const {
+    const uint32_t b = static_cast<uint32_t>(block);
+    return b / 64 < bits_.size() && (bits_[b / 64] >> (b % 64) & 1u);
+  }
+
+ private:
+  std::vector<uint64_t> bits_;
+};
+
 // The heads of one row's num_splits splits, from the num_splits + 1 bounds SplitChunks wrote and
 // the step's chunk entries (those of the row already in place): the splits that hold chunks
-// first, in order, then the empty ones. written_blocks (sorted): the blocks that kernels of the
-// step write, which end each head's early entries.
+// first, in order, then the empty ones. written: the blocks that kernels of the step write,
+// which end each head's early entries.
 void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
-                    int32_t q_row, std::span<const int32_t> written_blocks, SplitHead* heads);
-
-// The blocks a step's rows write their K and V into (kv_block of its rows), sorted, once each.
-std::vector<int32_t> WrittenBlocks(std::span<const int32_t> kv_block);
+                    int32_t q_row, const WrittenBlockSet& written, SplitHead* heads);
 
 
 // The decode GEMM (decode_gemm.cu): y[rows, out] (fp32) = x[rows, in] . w[out, in]^T (bf16),

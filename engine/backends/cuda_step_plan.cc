@@ -53,20 +53,25 @@ int32_t DecodePieces(const StepBatch& batch, int32_t block_size) {
   for (const AttentionRow& row : batch.rows) {
     if (row.causal) continue;
     for (int32_t c = row.chunk_begin; c < row.chunk_end; ++c) {
-      n += std::max(1, (batch.chunks[c].end - batch.chunks[c].begin + piece - 1) / piece);
+      const int32_t tokens = batch.chunks[c].end - batch.chunks[c].begin;
+      n += tokens <= piece ? 1 : (tokens + piece - 1) / piece;  // most are a piece: no divide
     }
   }
   return n;
 }
 
-// True when CutIntoPieces would return the chunks unchanged: each non-empty and at most a
-// piece long.
-bool AllPieces(std::span<const KvChunk> chunks, int32_t block_size) {
-  const int32_t piece = PieceTokens(block_size);
-  for (const KvChunk& c : chunks) {
-    if (c.end - c.begin > piece || c.end <= c.begin) return false;
+// Copies the chunks to `out` as entries; returns false (the copy then does not count) unless
+// CutIntoPieces would return them unchanged: each non-empty and at most a piece long.
+bool CopyIfAllPieces(std::span<const KvChunk> chunks, int32_t block_size, ChunkEntry* out) {
+  const uint32_t piece = static_cast<uint32_t>(PieceTokens(block_size));
+  bool pieces = true;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const KvChunk& c = chunks[i];
+    // 1 <= end - begin <= piece, as one unsigned compare; no branch in the loop
+    pieces &= static_cast<uint32_t>(c.end - c.begin) - 1u < piece;
+    out[i] = {c.block, c.begin | (c.end << 16)};
   }
-  return true;
+  return pieces;
 }
 
 }  // namespace
@@ -217,7 +222,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
   ChunkEntry* chunks = At<ChunkEntry>(blob, layout.chunks);
   std::vector<KvChunk> pieces;
   std::vector<int32_t> bounds(S + 1);
-  const std::vector<int32_t> written = WrittenBlocks({kv_block, static_cast<size_t>(plan.rows)});
+  const WrittenBlockSet written({kv_block, static_cast<size_t>(plan.rows)});
   for (int32_t r = 0; r < plan.rows; ++r) {
     const bool real = r < n;
     if (real && batch.rows[r].causal) continue;
@@ -226,16 +231,19 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
       const AttentionRow& row = batch.rows[r];
       cut = {batch.chunks.data() + row.chunk_begin,
              static_cast<size_t>(row.chunk_end - row.chunk_begin)};
-      // Dense rows and blocks of up to a piece come as pieces already: no copy to cut them.
-      if (!AllPieces(cut, B)) {
+      // Dense rows and blocks of up to a piece come as pieces already: copied as they are.
+      if (!CopyIfAllPieces(cut, B, chunks + plan.chunks)) {
         pieces.clear();
         CutIntoPieces(cut, B, &pieces);
         cut = pieces;
+        for (size_t i = 0; i < cut.size(); ++i) {
+          chunks[plan.chunks + i] = {cut[i].block, cut[i].begin | (cut[i].end << 16)};
+        }
       }
     }
     SplitChunks(cut, S, options.min_split_tokens, plan.chunks, bounds.data(),
                 options.lead_percent);
-    for (const KvChunk& c : cut) chunks[plan.chunks++] = {c.block, c.begin | (c.end << 16)};
+    plan.chunks += static_cast<int32_t>(cut.size());
     FillSplitHeads(bounds.data(), S, chunks, r, written, heads + int64_t{plan.decode_rows} * S);
     ++plan.decode_rows;
   }

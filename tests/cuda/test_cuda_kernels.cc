@@ -5,6 +5,7 @@
 // attention and decode rows mixed as in a step; RoPE with the KV write; the fused residual add
 // and RMSNorm; embedding; SiluMul; sampling; the decode GEMM (both variants, every row tile
 // count, split counts, determinism, graph replay). Skipped where no GPU is visible.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -124,10 +125,13 @@ void CheckDecode(std::mt19937& rng, const DecodeCase& c, int32_t rows, int32_t m
     b += (contexts[r] + B - 1) / B;
     last_blocks.push_back(blocks[b - 1]);
   }
-  const std::vector<int32_t> written = gpu::WrittenBlocks(last_blocks);
+  const gpu::WrittenBlockSet written_set(last_blocks);
+  std::vector<int32_t> written = last_blocks;  // sorted, once each
+  std::sort(written.begin(), written.end());
+  written.erase(std::unique(written.begin(), written.end()), written.end());
   std::vector<gpu::SplitHead> heads(size_t(rows) * S);
   for (int32_t r = 0; r < rows; ++r) {
-    gpu::FillSplitHeads(&bounds[size_t(r) * (S + 1)], S, entries.data(), q_row[r], written,
+    gpu::FillSplitHeads(&bounds[size_t(r) * (S + 1)], S, entries.data(), q_row[r], written_set,
                         &heads[size_t(r) * S]);
   }
   caches.PoisonUnattended(row_chunks);

@@ -2,6 +2,7 @@
 // geometry, the graph buckets, and the packed blob of a step read back against its batch.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -171,15 +172,26 @@ TEST(FillSplitHeads, EarlyEntriesEndAtTheFirstWrittenBlock) {
   for (int32_t b = 10; b < 22; ++b) chunks.push_back({b, 0 | (16 << 16)});
   const int32_t bounds[] = {0, 3, 12, 12};  // 3 entries, 9, and an empty split
   SplitHead heads[3];
-  const std::vector<int32_t> written = WrittenBlocks(std::vector<int32_t>{17, 12, 17, 30});
-  EXPECT_EQ(written, (std::vector<int32_t>{12, 17, 30}));
+  const std::vector<int32_t> kv_block = {17, 12, 17, 30};
+  const WrittenBlockSet written(kv_block);
   FillSplitHeads(bounds, 3, chunks.data(), 5, written, heads);
   EXPECT_EQ(heads[0].early_entries, 2);  // block 12
   EXPECT_EQ(heads[1].early_entries, 4);  // block 17, entry 7
   EXPECT_EQ(heads[2].early_entries, kSplitHeadEntries);
-  FillSplitHeads(bounds, 3, chunks.data(), 5, std::vector<int32_t>{30}, heads);
+  const std::vector<int32_t> only_30 = {30};
+  FillSplitHeads(bounds, 3, chunks.data(), 5, WrittenBlockSet(only_30), heads);
   // Entries past a split's end read nothing: they count as early.
   for (const SplitHead& h : heads) EXPECT_EQ(h.early_entries, kSplitHeadEntries);
+}
+
+TEST(WrittenBlockSet, HoldsExactlyTheWrittenBlocks) {
+  const std::vector<int32_t> kv_block = {17, 12, 17, 30, 0, 64, 63};
+  const WrittenBlockSet written(kv_block);
+  for (int32_t b = -3; b < 200; ++b) {
+    EXPECT_EQ(written.contains(b), std::count(kv_block.begin(), kv_block.end(), b) > 0) << b;
+  }
+  EXPECT_FALSE(WrittenBlockSet(std::vector<int32_t>{}).contains(0));
+  EXPECT_FALSE(written.contains(std::numeric_limits<int32_t>::max()));
 }
 
 TEST(SplitChunks, EmptyRowHasEmptySplits) {
@@ -711,6 +723,31 @@ TEST(IsDecodeStep, OneNonCausalRowPerSequence) {
   batch.logits_mode = LogitsMode::kSampled;
   batch.rows[0].causal = true;
   EXPECT_FALSE(IsDecodeStep(batch));
+}
+
+
+// The branch-free checks still find each bad entry, and the message names it.
+TEST(ValidateStepBatch, RefusesABadChunkOrTableEntry) {
+  std::mt19937 rng(11);
+  RandomBatchSpec spec;
+  spec.decode_only = true;
+  const StepBatch good = RandomBatch(rng, spec);
+  ASSERT_TRUE(ValidateStepBatch(good, spec.num_blocks, spec.block_size, spec.vocab).ok());
+  ASSERT_FALSE(good.chunks.empty());
+  const size_t last = good.chunks.size() - 1;
+  for (int bad = 0; bad < 5; ++bad) {
+    StepBatch b = good;
+    KvChunk& c = b.chunks[last];
+    if (bad == 0) c.block = spec.num_blocks;
+    if (bad == 1) c.block = -1;
+    if (bad == 2) c.end = spec.block_size + 1;
+    if (bad == 3) c.begin = c.end + 1;
+    if (bad == 4) b.block_tables.back() = spec.num_blocks;
+    const absl::Status s = ValidateStepBatch(b, spec.num_blocks, spec.block_size, spec.vocab);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find(bad == 4 ? "block table entry" : "bad chunk"), std::string::npos)
+        << s.message();
+  }
 }
 
 }  // namespace
