@@ -102,7 +102,7 @@ int32_t EvenPlacementSmem(int32_t kernel_smem, int64_t ctas, const SmLimits& lim
 }
 
 void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry* chunks,
-                    int32_t q_row, const WrittenBlockSet& written_blocks, SplitHead* heads) {
+                    int32_t q_row, const WrittenBlockSet& written, SplitHead* heads) {
   int32_t used = 0;
   for (int32_t s = 0; s < num_splits; ++s) {
     if (bounds[s] < bounds[s + 1]) heads[used++] = {bounds[s], bounds[s + 1], 0, q_row, 0, {}};
@@ -110,7 +110,6 @@ void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry*
   for (int32_t s = used; s < num_splits; ++s) {
     heads[s] = {bounds[num_splits], bounds[num_splits], 0, q_row, 0, {}};
   }
-  auto written = [&](int32_t block) { return written_blocks.contains(block); };
   for (int32_t s = 0; s < num_splits; ++s) {
     SplitHead& head = heads[s];
     head.row_splits = used;
@@ -118,7 +117,7 @@ void FillSplitHeads(const int32_t* bounds, int32_t num_splits, const ChunkEntry*
     for (int32_t i = 0; i < kSplitHeadEntries; ++i) {
       const int32_t c = head.chunk_begin + i;
       head.first[i] = c < head.chunk_end ? chunks[c] : ChunkEntry{0, 0};
-      if (c < head.chunk_end && written(chunks[c].block)) {
+      if (c < head.chunk_end && written.contains(chunks[c].block)) {
         head.early_entries = std::min(head.early_entries, i);
       }
     }

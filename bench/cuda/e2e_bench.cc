@@ -89,23 +89,23 @@ struct StepTimer : EngineObserver {
     std::lock_guard<std::mutex> lock(mu);
     ++steps;
     engine_host_seconds += s.schedule_seconds + s.build_seconds + s.emit_seconds;
+    const CudaBackendStats b = GetCudaBackendStats(*backend);  // this step's
     if (s.num_rows != s.num_seqs) {  // a prompt row in it
       ++prefill_steps;
       prefill_seconds += s.seconds;
       prefill_rows += s.num_rows;
-      AddPhases(GetCudaBackendStats(*backend), &prefill_phase_ms);
+      AddPhases(b, &prefill_phase_ms);
       return;
     }
     ++decode_steps;
     decode_seconds += s.seconds;
     decode_rows += s.num_rows;
-    AddPhases(GetCudaBackendStats(*backend), &decode_phase_ms);
+    AddPhases(b, &decode_phase_ms);
     if (s.num_seqs != batch) return;
     ++full_steps;
     full_seconds += s.seconds;
     full_kv_blocks += s.kv_blocks_read;
     full_kv_dense += s.kv_blocks_dense;
-    const CudaBackendStats b = GetCudaBackendStats(*backend);
     host_ms += b.last_host_ms;
     gpu_ms += b.last_gpu_ms;
     AddPhases(b, &phase_ms);

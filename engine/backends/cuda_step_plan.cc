@@ -60,6 +60,9 @@ int32_t DecodePieces(const StepBatch& batch, int32_t block_size) {
   return n;
 }
 
+// A chunk as the kernel's entry: its token range packed in one word.
+ChunkEntry ToEntry(const KvChunk& c) { return {c.block, c.begin | (c.end << 16)}; }
+
 // Copies the chunks to `out` as entries; returns false (the copy then does not count) unless
 // CutIntoPieces would return them unchanged: each non-empty and at most a piece long.
 bool CopyIfAllPieces(std::span<const KvChunk> chunks, int32_t block_size, ChunkEntry* out) {
@@ -69,7 +72,7 @@ bool CopyIfAllPieces(std::span<const KvChunk> chunks, int32_t block_size, ChunkE
     const KvChunk& c = chunks[i];
     // 1 <= end - begin <= piece, as one unsigned compare; no branch in the loop
     pieces &= static_cast<uint32_t>(c.end - c.begin) - 1u < piece;
-    out[i] = {c.block, c.begin | (c.end << 16)};
+    out[i] = ToEntry(c);
   }
   return pieces;
 }
@@ -236,9 +239,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
         pieces.clear();
         CutIntoPieces(cut, B, &pieces);
         cut = pieces;
-        for (size_t i = 0; i < cut.size(); ++i) {
-          chunks[plan.chunks + i] = {cut[i].block, cut[i].begin | (cut[i].end << 16)};
-        }
+        std::transform(cut.begin(), cut.end(), chunks + plan.chunks, ToEntry);
       }
     }
     SplitChunks(cut, S, options.min_split_tokens, plan.chunks, bounds.data(),
