@@ -4,10 +4,13 @@
 #
 #   training/tools/gpu_train_summ.sh [MINUTES] [TRAINER FLAGS...]    (default 7 minutes)
 #
-# 1. data: the summ-long preset, seed 17, in 16 processes (train LONG_DOCS, default 60000, val
-#    200, test 256 documents from disjoint seeds), unless a warm machine kept it; at batch 32
-#    (~545k tokens/s on the H100) 7 minutes are about 70k documents, so 60000 is about one pass;
-#    with SHORT_DOCS=N also N short documents (13-40 sentences, seed 18) mixed into training;
+# 1. data: the summ-long preset, seed DATA_SEED (default 17), in 16 processes (train LONG_DOCS,
+#    default 60000, val 200, test 256 documents from disjoint seeds), unless a warm machine kept
+#    it; at batch 32 (~545k tokens/s on the H100) 7 minutes are about 70k documents,
+#    so 60000 is about one pass;
+#    with SHORT_DOCS=N also N short documents (13-40 sentences, seed DATA_SEED + 1) mixed into
+#    training; a call that goes on from an earlier one's model passes another DATA_SEED (e.g. 19)
+#    to train on new documents, and carries the first call's test.jsonl.gz to serve;
 # 2. the span tokenizer (SentencePiece, 4000 pieces, digits split) from 2000 training records,
 #    unless one is carried in models/summ-long/tokenizer.model (the shipped one: same pieces);
 # 3. training from scratch for MINUTES (a time-limited cosine: it anneals and exports within
@@ -33,7 +36,7 @@ mkdir -p runs/summ-long
 t0=$(date +%s)
 data=runs/data/summ-long
 if [[ ! -f $data/train.jsonl ]]; then
-  python3 -m spanserve_train.summ_data --preset summ-long --out "$data" --seed 17 \
+  python3 -m spanserve_train.summ_data --preset summ-long --out "$data" --seed "${DATA_SEED:-17}" \
     --workers 16 --n-train "${LONG_DOCS:-60000}" >runs/data.log 2>&1 || { cat runs/data.log; exit 1; }
 fi
 train_flags=()
@@ -41,7 +44,7 @@ if [[ -n ${SHORT_DOCS:-} ]]; then
   # A curriculum mix: SHORT_DOCS documents of 13-40 sentences (3-4 kinds, seed 18) beside the
   # long ones, where a young model finds its sources among fewer distractors.
   if [[ ! -f runs/data/summ-mix/train.jsonl ]]; then
-    python3 -m spanserve_train.summ_data --preset summ-long --out runs/data/summ-short --seed 18 \
+    python3 -m spanserve_train.summ_data --preset summ-long --out runs/data/summ-short --seed $((${DATA_SEED:-17} + 1)) \
       --workers 16 --n-train "$SHORT_DOCS" --n-val 1 --n-test 1 --min-sentences 13 \
       --max-sentences 40 --max-kinds 4 >>runs/data.log 2>&1 || { cat runs/data.log; exit 1; }
     mkdir -p runs/data/summ-mix
