@@ -1,13 +1,16 @@
 // Kernel benchmark of the causal prefill attention (kernels/prefill_attention.cu): the
 // tensor-core kernel (PrefillAttentionArgs::tensor_cores = true, the default) against the
 // CUDA-core one (false) on the same jobs, with the metadata the backend builds
-// (gpu::BuildStepPlan, prefill_tile_rows = gpu::PrefillTileRows(group)). A step of S sequences
-// of `context` prompt tokens each, every row a causal row at positions 0..context-1 (S x context
-// = --rows query rows), KV block size 16, each sequence's blocks consecutive in the pool; q, K
-// and V random bf16. Launches alternate (tc, cuda cores, tc, ...), each timed alone with CUDA
-// events; times are medians. FLOPs: 4 x head_dim x heads x sum over rows of (position + 1)
-// (Q K^T and P V, causal). max_rel_diff: max |tc - cuda_core| / max |cuda_core| over the bf16
-// outputs. Exits non-zero on a launch error or max_rel_diff > --tolerance.
+// (gpu::BuildStepPlan, prefill_tile_rows = gpu::PrefillTileRows(group), jobs longest first);
+// and the tensor-core kernel again on the jobs in row order (tc_row_order_us; order_gain: its
+// time over tc_us; its output must equal tc's bit for bit). A step of S sequences of `context`
+// prompt tokens each, every row a causal row at positions 0..context-1 (S x context = --rows
+// query rows), KV block size 16, each sequence's blocks consecutive in the pool; q, K and V
+// random bf16. Launches alternate (tc, cuda cores, tc in row order, tc, ...), each timed alone
+// with CUDA events; times are medians. FLOPs: 4 x head_dim x heads x sum over rows of
+// (position + 1) (Q K^T and P V, causal). max_rel_diff: max |tc - cuda_core| / max |cuda_core|
+// over the bf16 outputs. Exits non-zero on a launch error, max_rel_diff > --tolerance or a
+// row-order output that differs.
 //
 // Run: cuda_prefill_bench --csv prefill.csv [--iters 20] [--shapes summ,llama3_8b]
 //                         [--contexts 512,2048,4096] [--rows 8192]
@@ -47,6 +50,8 @@ struct Result {
   std::string shape;
   int32_t context = 0, rows = 0;
   double tc_us = 0, tc_tflops = 0, cc_us = 0, cc_tflops = 0, speedup = 0, max_rel_diff = 0;
+  double tc_row_order_us = 0, order_gain = 0;
+  bool order_same_bits = false;
 };
 
 bool Check(cudaError_t e, const char* what) {
@@ -118,22 +123,31 @@ bool Run(const Shape& s, int32_t context, int32_t total_rows, int iters, cudaStr
   const gpu::PlanLayout layout = gpu::PlanLayout::For(gpu::NeededCapacity(batch, options));
   std::vector<uint8_t> blob(layout.total);
   const gpu::StepPlan plan = gpu::BuildStepPlan(batch, options, layout, blob.data());
+  options.prefill_longest_first = false;
+  std::vector<uint8_t> row_order_blob(layout.total);
+  gpu::BuildStepPlan(batch, options, layout, row_order_blob.data());
+  const size_t jobs_bytes = size_t(plan.prefill_jobs) * sizeof(gpu::PrefillJob);
 
   const size_t kv_elems = size_t(num_blocks) * s.kv_heads * kBlockSize * hd;
   const size_t q_elems = size_t(n) * s.heads * hd;
-  DeviceBuffer blob_dev, k, v, q, out_tc, out_cc;
-  bool ok = blob_dev.Alloc(layout.total, "metadata") && k.Alloc(kv_elems * 2, "K cache") &&
-            v.Alloc(kv_elems * 2, "V cache") && q.Alloc(q_elems * 2, "q") &&
-            out_tc.Alloc(q_elems * 2, "out") && out_cc.Alloc(q_elems * 2, "out");
+  DeviceBuffer blob_dev, row_jobs, k, v, q, out_tc, out_cc, out_row;
+  bool ok = blob_dev.Alloc(layout.total, "metadata") && row_jobs.Alloc(jobs_bytes, "jobs") &&
+            k.Alloc(kv_elems * 2, "K cache") && v.Alloc(kv_elems * 2, "V cache") &&
+            q.Alloc(q_elems * 2, "q") && out_tc.Alloc(q_elems * 2, "out") &&
+            out_cc.Alloc(q_elems * 2, "out") && out_row.Alloc(q_elems * 2, "out");
   if (!ok) return false;
   const uint32_t seed = static_cast<uint32_t>(context * 7 + s.heads * 131 + s.kv_heads * 17 + hd);
   ok = Check(cudaMemcpy(blob_dev.as<void>(), blob.data(), layout.total, cudaMemcpyHostToDevice),
              "metadata") &&
+       Check(cudaMemcpy(row_jobs.as<void>(), row_order_blob.data() + layout.prefill_jobs,
+                        jobs_bytes, cudaMemcpyHostToDevice),
+             "jobs") &&
        Check(FillRandomBf16(k.as<uint16_t>(), kv_elems, seed + 1, stream), "fill") &&
        Check(FillRandomBf16(v.as<uint16_t>(), kv_elems, seed + 2, stream), "fill") &&
        Check(FillRandomBf16(q.as<uint16_t>(), q_elems, seed + 3, stream), "fill") &&
        Check(cudaMemsetAsync(out_tc.as<void>(), 0xff, q_elems * 2, stream), "poison") &&
        Check(cudaMemsetAsync(out_cc.as<void>(), 0xff, q_elems * 2, stream), "poison") &&
+       Check(cudaMemsetAsync(out_row.as<void>(), 0xff, q_elems * 2, stream), "poison") &&
        Check(cudaStreamSynchronize(stream), "fill");
   if (!ok) return false;
 
@@ -156,40 +170,48 @@ bool Run(const Shape& s, int32_t context, int32_t total_rows, int iters, cudaStr
   gpu::PrefillAttentionArgs cc = tc;
   cc.out = out_cc.as<uint16_t>();
   cc.tensor_cores = false;
+  gpu::PrefillAttentionArgs tc_row = tc;
+  tc_row.jobs = row_jobs.as<gpu::PrefillJob>();
+  tc_row.out = out_row.as<uint16_t>();
 
   auto launch = [&](const gpu::PrefillAttentionArgs& args) {
     return Check(gpu::LaunchPrefillAttention(args, stream),
                  args.tensor_cores ? "prefill (tensor cores)" : "prefill (cuda cores)");
   };
   // Warm-up (also the outputs compared below).
-  for (int i = 0; i < 2 && ok; ++i) ok = launch(tc) && launch(cc);
+  for (int i = 0; i < 2 && ok; ++i) ok = launch(tc) && launch(cc) && launch(tc_row);
   ok = ok && Check(cudaStreamSynchronize(stream), "warm-up");
   if (!ok) return false;
 
-  // Interleaved: events e[3i], e[3i+1], e[3i+2] around launch i of each kernel.
-  std::vector<cudaEvent_t> events(size_t(iters) * 3, nullptr);
+  // Interleaved: events e[4i] .. e[4i+3] around launch i of each kernel.
+  std::vector<cudaEvent_t> events(size_t(iters) * 4, nullptr);
   for (cudaEvent_t& e : events) ok = ok && Check(cudaEventCreate(&e), "event");
   for (int i = 0; i < iters && ok; ++i) {
-    ok = Check(cudaEventRecord(events[3 * i], stream), "event") && launch(tc) &&
-         Check(cudaEventRecord(events[3 * i + 1], stream), "event") && launch(cc) &&
-         Check(cudaEventRecord(events[3 * i + 2], stream), "event");
+    ok = Check(cudaEventRecord(events[4 * i], stream), "event") && launch(tc) &&
+         Check(cudaEventRecord(events[4 * i + 1], stream), "event") && launch(cc) &&
+         Check(cudaEventRecord(events[4 * i + 2], stream), "event") && launch(tc_row) &&
+         Check(cudaEventRecord(events[4 * i + 3], stream), "event");
   }
   ok = ok && Check(cudaStreamSynchronize(stream), "timing");
-  std::vector<double> tc_us, cc_us;
+  std::vector<double> tc_us, cc_us, row_us;
   for (int i = 0; i < iters && ok; ++i) {
-    float a = 0, b = 0;
-    ok = Check(cudaEventElapsedTime(&a, events[3 * i], events[3 * i + 1]), "elapsed") &&
-         Check(cudaEventElapsedTime(&b, events[3 * i + 1], events[3 * i + 2]), "elapsed");
+    float a = 0, b = 0, c = 0;
+    ok = Check(cudaEventElapsedTime(&a, events[4 * i], events[4 * i + 1]), "elapsed") &&
+         Check(cudaEventElapsedTime(&b, events[4 * i + 1], events[4 * i + 2]), "elapsed") &&
+         Check(cudaEventElapsedTime(&c, events[4 * i + 2], events[4 * i + 3]), "elapsed");
     tc_us.push_back(1e3 * a);
     cc_us.push_back(1e3 * b);
+    row_us.push_back(1e3 * c);
   }
   for (cudaEvent_t e : events) {
     if (e != nullptr) cudaEventDestroy(e);
   }
   if (!ok) return false;
 
-  std::vector<uint16_t> got_tc(q_elems), got_cc(q_elems);
+  std::vector<uint16_t> got_tc(q_elems), got_cc(q_elems), got_row(q_elems);
   ok = Check(cudaMemcpy(got_tc.data(), out_tc.as<void>(), q_elems * 2, cudaMemcpyDeviceToHost),
+             "download") &&
+       Check(cudaMemcpy(got_row.data(), out_row.as<void>(), q_elems * 2, cudaMemcpyDeviceToHost),
              "download") &&
        Check(cudaMemcpy(got_cc.data(), out_cc.as<void>(), q_elems * 2, cudaMemcpyDeviceToHost),
              "download");
@@ -214,6 +236,9 @@ bool Run(const Shape& s, int32_t context, int32_t total_rows, int iters, cudaStr
   result->tc_tflops = result->tc_us > 0 ? flops / (result->tc_us * 1e6) : 0;
   result->cc_tflops = result->cc_us > 0 ? flops / (result->cc_us * 1e6) : 0;
   result->speedup = result->tc_us > 0 ? result->cc_us / result->tc_us : 0;
+  result->tc_row_order_us = Median(row_us);
+  result->order_gain = result->tc_us > 0 ? result->tc_row_order_us / result->tc_us : 0;
+  result->order_same_bits = got_row == got_tc;
   result->max_rel_diff = finite && max_ref > 0 ? max_diff / max_ref : INFINITY;
   return true;
 }
@@ -273,13 +298,14 @@ int Main(int argc, char** argv) {
       return 1;
     }
     std::fprintf(csv, "shape,context,rows,tc_us,tc_tflops,cuda_core_us,cuda_core_tflops,speedup,"
-                      "max_rel_diff\n");
+                      "max_rel_diff,tc_row_order_us,order_gain,order_same_bits\n");
   }
   cudaStream_t stream = nullptr;
   if (!Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream")) return 1;
 
-  std::printf("%-10s %7s %7s %11s %9s %11s %9s %8s %12s\n", "shape", "context", "rows", "tc_us",
-              "tc_tflops", "cc_us", "cc_tflops", "speedup", "max_rel_diff");
+  std::printf("%-10s %7s %7s %11s %9s %11s %9s %8s %12s %11s %10s\n", "shape", "context", "rows",
+              "tc_us", "tc_tflops", "cc_us", "cc_tflops", "speedup", "max_rel_diff", "row_ord_us",
+              "order_gain");
   bool failed = false;
   for (const Shape& s : shapes) {
     for (const int32_t context : contexts) {
@@ -289,15 +315,17 @@ int Main(int argc, char** argv) {
         failed = true;
         continue;
       }
-      const bool agree = r.max_rel_diff <= tolerance;
+      const bool agree = r.max_rel_diff <= tolerance && r.order_same_bits;
       failed = failed || !agree;
-      std::printf("%-10s %7d %7d %11.1f %9.2f %11.1f %9.2f %8.2f %12.3e%s\n", r.shape.c_str(),
-                  r.context, r.rows, r.tc_us, r.tc_tflops, r.cc_us, r.cc_tflops, r.speedup,
-                  r.max_rel_diff, agree ? "" : "  MISMATCH");
+      std::printf("%-10s %7d %7d %11.1f %9.2f %11.1f %9.2f %8.2f %12.3e %11.1f %10.3f%s\n",
+                  r.shape.c_str(), r.context, r.rows, r.tc_us, r.tc_tflops, r.cc_us, r.cc_tflops,
+                  r.speedup, r.max_rel_diff, r.tc_row_order_us, r.order_gain,
+                  agree ? "" : "  MISMATCH");
       std::fflush(stdout);
       if (csv != nullptr) {
-        std::fprintf(csv, "%s,%d,%d,%.3f,%.4f,%.3f,%.4f,%.4f,%.6e\n", r.shape.c_str(), r.context,
-                     r.rows, r.tc_us, r.tc_tflops, r.cc_us, r.cc_tflops, r.speedup, r.max_rel_diff);
+        std::fprintf(csv, "%s,%d,%d,%.3f,%.4f,%.3f,%.4f,%.4f,%.6e,%.3f,%.4f,%d\n", r.shape.c_str(),
+                     r.context, r.rows, r.tc_us, r.tc_tflops, r.cc_us, r.cc_tflops, r.speedup,
+                     r.max_rel_diff, r.tc_row_order_us, r.order_gain, r.order_same_bits ? 1 : 0);
         std::fflush(csv);
       }
     }

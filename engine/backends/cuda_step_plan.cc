@@ -40,6 +40,16 @@ void ForEachPrefillJob(const StepBatch& batch, int32_t tile_rows, Fn fn) {
   if (job.num_rows > 0) fn(job);
 }
 
+}  // namespace
+
+void OrderLongestFirst(PrefillJob* jobs, int32_t n) {
+  std::stable_sort(jobs, jobs + n, [](const PrefillJob& a, const PrefillJob& b) {
+    return a.max_position > b.max_position;
+  });
+}
+
+namespace {
+
 int32_t SampledSeqs(const StepBatch& batch) {
   int32_t n = 0;
   for (const StepSequence& seq : batch.seqs) n += seq.sample;
@@ -252,6 +262,7 @@ StepPlan BuildStepPlan(const StepBatch& batch, const PlanOptions& options,
   PrefillJob* jobs = At<PrefillJob>(blob, layout.prefill_jobs);
   ForEachPrefillJob(batch, options.prefill_tile_rows,
                     [&](const PrefillJob& job) { jobs[plan.prefill_jobs++] = job; });
+  if (options.prefill_longest_first) OrderLongestFirst(jobs, plan.prefill_jobs);
 
   // Logits rows: every row when padded (row s is sequence s), else the sampled sequences' last rows.
   int32_t* logit_rows = At<int32_t>(blob, layout.logit_rows);

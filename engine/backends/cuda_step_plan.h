@@ -50,6 +50,9 @@ struct PlanOptions {
   int32_t min_split_tokens = kMinSplitTokens;  // a row uses at most ceil(its tokens / this) splits
   int32_t lead_percent = 0;       // > 0: a lead layout (SplitLayoutFor)
   int32_t prefill_tile_rows = 16; // rows per prefill job
+  // Prefill jobs longest first (by max_position), so that a step's long tail of short jobs
+  // fills the SMs the long ones leave, not the other way round (LPT scheduling); false: row order.
+  bool prefill_longest_first = true;
   int32_t scratch_block = 0;      // the block padding rows write their K and V into
 };
 
@@ -84,6 +87,9 @@ void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
 // above, where the rest is at least min_split_tokens (else split 0 takes all).
 void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,
                  int32_t base, int32_t* bounds, int32_t lead_percent = 0);
+
+// Sorts prefill jobs by max_position, largest first (stable: row order among equals).
+void OrderLongestFirst(PrefillJob* jobs, int32_t n);
 
 // The capacity a batch needs under these options.
 PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options);

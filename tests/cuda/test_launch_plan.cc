@@ -552,6 +552,7 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
     options.num_splits = 1 + static_cast<int32_t>(rng() % kMaxSplits);
     options.min_split_tokens = rng() % 2 ? 1 : 128;
     options.prefill_tile_rows = 1 << (rng() % 7);
+    options.prefill_longest_first = rng() % 2;
     options.scratch_block = spec.num_blocks;
     const PlanCapacity need = NeededCapacity(batch, options);
     const PlanLayout layout = PlanLayout::For(need);
@@ -635,11 +636,20 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
       ASSERT_EQ(got, want) << "row " << r;
     }
 
-    // Prefill jobs: every causal row once, in tiles of consecutive rows of one sequence.
+    // Prefill jobs: every causal row once, in tiles of consecutive rows of one sequence; in row
+    // order, or longest first (max_position not increasing, row order among equals).
     std::vector<int32_t> covered;
     const PrefillJob* jobs = At<PrefillJob>(blob, layout.prefill_jobs);
     for (int32_t j = 0; j < plan.prefill_jobs; ++j) {
       const PrefillJob& job = jobs[j];
+      if (j > 0 && options.prefill_longest_first) {
+        ASSERT_GE(jobs[j - 1].max_position, job.max_position);
+        if (jobs[j - 1].max_position == job.max_position) {
+          ASSERT_LT(jobs[j - 1].row_begin, job.row_begin);
+        }
+      } else if (j > 0) {
+        ASSERT_LT(jobs[j - 1].row_begin, job.row_begin);
+      }
       ASSERT_GE(job.num_rows, 1);
       ASSERT_LE(job.num_rows, options.prefill_tile_rows);
       const int32_t seq = batch.rows[job.row_begin].seq;
@@ -657,6 +667,7 @@ TEST(BuildStepPlan, BlobHoldsTheBatch) {
     for (int32_t r = 0; r < n; ++r) {
       if (batch.rows[r].causal) causal_rows.push_back(r);
     }
+    std::sort(covered.begin(), covered.end());
     EXPECT_EQ(covered, causal_rows);
 
     // Logits rows and sampling parameters.
