@@ -51,14 +51,15 @@ def row(run: dict, quality: dict) -> dict:
 
 
 def table(rows: list) -> str:
-    lines = ["| mode | load | fact acc | ROUGE-L | header P/R | malformed | attended | tok/s "
+    lines = ["| mode | load | fact acc (in place) | ROUGE-L | header P/R | malformed | attended | tok/s "
              "| TTFT p50/p99 ms | ITL p50/p99 ms | failed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q = r["quality"]
         lines.append(
             f"| {r['mode']} | {r['load']['kind']} {r['load']['value']} "
-            f"| {100 * q['fact_accuracy']:.2f}% | {100 * q['rouge_l']:.2f} "
+            f"| {100 * q['fact_accuracy']:.2f}% ({100 * q.get('fact_accuracy_in_place', 0):.2f}%) "
+            f"| {100 * q['rouge_l']:.2f} "
             f"| {q['header_precision']:.3f}/{q['header_recall']:.3f} "
             f"| {100 * q['malformed_rate']:.2f}% | {r['attended_fraction']:.3f} "
             f"| {r['output_tokens_per_s']:.0f} "

@@ -232,3 +232,48 @@ def test_fact_breakdown_counts_each_type_and_error(record):
     right = len(kinds) - 2
     assert sum(t["fact_accuracy"] * t["sentences"] for t in by_type.values()) == \
         pytest.approx(right)
+
+
+def test_a_missing_sentence_costs_that_sentence_only(record):
+    n, gold = totals(record)
+    assert n >= 3
+    headers, texts = headers_of(record), list(record["reference"])
+    s = se.score_output(record, build(headers[:1] + headers[2:], texts[:1] + texts[2:]))
+    assert s.sentence_facts == [True, False] + [True] * (n - 2)
+    assert s.sentence_errors[1] == ["missing_sentence"]
+    assert s.fact_accuracy == pytest.approx((n - 1) / n)
+    assert s.header_recall == pytest.approx((gold - len(record["alignment"][1])) / gold)
+    assert s.header_precision == 1.0
+    # in place, every sentence after the gap is compared with the wrong reference sentence
+    assert s.facts_in_place < n - 1
+
+
+def test_an_extra_sentence_in_front_costs_one_slot(record):
+    n, gold = totals(record)
+    headers, texts = headers_of(record), list(record["reference"])
+    distractor = next(j for j in range(len(record["segments"]))
+                      if all(j not in a for a in record["alignment"]))
+    s = se.score_output(record, build([str(distractor)] + headers,
+                                      ["The weather was fine all month."] + texts))
+    assert s.sentence_facts == [True] * n
+    assert s.fact_accuracy == pytest.approx(n / (n + 1))
+    assert s.header_recall == 1.0
+
+
+def test_align_pairs_in_order_by_sources_and_text(record):
+    segs, _ = se.parse_summary(record["output"], len(record["segments"]))
+    n = len(segs)
+    assert se.align(record, segs) == list(range(n))
+    assert se.align(record, segs[1:]) == [None] + list(range(n - 1))
+    assert se.align(record, []) == [None] * n
+    # a sentence that shares nothing with any reference sentence is left out
+    assert se.align(record, [se.OutSegment("")] + list(segs)) == list(range(1, n + 1))
+
+
+def test_aggregate_reports_in_place_accuracy_beside_aligned(record):
+    n, _ = totals(record)
+    headers, texts = headers_of(record), list(record["reference"])
+    s = se.score_output(record, build(headers[1:], texts[1:]))
+    agg = se.aggregate([s])
+    assert agg["fact_accuracy"] == pytest.approx((n - 1) / n)
+    assert agg["fact_accuracy_in_place"] == pytest.approx(s.facts_in_place / n)

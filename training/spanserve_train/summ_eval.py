@@ -12,9 +12,13 @@ segment N + k, and its header is parsed by the span rule's own parser (span_rule
 Text before the first anchor belongs to no summary sentence: it is reported (`stray_text`) and
 scored by ROUGE-L only.
 
-Generated sentence k is compared with reference sentence k (the reference order is fixed by the
-document: the order of first mention), so:
-- header precision = sum_k |refs_k & gold_k| / sum over generated sentences of |refs_k|,
+Each reference sentence is compared with the generated sentence `align` pairs it with: the
+order-preserving matching (the reference order is fixed by the document: the order of first
+mention) that maximises the summed similarity of the pairs, a pair's similarity being the gold
+sources its header names plus the ROUGE-L F of the two sentences. So one missing or extra
+sentence costs that sentence, not every sentence after it (`facts_in_place` keeps the count of
+generated sentence k against reference sentence k, for comparison). Then:
+- header precision = sum over pairs of |refs & gold| / sum over generated sentences of |refs|,
   recall = the same overlap / sum over reference sentences of |gold_k| (document sentences);
 - fact accuracy = sentences whose facts are right / max(generated, reference sentences): a
   sentence is right when it holds every gold entity (whole words, case-insensitive) and its
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .rouge import rouge_l
 from .span_rule import parse_header
@@ -108,6 +112,7 @@ class SummaryScore:
     header_named: int = 0       # sum of |refs_k| over generated sentences
     header_gold: int = 0        # sum of |gold_k| over reference sentences
     facts_correct: int = 0
+    facts_in_place: int = 0     # generated sentence k right against reference sentence k
     sentence_facts: List[bool] = field(default_factory=list)  # per reference sentence
     # per reference sentence: its facts' type (who, compare, total) and fact_errors
     sentence_types: List[str] = field(default_factory=list)
@@ -137,6 +142,34 @@ def _ratio(part: int, whole: int) -> float:
     return part / whole if whole else 1.0
 
 
+def align(record: dict, segments: Sequence[OutSegment]) -> List[Optional[int]]:
+    """For each reference sentence, the index of the generated sentence it is scored against, or
+    None: the order-preserving matching of largest summed similarity (gold sources named plus
+    the ROUGE-L F of the sentences); a pair of similarity 0 never matches, and ties keep the
+    sentences in place."""
+    gold_refs, reference = record["alignment"], record["reference"]
+    n, m = len(gold_refs), len(segments)
+    sim = [[len(set(seg.refs) & set(gold)) + rouge_l(ref, seg.text).fmeasure for seg in segments]
+           for gold, ref in zip(gold_refs, reference)]
+    # best[k][j]: the largest sum over reference sentences k.. and generated sentences j..
+    best = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for k in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            pair = sim[k][j] + best[k + 1][j + 1] if sim[k][j] > 0 else -1.0
+            best[k][j] = max(pair, best[k + 1][j], best[k][j + 1])
+    pairs: List[Optional[int]] = [None] * n
+    k = j = 0
+    while k < n and j < m:
+        if sim[k][j] > 0 and best[k][j] == sim[k][j] + best[k + 1][j + 1]:
+            pairs[k] = j
+            k, j = k + 1, j + 1
+        elif best[k][j] == best[k + 1][j]:
+            k += 1
+        else:
+            j += 1
+    return pairs
+
+
 def score_segments(record: dict, segments: Sequence[OutSegment], stray: str = "") -> SummaryScore:
     gold_refs, gold_facts = record["alignment"], record["facts"]
     s = SummaryScore(sentences_ref=len(gold_refs), sentences_out=len(segments),
@@ -145,12 +178,13 @@ def score_segments(record: dict, segments: Sequence[OutSegment], stray: str = ""
     s.star = sum(seg.star for seg in segments)
     s.header_named = sum(len(seg.refs) for seg in segments)
     s.header_gold = sum(len(g) for g in gold_refs)
-    for k, (gold, facts) in enumerate(zip(gold_refs, gold_facts)):
-        seg = segments[k] if k < len(segments) else None
+    for k, (gold, facts, j) in enumerate(zip(gold_refs, gold_facts, align(record, segments))):
+        seg = segments[j] if j is not None else None
         s.header_overlap += len(set(seg.refs) & set(gold)) if seg else 0
         s.sentence_facts.append(seg is not None and facts_correct(seg.text, facts))
         s.sentence_types.append(facts.get("type", "?"))
         s.sentence_errors.append(fact_errors(seg.text if seg else None, facts))
+        s.facts_in_place += k < len(segments) and facts_correct(segments[k].text, facts)
     s.facts_correct = sum(s.sentence_facts)
     generated = stray + "".join(seg.text for seg in segments)
     s.rouge_l = rouge_l(" ".join(record["reference"]), generated).fmeasure
@@ -167,13 +201,14 @@ def aggregate(scores: Sequence[SummaryScore]) -> dict:
     total = SummaryScore()
     for s in scores:
         for name in ("sentences_ref", "sentences_out", "malformed", "star", "header_overlap",
-                     "header_named", "header_gold", "facts_correct"):
+                     "header_named", "header_gold", "facts_correct", "facts_in_place"):
             setattr(total, name, getattr(total, name) + getattr(s, name))
     # fact accuracy over records: each record's denominator is its max(generated, reference)
     slots = sum(max(s.sentences_out, s.sentences_ref) for s in scores)
     return {"records": len(scores), "sentences_ref": total.sentences_ref,
             "sentences_out": total.sentences_out,
             "fact_accuracy": _ratio(total.facts_correct, slots),
+            "fact_accuracy_in_place": _ratio(total.facts_in_place, slots),
             "header_precision": total.header_precision, "header_recall": total.header_recall,
             "malformed_rate": total.malformed_rate, "star_headers": total.star,
             "rouge_l": sum(s.rouge_l for s in scores) / len(scores) if scores else 0.0,
