@@ -140,8 +140,11 @@ TEST_F(EngineTest, PoolIsAllFreeAfterFinishedCancelledAndPreempted) {
     if (i == 0) {
       // Cancel from the engine thread at request 0's third token: a test thread polling for
       // it could wake after the request had finished (CI, 2 cores), and nothing was cancelled.
-      sink = [&, sink](GenerationEvent&& event) {
-        const bool third = event.token >= 0 && collectors[0]->num_tokens() == 2;
+      // The sink holds request 0's collector itself: `collectors` grows on this thread while
+      // the engine thread runs the sink (a race TSan found).
+      Collector* const first = collectors.back().get();
+      sink = [&, first, sink](GenerationEvent&& event) {
+        const bool third = event.token >= 0 && first->num_tokens() == 2;
         sink(std::move(event));
         if (third && !running_cancelled.exchange(true)) {
           while (!all_submitted.load()) std::this_thread::yield();  // ids[4] is known
