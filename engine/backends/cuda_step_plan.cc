@@ -40,15 +40,12 @@ void ForEachPrefillJob(const StepBatch& batch, int32_t tile_rows, Fn fn) {
   if (job.num_rows > 0) fn(job);
 }
 
-}  // namespace
-
+// Prefill jobs by max_position, largest first (stable: row order among equals).
 void OrderLongestFirst(PrefillJob* jobs, int32_t n) {
   std::stable_sort(jobs, jobs + n, [](const PrefillJob& a, const PrefillJob& b) {
     return a.max_position > b.max_position;
   });
 }
-
-namespace {
 
 int32_t SampledSeqs(const StepBatch& batch) {
   int32_t n = 0;

@@ -88,9 +88,6 @@ void CutIntoPieces(std::span<const KvChunk> chunks, int32_t block_size,
 void SplitChunks(std::span<const KvChunk> chunks, int32_t max_splits, int32_t min_split_tokens,
                  int32_t base, int32_t* bounds, int32_t lead_percent = 0);
 
-// Sorts prefill jobs by max_position, largest first (stable: row order among equals).
-void OrderLongestFirst(PrefillJob* jobs, int32_t n);
-
 // The capacity a batch needs under these options.
 PlanCapacity NeededCapacity(const StepBatch& batch, const PlanOptions& options);
 
