@@ -51,8 +51,8 @@ def row(run: dict, quality: dict) -> dict:
 
 
 def table(rows: list) -> str:
-    lines = ["| mode | load | fact acc (in place) | ROUGE-L | header P/R | malformed | attended | tok/s "
-             "| TTFT p50/p99 ms | ITL p50/p99 ms | failed |",
+    lines = ["| mode | load | fact acc (in place) | ROUGE-L | header P/R | malformed | attended "
+             "| tok/s | TTFT p50/p99 ms | ITL p50/p99 ms | failed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q = r["quality"]
